@@ -1,0 +1,576 @@
+"""The framework-free check: burn-in, sampling, differences, kinks, terms, verdict.
+
+The engine talks to a backend through `backends._base.Backend` only. Its cost is the
+number of evaluations of f: one analytic pass, two per checked coordinate, two per
+block's direction, plus retries at smaller steps where a kink was crossed and about
+2·log2(n) to localize a failing direction that no sampled coordinate explains.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._kinks import RETRY_DIVISORS, crossed
+from ._options import Options
+from ._result import BlockResult, DirectionResult, Result
+from ._sampling import direction, sample_coordinates
+from ._steps import TINY, noise_floor, steps
+from ._tiers import Tier, default_tolerance, relative_error
+from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
+
+#: the sweep's steps, h = 1e-1 ... 1e-10
+SWEEP_STEPS: tuple[float, ...] = tuple(10.0**-k for k in range(1, 11))
+#: how many of the worst coordinates the sweep covers
+SWEEP_COORDINATES = 3
+
+TOTAL = None  # the key of the total loss among the per-loss arrays
+
+
+@dataclass
+class _Pair:
+    """A centered difference in flight: where, how far, and what came back."""
+
+    point_plus: Point
+    point_minus: Point
+    step: float
+    plus: Evaluation | None = None
+    minus: Evaluation | None = None
+    #: the same difference at step/2, for Richardson extrapolation (see `refine`)
+    half: _Pair | None = None
+
+    def crossed(self) -> bool:
+        assert self.plus is not None and self.minus is not None
+        return crossed(self.plus.signature, self.minus.signature)
+
+    def quotient(self, term: str | None) -> tuple[float, float]:
+        """(numeric derivative, round-off floor) of the total (None) or one term.
+
+        Once refined, the Richardson extrapolation (4 D(h/2) - D(h)) / 3, whose
+        truncation error is O(h^4) instead of O(h^2).
+        """
+        assert self.plus is not None and self.minus is not None
+        fp = self.plus.loss if term is None else self.plus.terms[term]
+        fm = self.minus.loss if term is None else self.minus.terms[term]
+        d, floor = (fp - fm) / (2.0 * self.step), noise_floor(fp, fm, self.step)
+        if self.half is None:
+            return d, floor
+        d_half, floor_half = self.half.quotient(term)
+        return (4.0 * d_half - d) / 3.0, (4.0 * floor_half + floor) / 3.0
+
+
+def _pair(block: int, indices: np.ndarray, delta: np.ndarray, h: float) -> _Pair:
+    return _Pair(Point(((block, indices, delta * h),)), Point(((block, indices, -delta * h),)), h)
+
+
+class _Counter:
+    """Runs evaluations through the backend and counts them."""
+
+    def __init__(self, backend: Backend, track: bool) -> None:
+        self.backend = backend
+        self.track = track
+        self.count = 0
+
+    def run(self, pairs: Sequence[_Pair]) -> None:
+        """Evaluate the pairs, retrying crossings at smaller steps (kinks="track")."""
+        self._evaluate(pairs)
+        if not self.track:
+            return
+        todo = [p for p in pairs if p.crossed()]
+        for divisor in RETRY_DIVISORS:
+            if not todo:
+                break
+            retries = [_smaller(p, divisor) for p in todo]
+            self._evaluate(retries)
+            still = []
+            for original, retry in zip(todo, retries, strict=True):
+                original.point_plus, original.point_minus = retry.point_plus, retry.point_minus
+                original.step, original.plus, original.minus = retry.step, retry.plus, retry.minus
+                if original.crossed():
+                    still.append(original)
+            todo = still
+
+    def _evaluate(self, pairs: Sequence[_Pair]) -> None:
+        points: list[Point] = []
+        for p in pairs:
+            points += [p.point_plus, p.point_minus]
+        if not points:
+            return
+        evals = self.backend.evaluate(points, self.track)
+        self.count += len(points)
+        for i, p in enumerate(pairs):
+            p.plus, p.minus = evals[2 * i], evals[2 * i + 1]
+            _check_finite(p.plus, "f(x + h)")
+            _check_finite(p.minus, "f(x - h)")
+
+
+    def refine(self, pairs: Sequence[_Pair]) -> None:
+        """Add a half-step evaluation to each pair (Richardson extrapolation).
+
+        Used on comparisons that fail: a correct gradient whose disagreement is the
+        O(h^2) truncation error of the centered formula then passes, a wrong one still
+        fails. A half step that crosses a kink is discarded.
+        """
+        halves = [_smaller(p, 2.0) for p in pairs]
+        self._evaluate(halves)
+        for p, half in zip(pairs, halves, strict=True):
+            if not (self.track and half.crossed()):
+                p.half = half
+
+
+def _smaller(p: _Pair, divisor: float) -> _Pair:
+    def shrink(point: Point) -> Point:
+        return Point(tuple((b, i, d / divisor) for b, i, d in point.deltas))
+
+    return _Pair(shrink(p.point_plus), shrink(p.point_minus), p.step / divisor)
+
+
+def _check_finite(ev: Evaluation, what: str) -> None:
+    values = {"the loss": ev.loss, **{f"term {k!r}": v for k, v in ev.terms.items()}}
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(
+                f"gradcheck: {name} is {value} at {what}; the loss must be finite near the "
+                "checked point (look for a log of zero, a division by zero or an overflow, "
+                "or use a smaller eps)"
+            )
+
+
+def run_check(backend: Backend, opts: Options, framework: str) -> Result:
+    """Check the backend's function with the given options and return the Result."""
+    started = time.perf_counter()
+    track = opts.kinks == "track"
+    counter = _Counter(backend, track)
+    specs = list(backend.blocks())
+    base = [s.values.copy() for s in specs]
+    warnings: list[str] = list(backend.warnings)
+
+    burn_losses: tuple[float, ...] = ()
+    if opts.burn_in:
+        burn_losses = _burn_in(backend, opts, specs, base)
+        counter.count += opts.burn_in
+
+    grad = backend.gradient(track)
+    counter.count += 1
+    _check_finite(grad.center, "the checked point")
+    term_names = tuple(grad.terms)
+    kinks_present = track and grad.center.decisions > 0
+    tolerance = opts.tolerance if opts.tolerance is not None else default_tolerance(kinks_present)
+
+    if burn_losses:
+        burn_losses = (*burn_losses, grad.center.loss)
+        if not burn_losses[-1] < burn_losses[0]:
+            warnings.append(
+                f"burn-in did not lower the loss ({burn_losses[0]:.6g} -> "
+                f"{burn_losses[-1]:.6g} in {opts.burn_in} steps): lower burn_in_lr"
+            )
+
+    scale = _scale(grad, opts, warnings)
+    losses: list[str | None] = [TOTAL, *term_names]
+
+    def analytic(loss: str | None, b: int) -> np.ndarray:
+        g = grad.total[b] if loss is None else grad.terms[loss][b]
+        return g * scale
+
+    # coordinates of every block, then one direction per block
+    coord_pairs: list[list[_Pair]] = []
+    coord_index: list[np.ndarray] = []
+    dir_pairs: list[_Pair | None] = []
+    dirs: list[np.ndarray | None] = []
+    for b, spec in enumerate(specs):
+        if opts.mode == "directions":
+            idx = np.zeros(0, dtype=np.int64)
+        else:
+            grads = [grad.total[b], *(grad.terms[t][b] for t in term_names)]
+            idx = sample_coordinates(spec.name, spec.size, grads, opts.samples_per_block, opts.seed)
+        h = steps(opts.eps, base[b][idx])
+        coord_index.append(idx)
+        coord_pairs.append(
+            [_pair(b, np.array([i]), np.ones(1), float(hi)) for i, hi in zip(idx, h, strict=True)]
+        )
+        if opts.mode in ("directions", "both") and spec.size > 1:
+            v = direction(spec.name, spec.size, opts.seed)
+            hd = float(steps(opts.eps, np.array([np.sqrt(np.mean(base[b] ** 2))]))[0])
+            dirs.append(v)
+            dir_pairs.append(_pair(b, np.arange(spec.size), v, hd))
+        else:
+            dirs.append(None)
+            dir_pairs.append(None)
+    counter.run([p for ps in coord_pairs for p in ps] + [p for p in dir_pairs if p is not None])
+
+    # confirm before condemning: failing comparisons get a Richardson step
+    suspects: list[_Pair] = []
+    for b in range(len(specs)):
+        gs = [analytic(loss, b) for loss in losses]
+        for i, pp in zip(coord_index[b], coord_pairs[b], strict=True):
+            if _fails(pp, [float(g[i]) for g in gs], losses, scale, tolerance):
+                suspects.append(pp)
+        dp, v = dir_pairs[b], dirs[b]
+        if (
+            dp is not None
+            and v is not None
+            and _fails(dp, [float(v @ g) for g in gs], losses, scale, tolerance)
+        ):
+            suspects.append(dp)
+    counter.refine(suspects)
+
+    # localize directions that fail while no sampled coordinate does (bisection)
+    localized: list[list[tuple[int, _Pair]]] = [[] for _ in specs]
+    for b in range(len(specs)):
+        p, v = dir_pairs[b], dirs[b]
+        if p is None or v is None or p.crossed():
+            continue
+        for loss in losses:
+            a = float(v @ analytic(loss, b))
+            n, floor = p.quotient(loss)
+            n *= scale
+            if _verdict(a, n, floor * scale) <= tolerance:
+                continue
+            if any(
+                _verdict(float(analytic(loss, b)[i]), q * scale, fl * scale) > tolerance
+                for i, pp in zip(coord_index[b], coord_pairs[b], strict=True)
+                if not pp.crossed()
+                for q, fl in [pp.quotient(loss)]
+            ):
+                continue
+            spot = _bisect(counter, b, v, p, analytic(loss, b), loss, scale)
+            if (
+                spot is not None
+                and spot not in coord_index[b]
+                and all(spot != i for i, _ in localized[b])
+            ):
+                h = float(steps(opts.eps, base[b][[spot]])[0])
+                pair = _pair(b, np.array([spot]), np.ones(1), h)
+                counter.run([pair])
+                values = [float(analytic(lo, b)[spot]) for lo in losses]
+                if _fails(pair, values, losses, scale, tolerance):
+                    counter.refine([pair])
+                localized[b].append((spot, pair))
+
+    results: dict[str | None, Result] = {}
+    for loss in losses:
+        blocks = []
+        for b, spec in enumerate(specs):
+            extra = localized[b]
+            idx = np.concatenate([coord_index[b], np.array([i for i, _ in extra], dtype=np.int64)])
+            pairs = coord_pairs[b] + [pp for _, pp in extra]
+            blocks.append(
+                _block_result(
+                    spec,
+                    idx,
+                    pairs,
+                    analytic(loss, b),
+                    scale,
+                    tolerance,
+                    dir_pairs[b],
+                    dirs[b],
+                    tuple(i for i, _ in extra),
+                    loss,
+                )
+            )
+        results[loss] = _assemble(
+            blocks, tolerance, kinks_present, framework, loss, opts, scale, counter.count
+        )
+
+    _dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
+    _active_range_warnings(specs, grad, scale, warnings)
+
+    sweep_rows = _sweep(counter, specs, results[TOTAL], scale) if opts.sweep else ()
+
+    total = results[TOTAL]
+    terms = {t: results[t] for t in term_names}
+    worst_tier = max([total.tier, *(r.tier for r in terms.values())])
+    worst_err = max([total.max_rel_error, *(r.max_rel_error for r in terms.values())])
+    passed = total.passed and all(r.passed for r in terms.values())
+    return Result(
+        passed=passed,
+        tier=worst_tier,
+        max_rel_error=worst_err,
+        tolerance=tolerance,
+        blocks=total.blocks,
+        terms=terms,
+        kinks_crossed=total.kinks_crossed,
+        evaluations=counter.count,
+        warnings=tuple(dict.fromkeys(warnings)),
+        kinks_present=kinks_present,
+        framework=framework,
+        term=None,
+        options=_public_options(opts),
+        seconds=time.perf_counter() - started,
+        burn_in_losses=burn_losses,
+        sweep=sweep_rows,
+        scale=scale,
+    )
+
+
+def _fails(
+    pair: _Pair,
+    analytic: Sequence[float],
+    losses: Sequence[str | None],
+    scale: float,
+    tolerance: Tier,
+) -> bool:
+    """Whether a (kink-free) comparison is worse than the tolerance for some loss."""
+    if pair.crossed():
+        return False
+    for a, loss in zip(analytic, losses, strict=True):
+        n, floor = pair.quotient(loss)
+        if _verdict(a, n * scale, floor * scale) > tolerance:
+            return True
+    return False
+
+
+def _verdict(a: float, n: float, floor: float) -> Tier:
+    """The tier of one comparison; a disagreement within round-off counts as HAPPY."""
+    if abs(a - n) <= floor:
+        return Tier.HAPPY
+    return Tier.of(relative_error(a, n))
+
+
+def _block_result(
+    spec: BlockSpec,
+    idx: np.ndarray,
+    pairs: Sequence[_Pair],
+    g: np.ndarray,
+    scale: float,
+    tolerance: Tier,
+    dpair: _Pair | None,
+    v: np.ndarray | None,
+    localized: tuple[int, ...],
+    loss: str | None,
+) -> BlockResult:
+    """Compare analytic and numeric values of one block for one loss."""
+    k = len(pairs)
+    analytic = np.array(g[idx], dtype=np.float64)
+    numeric = np.empty(k)
+    floor = np.empty(k)
+    step = np.empty(k)
+    kink = np.zeros(k, dtype=bool)
+    for j, p in enumerate(pairs):
+        n, fl = p.quotient(loss)
+        numeric[j], floor[j], step[j], kink[j] = n * scale, fl * scale, p.step, p.crossed()
+    rel = np.array([relative_error(a, n) for a, n in zip(analytic, numeric, strict=True)])
+    within = np.abs(analytic - numeric) <= floor
+    tiers = [
+        Tier.HAPPY if w else Tier.of(float(r))
+        for r, w, c in zip(rel, within, kink, strict=True)
+        if not c
+    ]
+    d = None
+    if dpair is not None and v is not None:
+        n, fl = dpair.quotient(loss)
+        a = float(v @ g)
+        n, fl = n * scale, fl * scale
+        d = DirectionResult(
+            analytic=a,
+            numeric=n,
+            rel_error=relative_error(a, n),
+            step=dpair.step,
+            kink_crossed=dpair.crossed(),
+            within_noise=abs(a - n) <= fl,
+            tier=_verdict(a, n, fl),
+        )
+        if not d.kink_crossed:
+            tiers.append(d.tier)
+    tier = max(tiers, default=Tier.HAPPY)
+    indices = tuple(_multi_index(int(i), spec.shape) for i in idx)
+    return BlockResult(
+        name=spec.name,
+        shape=tuple(spec.shape),
+        dtype=spec.dtype,
+        indices=indices,
+        analytic=analytic,
+        numeric=numeric,
+        rel_error=rel,
+        kink_crossed=kink,
+        step=step,
+        within_noise=within,
+        tier=tier,
+        passed=tier <= tolerance,
+        direction=d,
+        localized=tuple(_multi_index(i, spec.shape) for i in localized),
+    )
+
+
+def _multi_index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if not shape:
+        return ()
+    return tuple(int(i) for i in np.unravel_index(flat, shape))
+
+
+def _burn_in(
+    backend: Backend, opts: Options, specs: Sequence[BlockSpec], base: list[np.ndarray]
+) -> tuple[float, ...]:
+    """Take `opts.burn_in` optimisation steps on the loss; return the losses seen."""
+    losses = []
+    for step in range(opts.burn_in):
+        g = backend.gradient(False)
+        _check_finite(g.center, f"burn-in step {step}")
+        losses.append(g.center.loss)
+        if opts.burn_in_step is not None:
+            named = {s.name: g.total[b].reshape(s.shape) for b, s in enumerate(specs)}
+            out = opts.burn_in_step(named)
+            update = []
+            for s in specs:
+                if not isinstance(out, Mapping) or s.name not in out:
+                    raise ValueError(
+                        f"gradcheck: burn_in_step must return a dict with an update for "
+                        f"every block; {s.name!r} is missing"
+                    )
+                u = np.asarray(out[s.name], dtype=np.float64)
+                if u.size != s.size:
+                    raise ValueError(
+                        f"gradcheck: burn_in_step returned shape {u.shape} for block "
+                        f"{s.name!r}, which has shape {s.shape}"
+                    )
+                update.append(u.reshape(-1))
+        else:
+            update = [-opts.burn_in_lr * gb for gb in g.total]
+        backend.step(update)
+        for b, u in enumerate(update):
+            base[b] += u
+    return tuple(losses)
+
+
+def _scale(grad: Gradient, opts: Options, warnings: list[str]) -> float:
+    """The loss factor for scale="auto": a power of two bringing max |g| near 1."""
+    if opts.scale != "auto":
+        return 1.0
+    largest = max((float(np.max(np.abs(g))) for g in grad.total if g.size), default=0.0)
+    if largest == 0.0:
+        return 1.0
+    k = -round(math.log2(largest))
+    if k == 0:
+        return 1.0
+    warnings.append(
+        f"scale='auto' multiplied the loss by 2**{k} ({2.0**k:.3g}) so the largest "
+        f"gradient ({largest:.3g}) is near 1.0; values in the report are scaled"
+    )
+    return 2.0**k
+
+
+def _bisect(
+    counter: _Counter,
+    b: int,
+    v: np.ndarray,
+    whole: _Pair,
+    g: np.ndarray,
+    loss: str | None,
+    scale: float,
+) -> int | None:
+    """Find the coordinate that makes a direction fail, halving its support each time."""
+    idx = np.arange(v.size)
+    a_all = float(v @ g)
+    n_all = whole.quotient(loss)[0] * scale
+    while idx.size > 1:
+        half, other = idx[: idx.size // 2], idx[idx.size // 2 :]
+        pair = _pair(b, half, v[half], whole.step)
+        counter.run([pair])
+        if pair.crossed():
+            return None
+        a_half = float(v[half] @ g[half])
+        n_half = pair.quotient(loss)[0] * scale
+        err_half = abs(a_half - n_half)
+        err_other = abs((a_all - a_half) - (n_all - n_half))
+        if err_half >= err_other:
+            idx, a_all, n_all = half, a_half, n_half
+        else:
+            idx, a_all, n_all = other, a_all - a_half, n_all - n_half
+    return int(idx[0])
+
+
+def _dominance_warnings(
+    specs: Sequence[BlockSpec],
+    grad: Gradient,
+    term_names: Sequence[str],
+    ratio: float,
+    warnings: list[str],
+) -> None:
+    """Warn where one term's gradient swamps another's in a block (the seed's reg trap)."""
+    if len(term_names) < 2:
+        return
+    for b, spec in enumerate(specs):
+        norms = sorted(
+            ((float(np.linalg.norm(grad.terms[t][b])), t) for t in term_names), reverse=True
+        )
+        (top, big), (second, small) = norms[0], norms[1]
+        if second > 0 and top / second >= ratio:
+            warnings.append(
+                f"in block {spec.name!r} the gradient of term {big!r} dominates that of "
+                f"{small!r} ({top / second:.3g}x): an error in {small!r} would hide in the "
+                f"total; check the terms on their own (Result.terms)"
+            )
+
+
+def _active_range_warnings(
+    specs: Sequence[BlockSpec], grad: Gradient, scale: float, warnings: list[str]
+) -> None:
+    """Warn where a block's gradients are all tiny (outside the active range)."""
+    for b, spec in enumerate(specs):
+        largest = float(np.max(np.abs(grad.total[b]))) * scale if spec.size else 0.0
+        if 0.0 < largest <= TINY:
+            warnings.append(
+                f"block {spec.name!r} has tiny gradients (largest |g| = {largest:.2e}, "
+                f"below ~{TINY:.0e}): round-off can dominate; scale the loss up or pass "
+                "scale='auto'"
+            )
+
+
+def _sweep(
+    counter: _Counter, specs: Sequence[BlockSpec], total: Result, scale: float
+) -> tuple[tuple[str, tuple[int, ...], dict[float, float]], ...]:
+    """Relative error at h = 1e-1 ... 1e-10 for the worst coordinates of the total."""
+    worst: list[tuple[float, int, int, float]] = []
+    for b, block in enumerate(total.blocks):
+        for j, index in enumerate(block.indices):
+            if not block.kink_crossed[j]:
+                flat = int(np.ravel_multi_index(index, block.shape)) if block.shape else 0
+                worst.append((float(block.rel_error[j]), b, flat, float(block.analytic[j])))
+    worst.sort(reverse=True)
+    rows = []
+    for _, b, flat, a in worst[:SWEEP_COORDINATES]:
+        pairs = [_pair(b, np.array([flat]), np.ones(1), h) for h in SWEEP_STEPS]
+        counter._evaluate(pairs)
+        row = {p.step: relative_error(a, p.quotient(None)[0] * scale) for p in pairs}
+        rows.append((specs[b].name, _multi_index(flat, specs[b].shape), row))
+    return tuple(rows)
+
+
+def _assemble(
+    blocks: list[BlockResult],
+    tolerance: Tier,
+    kinks_present: bool,
+    framework: str,
+    loss: str | None,
+    opts: Options,
+    scale: float,
+    evaluations: int,
+) -> Result:
+    tier = max((b.tier for b in blocks), default=Tier.HAPPY)
+    return Result(
+        passed=all(b.passed for b in blocks),
+        tier=tier,
+        max_rel_error=max((b.max_rel_error for b in blocks), default=0.0),
+        tolerance=tolerance,
+        blocks=tuple(blocks),
+        kinks_crossed=sum(b.kinks_crossed for b in blocks),
+        evaluations=evaluations,
+        kinks_present=kinks_present,
+        framework=framework,
+        term=loss,
+        options=_public_options(opts),
+        scale=scale,
+    )
+
+
+def _public_options(opts: Options) -> dict[str, object]:
+    d = opts.as_dict()
+    if callable(d.get("wrt")):
+        d["wrt"] = getattr(d["wrt"], "__name__", "<predicate>")
+    if d.get("burn_in_step") is not None:
+        d["burn_in_step"] = getattr(d["burn_in_step"], "__name__", "<callable>")
+    return d

@@ -1,0 +1,147 @@
+"""The check's options: names, defaults, parsing from text (CLI, ini) and validation.
+
+One table drives everything: the keyword arguments of `gradcheck`, the marker's
+keywords, the ``--gradcheck-*`` flags and the ``gradcheck_*`` ini keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ._tiers import Tier
+
+
+@dataclass(frozen=True)
+class Options:
+    """Resolved options of one check (see the options reference in the docs)."""
+
+    eps: float | str = 1e-5
+    samples_per_block: int | None = 10
+    seed: int = 0
+    kinks: str = "track"
+    tolerance: Tier | None = None
+    burn_in: int = 0
+    device: str | None = None
+    wrt: Any = None
+    mode: str = "both"
+    burn_in_lr: float = 1e-2
+    scale: str | None = None
+    #: a step-size sweep table for the worst coordinates
+    sweep: bool = False
+    #: warn when one term's gradient norm in a block exceeds the others' by this factor
+    dominance: float = 100.0
+    #: a custom burn-in step: ``fn(grads: dict[name, ndarray]) -> dict[name, update]``
+    burn_in_step: Callable[..., Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
+
+#: options given on the command line / ini file: (flag suffix, help)
+CLI: dict[str, tuple[str, str]] = {
+    "eps": ("eps", "finite-difference step h, or 'auto' (default 1e-5)"),
+    "samples_per_block": ("samples", "coordinates checked per block, or 'all' (default 10)"),
+    "seed": ("seed", "seed every RNG is reset to before each evaluation (default 0)"),
+    "kinks": ("kinks", "'track' (winner tracking, default) or 'off'"),
+    "tolerance": ("tolerance", "worst passing tier: happy, ok, uncomfortable, wrong"),
+    "burn_in": ("burn-in", "optimisation steps taken before checking (default 0)"),
+    "device": ("device", "run checks on 'cpu' or 'cuda' (default: where inputs live)"),
+    "wrt": ("wrt", "comma-separated block names to check (default: all)"),
+    "mode": ("mode", "'coords', 'directions' or 'both' (default)"),
+    "burn_in_lr": ("burn-in-lr", "step size of the burn-in's SGD (default 1e-2)"),
+    "scale": ("scale", "'auto' rescales the loss when gradients are tiny"),
+    "sweep": ("h-sweep", "add a step-size sweep table for the worst coordinates"),
+    "dominance": ("dominance", "term-dominance warning ratio (default 100)"),
+}
+
+
+def _none(text: str) -> bool:
+    return text.strip().lower() in ("", "none", "null", "default")
+
+
+def parse_text(name: str, text: str) -> Any:
+    """Parse an option given as text (a CLI flag or an ini value)."""
+    t = text.strip()
+    if name == "eps":
+        return "auto" if t.lower() == "auto" else float(t)
+    if name == "samples_per_block":
+        return None if t.lower() in ("all", "none") else int(t)
+    if name in ("seed", "burn_in"):
+        return int(t)
+    if name in ("burn_in_lr", "dominance"):
+        return float(t)
+    if name == "tolerance":
+        return None if _none(t) else Tier.parse(t)
+    if name in ("device", "scale"):
+        return None if _none(t) else t
+    if name == "wrt":
+        return None if _none(t) else [w.strip() for w in t.split(",") if w.strip()]
+    if name == "sweep":
+        return t.lower() in ("1", "true", "yes", "on")
+    return t
+
+
+def check_names(given: Mapping[str, Any], where: str) -> None:
+    """Reject unknown option names, listing the valid ones."""
+    unknown = sorted(set(given) - set(NAMES))
+    if unknown:
+        raise TypeError(
+            f"gradcheck: unknown option(s) {', '.join(map(repr, unknown))} in {where}; "
+            f"valid options: {', '.join(NAMES)}"
+        )
+
+
+def resolve(*layers: Mapping[str, Any]) -> Options:
+    """Merge option layers, highest precedence first, over the defaults; validate."""
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged.update(layer)
+    opts = Options(**merged)
+    return validate(opts)
+
+
+def validate(o: Options) -> Options:
+    """Check every option's type and range; normalise tolerance to a Tier."""
+    if o.eps != "auto" and not (isinstance(o.eps, (int, float)) and 0 < float(o.eps) < 1):
+        raise ValueError(f"gradcheck: eps must be a float in (0, 1) or 'auto', got {o.eps!r}")
+    if o.samples_per_block is not None and (
+        not isinstance(o.samples_per_block, int) or o.samples_per_block < 1
+    ):
+        raise ValueError(
+            "gradcheck: samples_per_block must be a positive int or None (check every "
+            f"coordinate), got {o.samples_per_block!r}"
+        )
+    if not isinstance(o.seed, int) or isinstance(o.seed, bool) or not 0 <= o.seed < 2**32:
+        raise ValueError(f"gradcheck: seed must be an int in [0, 2**32), got {o.seed!r}")
+    if o.kinks not in ("track", "off"):
+        raise ValueError(f"gradcheck: kinks must be 'track' or 'off', got {o.kinks!r}")
+    if o.mode not in ("coords", "directions", "both"):
+        raise ValueError(
+            f"gradcheck: mode must be 'coords', 'directions' or 'both', got {o.mode!r}"
+        )
+    if not isinstance(o.burn_in, int) or o.burn_in < 0:
+        raise ValueError(f"gradcheck: burn_in must be an int >= 0, got {o.burn_in!r}")
+    if not (isinstance(o.burn_in_lr, (int, float)) and o.burn_in_lr > 0):
+        raise ValueError(f"gradcheck: burn_in_lr must be a positive float, got {o.burn_in_lr!r}")
+    if o.scale not in (None, "auto"):
+        raise ValueError(f"gradcheck: scale must be None or 'auto', got {o.scale!r}")
+    if (
+        o.device is not None
+        and o.device not in ("cpu", "cuda", "gpu")
+        and not str(o.device).startswith("cuda:")
+    ):
+        raise ValueError(
+            f"gradcheck: device must be None, 'cpu' or 'cuda' ('cuda:N'), got {o.device!r}"
+        )
+    if not (isinstance(o.dominance, (int, float)) and o.dominance > 1):
+        raise ValueError(f"gradcheck: dominance must be a ratio > 1, got {o.dominance!r}")
+    if o.burn_in_step is not None and not callable(o.burn_in_step):
+        raise TypeError("gradcheck: burn_in_step must be a callable")
+    tol = None if o.tolerance is None else Tier.parse(o.tolerance)
+    if tol is not o.tolerance:
+        o = Options(**{**o.as_dict(), "tolerance": tol})
+    return o

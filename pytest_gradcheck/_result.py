@@ -1,0 +1,220 @@
+"""Results of a check (`Result`, `BlockResult`), `GradcheckError` and their text forms."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._tiers import Tier
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class DirectionResult:
+    """The directional check of a block: analytic v·g against the difference along v."""
+
+    analytic: float
+    numeric: float
+    rel_error: float
+    step: float
+    kink_crossed: bool
+    within_noise: bool
+    tier: Tier
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """The check of one block (one parameter array or input) of one loss (total or term).
+
+    The arrays hold one entry per checked coordinate; `indices` gives each one's
+    position in the block (a tuple, the multi-index).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    indices: tuple[tuple[int, ...], ...]
+    analytic: np.ndarray
+    numeric: np.ndarray
+    rel_error: np.ndarray
+    kink_crossed: np.ndarray
+    step: np.ndarray
+    within_noise: np.ndarray
+    tier: Tier
+    passed: bool
+    direction: DirectionResult | None = None
+    #: coordinates found by bisection after the direction failed (also in `indices`)
+    localized: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def kinks_crossed(self) -> int:
+        """Coordinates (and the direction) whose difference crossed a kink."""
+        return int(self.kink_crossed.sum()) + int(
+            bool(self.direction and self.direction.kink_crossed)
+        )
+
+    @property
+    def max_rel_error(self) -> float:
+        """The worst relative error of the coordinates (and direction) not kink-crossed.
+
+        Raw values: a coordinate whose disagreement is within round-off noise still
+        shows its relative error here, though its tier is `HAPPY`.
+        """
+        counted = self.rel_error[~self.kink_crossed]
+        worst = float(counted.max()) if counted.size else 0.0
+        d = self.direction
+        if d is not None and not d.kink_crossed:
+            worst = max(worst, d.rel_error)
+        return worst
+
+    @property
+    def coordinate_tiers(self) -> list[Tier]:
+        """Each checked coordinate's tier (`HAPPY` where within round-off noise)."""
+        return [
+            Tier.HAPPY if noise else Tier.of(float(r))
+            for r, noise in zip(self.rel_error, self.within_noise, strict=True)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (lists and floats)."""
+        d = self.direction
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "indices": [list(i) for i in self.indices],
+            "analytic": self.analytic.tolist(),
+            "numeric": self.numeric.tolist(),
+            "rel_error": self.rel_error.tolist(),
+            "kink_crossed": self.kink_crossed.tolist(),
+            "within_noise": self.within_noise.tolist(),
+            "step": self.step.tolist(),
+            "tier": self.tier.label,
+            "passed": self.passed,
+            "max_rel_error": self.max_rel_error,
+            "kinks_crossed": self.kinks_crossed,
+            "direction": None
+            if d is None
+            else {
+                "analytic": d.analytic,
+                "numeric": d.numeric,
+                "rel_error": d.rel_error,
+                "step": d.step,
+                "kink_crossed": d.kink_crossed,
+                "within_noise": d.within_noise,
+                "tier": d.tier.label,
+            },
+            "localized": [list(i) for i in self.localized],
+        }
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one `gradcheck` call.
+
+    `blocks` are the checks of the total loss; `terms` holds one `Result` per named
+    term when f returned a mapping. `passed` is false when any block, in the total or
+    in any term, is worse than `tolerance`; `tier` and `max_rel_error` are the worst
+    over the total and the terms.
+    """
+
+    passed: bool
+    tier: Tier
+    max_rel_error: float
+    tolerance: Tier
+    blocks: tuple[BlockResult, ...]
+    terms: Mapping[str, Result] = field(default_factory=dict)
+    kinks_crossed: int = 0
+    evaluations: int = 0
+    warnings: tuple[str, ...] = ()
+    #: whether winner tracking saw any max-like decision (sets the default tolerance)
+    kinks_present: bool = False
+    framework: str = "numpy"
+    term: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    #: burn-in losses, first to last (empty without burn-in)
+    burn_in_losses: tuple[float, ...] = ()
+    #: step-size sweep rows: (block, index, {h: rel_error}) for the worst coordinates
+    sweep: tuple[tuple[str, tuple[int, ...], Mapping[float, float]], ...] = ()
+    #: the factor the loss was multiplied by (scale="auto"), 1.0 otherwise
+    scale: float = 1.0
+
+    @property
+    def coordinates(self) -> int:
+        """How many coordinates were checked in the total (directions not counted)."""
+        return sum(len(b.indices) for b in self.blocks)
+
+    def failing(self) -> list[tuple[str | None, BlockResult]]:
+        """``(term, block)`` for every failing block, total first (term None)."""
+        out: list[tuple[str | None, BlockResult]] = [(None, b) for b in self.blocks if not b.passed]
+        for name, sub in self.terms.items():
+            out.extend((name, b) for b in sub.blocks if not b.passed)
+        return out
+
+    def summary(self) -> str:
+        """One line: verdict, tier, worst error, blocks, coordinates, kinks."""
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"gradcheck {verdict}: tier {self.tier.label} (max rel error "
+            f"{self.max_rel_error:.2e}, tolerance {self.tolerance.label}) over "
+            f"{len(self.blocks)} block(s), {self.coordinates} coordinate(s), "
+            f"{self.kinks_crossed} kink(s) crossed, {self.evaluations} evaluation(s)"
+        )
+
+    def report(self, limit: int = 5, only_failing: bool = False) -> str:
+        """A text table of the worst coordinates of each (failing) block."""
+        from ._text import result_table
+
+        return result_table(self, limit=limit, only_failing=only_failing)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form of the whole result, terms included."""
+        return {
+            "passed": self.passed,
+            "tier": self.tier.label,
+            "max_rel_error": self.max_rel_error,
+            "tolerance": self.tolerance.label,
+            "kinks_present": self.kinks_present,
+            "kinks_crossed": self.kinks_crossed,
+            "evaluations": self.evaluations,
+            "coordinates": self.coordinates,
+            "framework": self.framework,
+            "term": self.term,
+            "seconds": self.seconds,
+            "scale": self.scale,
+            "options": {k: _jsonable(v) for k, v in self.options.items()},
+            "warnings": list(self.warnings),
+            "burn_in_losses": list(self.burn_in_losses),
+            "sweep": [
+                {"block": b, "index": list(i), "rel_error": {repr(h): e for h, e in row.items()}}
+                for b, i, row in self.sweep
+            ],
+            "blocks": [b.to_dict() for b in self.blocks],
+            "terms": {name: sub.to_dict() for name, sub in self.terms.items()},
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Tier):
+        return value.label
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+
+
+class GradcheckError(AssertionError):
+    """A gradient check failed: some block is worse than the tolerance.
+
+    A subclass of `AssertionError`, so pytest shows it as a test failure. The message
+    lists the worst coordinates; `.result` holds the whole `Result`.
+    """
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        super().__init__(result.summary() + "\n" + result.report(only_failing=True))

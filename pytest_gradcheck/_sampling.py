@@ -1,0 +1,56 @@
+"""Which coordinates and which direction each block is checked at.
+
+Every block gets its own sample, so a bias of 10 entries beside a weight of 1e6 is
+never skipped (the seed's "check a few dimensions of every parameter"). The choice is
+a pure function of the seed, the block's name and the analytic gradient, so a failing
+check is reproduced exactly by running it again.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _rng(seed: int, name: str, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), purpose])
+
+
+def sample_coordinates(
+    name: str,
+    size: int,
+    gradients: Sequence[np.ndarray],
+    samples: int | None,
+    seed: int,
+) -> np.ndarray:
+    """Sorted flat indices to check in one block.
+
+    A block no larger than `samples` (or `samples=None`) is checked whole. Otherwise
+    the sample holds the coordinate of largest analytic magnitude of each gradient in
+    `gradients` (the total first, then each named term) and is filled up to `samples`
+    with coordinates drawn uniformly without replacement.
+    """
+    if samples is None or size <= samples:
+        return np.arange(size, dtype=np.int64)
+    chosen: list[int] = []
+    for g in gradients:
+        top = int(np.argmax(np.abs(g)))
+        if top not in chosen:
+            chosen.append(top)
+    rest = samples - len(chosen)
+    if rest > 0:
+        mask = np.ones(size, dtype=bool)
+        mask[chosen] = False
+        pool = np.flatnonzero(mask)
+        picked = _rng(seed, name, 1).choice(pool, size=min(rest, pool.size), replace=False)
+        chosen.extend(int(i) for i in picked)
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def direction(name: str, size: int, seed: int) -> np.ndarray:
+    """A seeded random unit vector over the block's coordinates (Gaussian, normalised)."""
+    v = _rng(seed, name, 2).standard_normal(size)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else np.ones(size) / np.sqrt(max(size, 1))

@@ -1,0 +1,189 @@
+"""The protocol between the framework-free engine and a framework backend.
+
+The engine never touches a framework array. It sees the check's blocks as flat
+float64 NumPy copies (`BlockSpec.values`), asks the backend for the analytic
+gradient at the base point, and asks it to evaluate the loss at points near the base
+point (`Point`: deltas added at flat indices of some blocks). A backend owns the
+user's objects: it casts to float64, perturbs in place, resets the RNGs before every
+evaluation, records winner signatures, and restores everything in `close()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+Wrt = Callable[[str], bool] | Sequence[str] | str | None
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One checked block: its name, shape, the user's dtype and its base values."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    values: np.ndarray  # float64, flat, a copy of the base point
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A point near the base point.
+
+    `deltas` holds ``(block index, flat indices, values)`` triples: the values are
+    added to the base point at those flat indices of that block (float64).
+    """
+
+    deltas: tuple[tuple[int, np.ndarray, np.ndarray], ...]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The loss at one point: the total, the named terms, the winner signature."""
+
+    loss: float
+    terms: Mapping[str, float] = field(default_factory=dict)
+    signature: bytes | None = None  # None when the evaluation was not tracked
+    decisions: int = 0  # how many max-like decisions the tracker saw
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """The analytic gradient at the base point, of the total and of each named term.
+
+    Every array is flat float64 with one entry per coordinate of the matching block.
+    """
+
+    center: Evaluation
+    total: tuple[np.ndarray, ...]
+    terms: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a backend needs to know of the options."""
+
+    seed: int = 0
+    device: str | None = None
+    wrt: Wrt = None
+
+
+class Backend(Protocol):
+    """A framework adapter. Constructed with ``(f, args, params, grad, settings)``."""
+
+    #: warnings found while preparing the check (float32 inputs, ...)
+    warnings: list[str]
+
+    def blocks(self) -> Sequence[BlockSpec]:
+        """The checked blocks, in a stable order."""
+
+    def gradient(self, track: bool) -> Gradient:
+        """The analytic gradient at the base point: one call of f, RNGs reset first.
+
+        With `track`, `Gradient.center` carries the winner signature of that call.
+        """
+
+    def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
+        """The loss at each point, RNGs reset to the seed before each evaluation."""
+
+    def step(self, update: Sequence[np.ndarray]) -> None:
+        """Add `update` (flat float64 per block) to the base point, in place (burn-in)."""
+
+    def close(self) -> None:
+        """Restore every user object, flag and RNG state exactly as before the check."""
+
+
+def select_blocks(floating: Sequence[str], others: Sequence[str], wrt: Wrt) -> list[str]:
+    """Apply the `wrt` option to the floating block names, validating it.
+
+    `others` are the names of non-floating leaves: naming one in `wrt` is an error.
+    """
+    if wrt is None:
+        chosen = list(floating)
+    elif callable(wrt):
+        chosen = [name for name in floating if wrt(name)]
+    else:
+        wanted = [wrt] if isinstance(wrt, str) else list(wrt)
+        for name in wanted:
+            if name in others:
+                raise TypeError(
+                    f"gradcheck: wrt names {name!r}, which is not floating point; "
+                    "only floating-point blocks have gradients. Remove it from wrt."
+                )
+            if name not in floating:
+                raise ValueError(
+                    f"gradcheck: wrt names {name!r}, which is not a block of this check; "
+                    f"the blocks are: {', '.join(floating) or '(none)'}"
+                )
+        chosen = [name for name in floating if name in wanted]
+    if not chosen:
+        raise ValueError(
+            "gradcheck: there is no floating-point block to check"
+            + (f" (wrt={wrt!r} selected none of: {', '.join(floating)})" if floating else "")
+            + ". Pass floating-point arrays in args or params."
+        )
+    return chosen
+
+
+def projection_weights(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """The fixed random weight `w` that reduces a non-scalar output to sum(out * w)."""
+    rng = np.random.default_rng([seed, 0x9E3779B9])
+    return rng.standard_normal(shape)
+
+
+def check_finite_loss(value: float, what: str) -> None:
+    """Raise ValueError when a loss value is NaN or infinite."""
+    if not np.isfinite(value):
+        raise ValueError(
+            f"gradcheck: {what} is {value}; the loss must be finite at the checked point "
+            "(look for a log of zero, a division by zero or an overflow)"
+        )
+
+
+def check_gradient_array(name: str, g: Any, shape: tuple[int, ...], term: str | None) -> np.ndarray:
+    """Validate one analytic gradient block and return it flat float64."""
+    where = f"block {name!r}" + (f" of term {term!r}" if term else "")
+    arr = np.asarray(g)
+    if arr.shape != tuple(shape):
+        raise ValueError(
+            f"gradcheck: the analytic gradient of {where} has shape {arr.shape}, "
+            f"but the block has shape {tuple(shape)}; return one gradient per input entry"
+        )
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"gradcheck: the analytic gradient of {where} is not numeric ({arr.dtype})")
+    flat = np.array(arr, dtype=np.float64).reshape(-1)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        idx = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"gradcheck: the analytic gradient of {where} holds {flat[idx]} at flat index "
+            f"{idx}; gradients must be finite"
+        )
+    return flat
+
+
+def reduce_output(out: Any) -> str:
+    """Classify a loss value: "scalar", "terms" or "array"."""
+    if isinstance(out, Mapping):
+        return "terms"
+    if isinstance(out, (bool, str, bytes)) or out is None:
+        raise TypeError(
+            f"gradcheck: f returned {type(out).__name__}; it must return a scalar loss, a "
+            "mapping of named scalar terms, or an array (reduced with a fixed random weight)"
+        )
+    shape = getattr(out, "shape", None)
+    if shape is None:
+        if isinstance(out, (int, float)):
+            return "scalar"
+        raise TypeError(
+            f"gradcheck: f returned {type(out).__name__}; it must return a scalar loss, a "
+            "mapping of named scalar terms, or an array (reduced with a fixed random weight)"
+        )
+    return "scalar" if len(shape) == 0 else "array"

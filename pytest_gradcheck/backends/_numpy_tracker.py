@@ -1,0 +1,183 @@
+"""Winner tracking for plain NumPy code: an ndarray subclass that records decisions.
+
+During a tracked evaluation the checked inputs are handed to f as `Tracked` views.
+Every ufunc and array function applied to them returns `Tracked` again, and the
+max-like ones (maximum/minimum, comparisons, abs, sign, clip, rounding, max/min
+reductions, argmax/argmin, sort, where) record their outcome into the recorder of
+the running evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import numpy as np
+
+from .._kinks import SignatureRecorder
+
+_RECORDER: ContextVar[SignatureRecorder | None] = ContextVar(
+    "gradcheck_numpy_recorder", default=None
+)
+
+_WINNER = {np.maximum: np.greater_equal, np.fmax: np.greater_equal,
+           np.minimum: np.less_equal, np.fmin: np.less_equal}  # fmt: skip
+_COMPARISONS = {np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal}
+_SIGNS = {np.absolute, np.sign, np.fabs, np.heaviside, np.copysign}
+_STEPS = {np.floor, np.ceil, np.rint, np.trunc, np.floor_divide, np.remainder, np.fmod}
+_ARG_FUNCS = {np.argmax, np.argmin, np.nanargmax, np.nanargmin}
+_ORDER_FUNCS = {np.sort, np.argsort, np.partition, np.argpartition, np.median, np.percentile,
+                np.quantile, np.nanmedian, np.nanpercentile, np.nanquantile, np.unique}  # fmt: skip
+
+
+def _raw(x: Any) -> Any:
+    if isinstance(x, Tracked):
+        return x.view(np.ndarray)
+    if isinstance(x, tuple):
+        return tuple(_raw(v) for v in x)
+    if isinstance(x, list):
+        return [_raw(v) for v in x]
+    return x
+
+
+def _wrap(x: Any) -> Any:
+    if isinstance(x, np.ndarray) and not isinstance(x, Tracked):
+        return x.view(Tracked)
+    if isinstance(x, np.generic):
+        return np.asarray(x).view(Tracked)
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    if isinstance(x, list):
+        return [_wrap(v) for v in x]
+    return x
+
+
+def _is_floating(x: Any) -> bool:
+    return np.issubdtype(np.asarray(x).dtype, np.floating)
+
+
+def _record(op: str, decision: Any) -> None:
+    rec = _RECORDER.get()
+    if rec is not None:
+        arr = np.ascontiguousarray(decision)
+        rec.record(op, arr.dtype.str.encode() + repr(arr.shape).encode() + arr.tobytes())
+
+
+def _arg_along(x: np.ndarray, axis: Any, fn: Any) -> np.ndarray:
+    """The winning index of a max/min reduction over `axis` (None, int or tuple)."""
+    x = np.asarray(x)
+    if axis is None:
+        return np.asarray(fn(x.reshape(-1)))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(a % x.ndim for a in axes)
+    keep = [a for a in range(x.ndim) if a not in axes]
+    moved = np.transpose(x, keep + list(axes))
+    flat = moved.reshape((*moved.shape[:len(keep)], -1))
+    return np.asarray(fn(flat, axis=-1))
+
+
+class Tracked(np.ndarray):
+    """An ndarray view whose max-like operations are recorded."""
+
+    __array_priority__ = 100.0  # so plain_array.dot(tracked) returns Tracked
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        raw_inputs = _raw(inputs)
+        if "out" in kwargs:
+            kwargs["out"] = _raw(kwargs["out"])
+        result = getattr(ufunc, method)(*raw_inputs, **kwargs)
+        floating = any(_is_floating(x) for x in raw_inputs if not isinstance(x, np.ufunc))
+        if floating:
+            self._decide(ufunc, method, raw_inputs, kwargs, result)
+        return _wrap(result)
+
+    @staticmethod
+    def _decide(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict, result: Any) -> None:
+        name = ufunc.__name__
+        if method == "__call__":
+            if ufunc in _WINNER:
+                _record(name, _WINNER[ufunc](inputs[0], inputs[1]))
+            elif ufunc in _COMPARISONS:
+                _record(name, result)
+            elif ufunc in _SIGNS:
+                _record(name, np.sign(inputs[0]).astype(np.int8))
+            elif ufunc in _STEPS:
+                _record(name, result)
+            elif name == "clip":
+                x, lo, hi = ([*list(inputs), None, None])[:3]
+                lo = -np.inf if lo is None else lo
+                hi = np.inf if hi is None else hi
+                _record(name, (np.less(x, lo).astype(np.int8) - np.greater(x, hi)))
+        elif method in ("reduce", "accumulate", "reduceat") and ufunc in _WINNER:
+            if method == "reduce":
+                fn = np.argmax if ufunc in (np.maximum, np.fmax) else np.argmin
+                _record(name + ".reduce", _arg_along(inputs[0], kwargs.get("axis", 0), fn))
+            else:
+                _record(f"{name}.{method}", result)
+
+    def __array_function__(self, func: Any, types: tuple, args: tuple, kwargs: dict) -> Any:
+        result = super().__array_function__(func, types, args, kwargs)
+        if func in _ARG_FUNCS:
+            pass  # recorded by the argmax/argmin methods the default implementation calls
+        elif func in _ORDER_FUNCS and func is not np.sort and args and _is_floating(_raw(args[0])):
+            x = np.asarray(_raw(args[0]))
+            axis = kwargs.get("axis", -1 if func in (np.sort, np.argsort) else None)
+            order = np.argsort(x, axis=axis, kind="stable") if x.ndim else np.zeros(0)
+            _record(func.__name__, order)
+        elif func is np.where and len(args) == 3:
+            _record("where", np.asarray(_raw(args[0]), dtype=bool))
+        elif func is np.select and args:
+            _record("select", np.asarray([np.asarray(_raw(c), dtype=bool) for c in args[0]]))
+        return _wrap(result)
+
+    # ndarray methods that np.argmax & co. call back into: compute on the raw array
+    def argmax(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.view(np.ndarray).argmax(*args, **kwargs)
+        _record("argmax", result)
+        return _wrap(result)
+
+    def argmin(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.view(np.ndarray).argmin(*args, **kwargs)
+        _record("argmin", result)
+        return _wrap(result)
+
+    def argsort(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.view(np.ndarray).argsort(*args, **kwargs)
+        _record("argsort", result)
+        return _wrap(result)
+
+    def sort(self, axis: int = -1, **kwargs: Any) -> None:
+        raw = self.view(np.ndarray)
+        _record("sort", np.argsort(raw, axis=axis, kind="stable"))
+        raw.sort(axis=axis, **kwargs)
+
+    def __bool__(self) -> bool:
+        return bool(self.view(np.ndarray))
+
+    def __float__(self) -> float:
+        return float(self.view(np.ndarray))
+
+
+@contextlib.contextmanager
+def tracking() -> Iterator[SignatureRecorder]:
+    """Record the decisions of everything computed on `Tracked` arrays inside the block."""
+    rec = SignatureRecorder()
+    token = _RECORDER.set(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDER.reset(token)
+
+
+def track(value: Any) -> Any:
+    """A `Tracked` view of a floating NumPy value (other values unchanged)."""
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+        return value.view(Tracked)
+    return value
+
+
+def untrack(value: Any) -> Any:
+    """The plain ndarray behind a `Tracked` value (other values unchanged)."""
+    return value.view(np.ndarray) if isinstance(value, Tracked) else value

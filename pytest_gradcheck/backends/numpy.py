@@ -1,0 +1,355 @@
+"""The NumPy backend: hand-written gradients (`grad=`) checked in float64.
+
+f receives float64 copies of the floating arguments (rebuilt for every evaluation, so
+an f that writes into its inputs cannot corrupt the check); the entries of `params`
+are perturbed in place, float64 arrays in the very objects f reads, and restored bit
+for bit afterwards. With `params=`, the blocks are the entries of `params` and the
+positional arguments are data; without it, the blocks are the floating leaves of args.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._base import (
+    BlockSpec,
+    Evaluation,
+    Gradient,
+    Point,
+    Settings,
+    check_gradient_array,
+    projection_weights,
+    reduce_output,
+    select_blocks,
+)
+from ._numpy_tracker import track as track_value
+from ._numpy_tracker import tracking
+from ._rng import GlobalRng
+from ._tree import child_name, iter_leaves, map_leaves
+
+_NO_GRAD = (
+    "gradcheck: f works on NumPy arrays, so pass grad=: a callable with f's signature "
+    "returning the gradients (a tuple with one entry per positional argument, None for "
+    "non-floating ones; with params=, a dict keyed like params)"
+)
+
+
+def _is_floating_leaf(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return np.issubdtype(x.dtype, np.floating)
+    return isinstance(x, (float, np.floating)) and not isinstance(x, bool)
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype) if isinstance(x, (np.ndarray, np.generic)) else type(x).__name__
+
+
+class _ParamSlot:
+    """One entry of `params`: its container and key, the original object, the live array."""
+
+    def __init__(self, container: MutableMapping | list, key: Any, original: Any) -> None:
+        self.container, self.key, self.original = container, key, original
+        in_place = (
+            isinstance(original, np.ndarray)
+            and original.dtype == np.float64
+            and original.flags.writeable
+        )
+        self.saved = np.array(original, dtype=np.float64, copy=True)
+        # a float64 writeable array is perturbed in place; anything else is swapped out
+        self.live = original if in_place else self.saved.copy()
+        if not in_place:
+            container[key] = self.live
+
+    def expose(self, value: Any) -> None:
+        self.container[self.key] = value
+
+    def restore(self) -> None:
+        if self.live is self.original:
+            np.copyto(self.original, self.saved)
+        self.container[self.key] = self.original
+
+
+class NumpyBackend:
+    """Checks a NumPy function against its hand-written `grad`."""
+
+    framework = "numpy"
+
+    def __init__(
+        self,
+        f: Callable[..., Any],
+        args: tuple,
+        params: Any,
+        grad: Callable[..., Any] | None,
+        settings: Settings,
+    ) -> None:
+        if grad is None:
+            raise TypeError(_NO_GRAD)
+        if not callable(grad):
+            raise TypeError(f"gradcheck: grad must be callable, got {type(grad).__name__}")
+        self.f, self.grad, self.settings = f, grad, settings
+        self.params = params
+        self.warnings: list[str] = []
+        self._rng = GlobalRng(settings.seed)
+        self._kind: str | None = None
+        self._weights: np.ndarray | None = None
+        self._slots: list[_ParamSlot] = []
+        try:
+            self._prepare(args, params)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up ---------------------------------------------------------------------
+    def _prepare(self, args: tuple, params: Any) -> None:
+        floating, others = [], []
+        if params is None:
+            leaves = list(iter_leaves(tuple(args), "args"))
+        else:
+            if not isinstance(params, (MutableMapping, list)):
+                raise TypeError(
+                    "gradcheck: params must be a dict (or list) of NumPy arrays that f "
+                    f"reads, got {type(params).__name__}"
+                )
+            leaves = list(self._param_leaves(params))
+        for name, leaf in leaves:
+            (floating if _is_floating_leaf(leaf) else others).append(name)
+        chosen = set(select_blocks(floating, others, self.settings.wrt))
+        lowp = sorted(
+            {_dtype_name(leaf) for name, leaf in leaves if name in chosen} - {"float64", "float"}
+        )
+        if lowp:
+            self.warnings.append(
+                f"inputs of dtype {', '.join(lowp)} were checked in float64 "
+                "(the check always runs in double precision)"
+            )
+        # args: float64 base copies, rebuilt for each evaluation
+        self._arg_base: dict[str, np.ndarray] = {}
+        self._args = tuple(args)
+        specs: list[BlockSpec] = []
+        if params is None:
+            for name, leaf in leaves:
+                if name in chosen:
+                    base = np.array(leaf, dtype=np.float64, copy=True)
+                    self._arg_base[name] = base
+                    specs.append(
+                        BlockSpec(name, base.shape, _dtype_name(leaf), base.reshape(-1).copy())
+                    )
+        else:
+            for name, container, key, leaf in self._param_slots(params):
+                if name in chosen:
+                    slot = _ParamSlot(container, key, leaf)
+                    self._slots.append(slot)
+                    specs.append(
+                        BlockSpec(
+                            name, slot.saved.shape, _dtype_name(leaf), slot.saved.reshape(-1).copy()
+                        )
+                    )
+        self._specs = specs
+        self._base = [s.values.reshape(s.shape).copy() for s in specs]
+
+    def _param_leaves(self, params: Any) -> list[tuple[str, Any]]:
+        return [(name, leaf) for name, _, _, leaf in self._param_slots(params)]
+
+    def _param_slots(self, params: Any) -> list[tuple[str, Any, Any, Any]]:
+        """(name, container, key, leaf) for each leaf of params, named as the contract says."""
+        out: list[tuple[str, Any, Any, Any]] = []
+
+        def walk(obj: Any, name: str) -> None:
+            items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
+            for key, value in items:
+                if name:
+                    child = child_name(name, key)
+                else:
+                    child = str(key) if isinstance(obj, Mapping) else f"params[{key}]"
+                if isinstance(value, (MutableMapping, list)):
+                    walk(value, child)
+                else:
+                    out.append((child, obj, key, value))
+
+        walk(params, "")
+        return out
+
+    # -- protocol ---------------------------------------------------------------------
+    def blocks(self) -> Sequence[BlockSpec]:
+        return self._specs
+
+    def _call(self, point: Point | None, track: bool) -> tuple[Any, int, bytes | None]:
+        """Set the point, reset RNGs, call f (tracked or not); return (output, n, digest)."""
+        values = [base.copy() for base in self._base]
+        if point is not None:
+            for b, idx, delta in point.deltas:
+                flat = values[b].reshape(-1)
+                flat[idx] += delta
+        n_args = len(self._arg_base)
+        arg_values = dict(zip(list(self._arg_base), values[:n_args], strict=True))
+        for slot, value in zip(self._slots, values[n_args:], strict=True):
+            np.copyto(slot.live, value)
+
+        def arg_leaf(name: str, leaf: Any) -> Any:
+            if name in arg_values:
+                v = arg_values[name]
+                return track_value(v) if track else v
+            return leaf
+
+        call_args = map_leaves(self._args, "args", arg_leaf)
+        if track:
+            for slot in self._slots:
+                slot.expose(track_value(slot.live))
+        self._rng.reseed()
+        try:
+            if track:
+                with tracking() as rec:
+                    out = self.f(*call_args)
+                return out, rec.count, rec.digest()
+            return self.f(*call_args), 0, None
+        finally:
+            if track:
+                for slot in self._slots:
+                    slot.expose(slot.live)
+            for slot, base in zip(self._slots, self._base[n_args:], strict=True):
+                np.copyto(slot.live, base)
+
+    def _reduce(self, out: Any) -> tuple[float, dict[str, float]]:
+        kind = reduce_output(out)
+        if self._kind is None:
+            self._kind = kind
+        elif kind != self._kind:
+            raise TypeError(
+                f"gradcheck: f returned a {kind} at one point and a {self._kind} at another; "
+                "it must return the same kind of loss everywhere"
+            )
+        if kind == "scalar":
+            return _to_float(out, "the loss"), {}
+        if kind == "terms":
+            terms = {str(k): _to_float(v, f"term {k!r}") for k, v in out.items()}
+            if not terms:
+                raise ValueError("gradcheck: f returned an empty mapping of loss terms")
+            return float(sum(terms.values())), terms
+        arr = np.asarray(out, dtype=np.float64)
+        if self._weights is None:
+            self._weights = projection_weights(arr.shape, self.settings.seed)
+        if arr.shape != self._weights.shape:
+            raise ValueError(
+                f"gradcheck: f returned shape {arr.shape} at one point and "
+                f"{self._weights.shape} at another"
+            )
+        return float(np.sum(arr * self._weights)), {}
+
+    def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
+        out = []
+        for point in points:
+            value, count, digest = self._call(point, track)
+            loss, terms = self._reduce(value)
+            out.append(Evaluation(loss, terms, digest, count))
+        return out
+
+    def gradient(self, track: bool) -> Gradient:
+        value, count, digest = self._call(None, track)
+        loss, terms = self._reduce(value)
+        center = Evaluation(loss, terms, digest, count)
+        call_args = map_leaves(
+            self._args,
+            "args",
+            lambda name, leaf: (
+                self._base[list(self._arg_base).index(name)].copy()
+                if name in self._arg_base
+                else leaf
+            ),
+        )
+        kwargs = {"dout": self._weights.copy()} if self._kind == "array" else {}
+        self._rng.reseed()
+        raw = self.grad(*call_args, **kwargs)
+        if self._kind == "terms":
+            if not isinstance(raw, Mapping):
+                raise TypeError(
+                    "gradcheck: f returned named terms, so grad must return a dict "
+                    f"{{term: gradients}}; it returned {type(raw).__name__}"
+                )
+            if set(map(str, raw)) != set(terms):
+                raise ValueError(
+                    f"gradcheck: grad returned gradients for terms {sorted(map(str, raw))}, "
+                    f"but f returned terms {sorted(terms)}; return one entry per term"
+                )
+            per_term = {str(t): self._unpack(g, str(t), allow_missing=True) for t, g in raw.items()}
+            per_term = {t: per_term[t] for t in terms}
+            total = []
+            for b, spec in enumerate(self._specs):
+                parts = [per_term[t][b] for t in terms if per_term[t][b] is not None]
+                if not parts:
+                    raise ValueError(_no_gradient(spec.name))
+                total.append(np.sum(parts, axis=0))
+            filled = {
+                t: tuple(
+                    g if g is not None else np.zeros(spec.size)
+                    for g, spec in zip(per_term[t], self._specs, strict=True)
+                )
+                for t in terms
+            }
+            return Gradient(center, tuple(total), filled)
+        grads = self._unpack(raw, None, allow_missing=False)
+        return Gradient(center, tuple(g for g in grads if g is not None), {})
+
+    def _unpack(self, raw: Any, term: str | None, allow_missing: bool) -> list[np.ndarray | None]:
+        """Match grad's return value to the blocks, validating each array."""
+        if self.params is None:
+            if len(self._args) == 1 and not isinstance(raw, (tuple, list)):
+                raw = (raw,)
+            if not isinstance(raw, (tuple, list)) or len(raw) != len(self._args):
+                got = len(raw) if isinstance(raw, (tuple, list)) else type(raw).__name__
+                raise ValueError(
+                    f"gradcheck: grad must return a tuple with one entry per positional "
+                    f"argument of f ({len(self._args)}), got {got}"
+                    + (f" for term {term!r}" if term else "")
+                )
+            found = dict(iter_leaves(tuple(raw), "args"))
+        else:
+            if not isinstance(raw, (Mapping, list)):
+                raise TypeError(
+                    "gradcheck: with params=, grad must return a dict keyed like params, "
+                    f"got {type(raw).__name__}" + (f" for term {term!r}" if term else "")
+                )
+            found = dict(self._param_leaves(raw))
+        out: list[np.ndarray | None] = []
+        for spec in self._specs:
+            g = found.get(spec.name)
+            if g is None:
+                if allow_missing:
+                    out.append(None)
+                    continue
+                raise ValueError(_no_gradient(spec.name))
+            out.append(check_gradient_array(spec.name, g, spec.shape, term))
+        return out
+
+    def step(self, update: Sequence[np.ndarray]) -> None:
+        for b, u in enumerate(update):
+            self._base[b] = self._base[b] + np.asarray(u, dtype=np.float64).reshape(
+                self._base[b].shape
+            )
+        n_args = len(self._arg_base)
+        for slot, base in zip(self._slots, self._base[n_args:], strict=True):
+            np.copyto(slot.live, base)
+
+    def close(self) -> None:
+        for slot in getattr(self, "_slots", []):
+            slot.restore()
+        self._rng.restore()
+
+
+def _no_gradient(name: str) -> str:
+    return (
+        f"gradcheck: block {name!r} receives no gradient: grad returned None or nothing "
+        f"for it. Return its gradient, or leave it out of the check with wrt"
+    )
+
+
+def _to_float(value: Any, what: str) -> float:
+    arr = np.asarray(value)
+    if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(
+            f"gradcheck: {what} must be a scalar, got {type(value).__name__} of shape "
+            f"{getattr(arr, 'shape', '?')}"
+        )
+    return float(arr)
