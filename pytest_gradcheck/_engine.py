@@ -42,10 +42,17 @@ class _Pair:
     minus: Evaluation | None = None
     #: the same difference at step/2, for Richardson extrapolation (see `refine`)
     half: _Pair | None = None
+    #: after a persistent crossing: (side, f at side*step/2, f at the center), see
+    #: `_Counter.one_sided`
+    one_sided: tuple[int, Evaluation, Evaluation] | None = None
 
     def crossed(self) -> bool:
         assert self.plus is not None and self.minus is not None
         return crossed(self.plus.signature, self.minus.signature)
+
+    def usable(self) -> bool:
+        """Whether the numeric value is exact up to truncation (no kink in the way)."""
+        return not self.crossed() or self.one_sided is not None
 
     def quotient(self, term: str | None) -> tuple[float, float]:
         """(numeric derivative, round-off floor) of the total (None) or one term.
@@ -54,13 +61,24 @@ class _Pair:
         truncation error is O(h^4) instead of O(h^2).
         """
         assert self.plus is not None and self.minus is not None
-        fp = self.plus.loss if term is None else self.plus.terms[term]
-        fm = self.minus.loss if term is None else self.minus.terms[term]
+        fp = _value(self.plus, term)
+        fm = _value(self.minus, term)
+        if self.one_sided is not None:
+            side, half, center = self.one_sided
+            f_far, f_half, f_0 = (fp if side > 0 else fm), _value(half, term), _value(center, term)
+            d_far = side * (f_far - f_0) / self.step
+            d_half = side * (f_half - f_0) / (self.step / 2.0)
+            # Richardson on the one-sided quotient: O(h^2) like the centered formula
+            return 2.0 * d_half - d_far, 6.0 * noise_floor(f_far, f_0, self.step)
         d, floor = (fp - fm) / (2.0 * self.step), noise_floor(fp, fm, self.step)
         if self.half is None:
             return d, floor
         d_half, floor_half = self.half.quotient(term)
         return (4.0 * d_half - d) / 3.0, (4.0 * floor_half + floor) / 3.0
+
+
+def _value(ev: Evaluation, term: str | None) -> float:
+    return ev.loss if term is None else ev.terms[term]
 
 
 def _pair(block: int, indices: np.ndarray, delta: np.ndarray, h: float) -> _Pair:
@@ -74,6 +92,8 @@ class _Counter:
         self.backend = backend
         self.track = track
         self.count = 0
+        #: the tracked evaluation at the base point, once known
+        self.center: Evaluation | None = None
 
     def run(self, pairs: Sequence[_Pair]) -> None:
         """Evaluate the pairs, retrying crossings at smaller steps (kinks="track")."""
@@ -93,6 +113,38 @@ class _Counter:
                 if original.crossed():
                     still.append(original)
             todo = still
+        if todo:
+            self.one_sided(todo)
+
+    def one_sided(self, pairs: Sequence[_Pair]) -> None:
+        """Rescue persistent crossings whose center shares one side's branches.
+
+        If f(x+h) took the same branches as f(x), the kink lies on the other side and
+        the one-sided quotient from x toward x+h stays on one smooth piece (likewise
+        for x-h). A half step on that side confirms it and gives a Richardson
+        estimate. Crossings where the center matches neither side stay excluded.
+        """
+        c = self.center
+        if c is None or c.signature is None:
+            return
+        todo = []
+        for p in pairs:
+            assert p.plus is not None and p.minus is not None
+            if p.plus.signature == c.signature:
+                side, point = 1, p.point_plus
+            elif p.minus.signature == c.signature:
+                side, point = -1, p.point_minus
+            else:
+                continue
+            todo.append((p, side, Point(tuple((b, i, d / 2.0) for b, i, d in point.deltas))))
+        if not todo:
+            return
+        evals = self.backend.evaluate([t[2] for t in todo], True)
+        self.count += len(todo)
+        for (p, side, _), ev in zip(todo, evals, strict=True):
+            _check_finite(ev, "a one-sided half step")
+            if ev.signature == c.signature:
+                p.one_sided = (side, ev, c)
 
     def _evaluate(self, pairs: Sequence[_Pair]) -> None:
         points: list[Point] = []
@@ -106,7 +158,6 @@ class _Counter:
             p.plus, p.minus = evals[2 * i], evals[2 * i + 1]
             _check_finite(p.plus, "f(x + h)")
             _check_finite(p.minus, "f(x - h)")
-
 
     def refine(self, pairs: Sequence[_Pair]) -> None:
         """Add a half-step evaluation to each pair (Richardson extrapolation).
@@ -156,6 +207,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     grad = backend.gradient(track)
     counter.count += 1
+    counter.center = grad.center
     _check_finite(grad.center, "the checked point")
     term_names = tuple(grad.terms)
     kinks_present = track and grad.center.decisions > 0
@@ -222,7 +274,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     localized: list[list[tuple[int, _Pair]]] = [[] for _ in specs]
     for b in range(len(specs)):
         p, v = dir_pairs[b], dirs[b]
-        if p is None or v is None or p.crossed():
+        if p is None or v is None or not p.usable():
             continue
         for loss in losses:
             a = float(v @ analytic(loss, b))
@@ -233,7 +285,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             if any(
                 _verdict(float(analytic(loss, b)[i]), q * scale, fl * scale) > tolerance
                 for i, pp in zip(coord_index[b], coord_pairs[b], strict=True)
-                if not pp.crossed()
+                if pp.usable()
                 for q, fl in [pp.quotient(loss)]
             ):
                 continue
@@ -315,7 +367,7 @@ def _fails(
     tolerance: Tier,
 ) -> bool:
     """Whether a (kink-free) comparison is worse than the tolerance for some loss."""
-    if pair.crossed():
+    if pair.crossed() or pair.half is not None:
         return False
     for a, loss in zip(analytic, losses, strict=True):
         n, floor = pair.quotient(loss)
@@ -350,15 +402,17 @@ def _block_result(
     floor = np.empty(k)
     step = np.empty(k)
     kink = np.zeros(k, dtype=bool)
+    one_sided = np.zeros(k, dtype=bool)
     for j, p in enumerate(pairs):
         n, fl = p.quotient(loss)
-        numeric[j], floor[j], step[j], kink[j] = n * scale, fl * scale, p.step, p.crossed()
+        numeric[j], floor[j], step[j] = n * scale, fl * scale, p.step
+        kink[j], one_sided[j] = p.crossed(), p.one_sided is not None
     rel = np.array([relative_error(a, n) for a, n in zip(analytic, numeric, strict=True)])
     within = np.abs(analytic - numeric) <= floor
     tiers = [
         Tier.HAPPY if w else Tier.of(float(r))
-        for r, w, c in zip(rel, within, kink, strict=True)
-        if not c
+        for r, w, c, o in zip(rel, within, kink, one_sided, strict=True)
+        if o or not c
     ]
     d = None
     if dpair is not None and v is not None:
@@ -373,8 +427,9 @@ def _block_result(
             kink_crossed=dpair.crossed(),
             within_noise=abs(a - n) <= fl,
             tier=_verdict(a, n, fl),
+            one_sided=dpair.one_sided is not None,
         )
-        if not d.kink_crossed:
+        if dpair.usable():
             tiers.append(d.tier)
     tier = max(tiers, default=Tier.HAPPY)
     indices = tuple(_multi_index(int(i), spec.shape) for i in idx)
@@ -389,6 +444,7 @@ def _block_result(
         kink_crossed=kink,
         step=step,
         within_noise=within,
+        one_sided=one_sided,
         tier=tier,
         passed=tier <= tolerance,
         direction=d,

@@ -23,6 +23,13 @@ class DirectionResult:
     kink_crossed: bool
     within_noise: bool
     tier: Tier
+    #: the crossing was rescued by a one-sided difference on the center's side
+    one_sided: bool = False
+
+    @property
+    def counted(self) -> bool:
+        """Whether this comparison takes part in the verdict."""
+        return not self.kink_crossed or self.one_sided
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class BlockResult:
     within_noise: np.ndarray
     tier: Tier
     passed: bool
+    #: kink-crossed coordinates rescued by a one-sided difference (they count)
+    one_sided: np.ndarray | None = None
     direction: DirectionResult | None = None
     #: coordinates found by bisection after the direction failed (also in `indices`)
     localized: tuple[tuple[int, ...], ...] = ()
@@ -63,12 +72,19 @@ class BlockResult:
         Raw values: a coordinate whose disagreement is within round-off noise still
         shows its relative error here, though its tier is `HAPPY`.
         """
-        counted = self.rel_error[~self.kink_crossed]
+        counted = self.rel_error[self.counted]
         worst = float(counted.max()) if counted.size else 0.0
         d = self.direction
-        if d is not None and not d.kink_crossed:
+        if d is not None and d.counted:
             worst = max(worst, d.rel_error)
         return worst
+
+    @property
+    def counted(self) -> np.ndarray:
+        """Which coordinates take part in the verdict (not excluded by a kink)."""
+        if self.one_sided is None:
+            return ~self.kink_crossed
+        return ~self.kink_crossed | self.one_sided
 
     @property
     def coordinate_tiers(self) -> list[Tier]:
@@ -91,6 +107,7 @@ class BlockResult:
             "rel_error": self.rel_error.tolist(),
             "kink_crossed": self.kink_crossed.tolist(),
             "within_noise": self.within_noise.tolist(),
+            "one_sided": self.one_sided.tolist() if self.one_sided is not None else None,
             "step": self.step.tolist(),
             "tier": self.tier.label,
             "passed": self.passed,
@@ -105,6 +122,7 @@ class BlockResult:
                 "step": d.step,
                 "kink_crossed": d.kink_crossed,
                 "within_noise": d.within_noise,
+                "one_sided": d.one_sided,
                 "tier": d.tier.label,
             },
             "localized": [list(i) for i in self.localized],

@@ -29,15 +29,18 @@ def block_table(block: BlockResult, term: str | None, limit: int) -> list[str]:
     order = sorted(
         range(len(block.indices)),
         key=lambda i: (
-            not block.kink_crossed[i] and not block.within_noise[i],
+            bool(block.counted[i]) and not block.within_noise[i],
             float(block.rel_error[i]),
         ),
         reverse=True,
     )
+    counted = block.counted
     for i in order[:limit]:
-        tier = "excluded" if block.kink_crossed[i] else block.coordinate_tiers[i].label
-        if block.within_noise[i] and not block.kink_crossed[i]:
+        tier = block.coordinate_tiers[i].label if counted[i] else "excluded"
+        if block.within_noise[i] and counted[i]:
             tier = "noise"
+        if counted[i] and block.kink_crossed[i]:
+            tier += " 1-sided"
         lines.append(
             f"  {_fmt_index(block.indices[i]):<14} {block.analytic[i]:>15.8e} "
             f"{block.numeric[i]:>15.8e} {block.rel_error[i]:>10.2e}  {tier:<13} "
@@ -47,7 +50,9 @@ def block_table(block: BlockResult, term: str | None, limit: int) -> list[str]:
         lines.append(f"  ... {len(order) - limit} more coordinate(s)")
     d = block.direction
     if d is not None:
-        tier = "excluded" if d.kink_crossed else ("noise" if d.within_noise else d.tier.label)
+        tier = "excluded" if not d.counted else ("noise" if d.within_noise else d.tier.label)
+        if d.counted and d.kink_crossed:
+            tier += " 1-sided"
         lines.append(
             f"  {'direction v':<14} {d.analytic:>15.8e} {d.numeric:>15.8e} "
             f"{d.rel_error:>10.2e}  {tier:<13} {d.step:>8.1e}  "

@@ -1,0 +1,1 @@
+"""The demo suite: run it with `bash scripts/demo.sh`."""
