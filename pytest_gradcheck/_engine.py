@@ -100,19 +100,20 @@ class _Counter:
         self._evaluate(pairs)
         if not self.track:
             return
-        todo = [p for p in pairs if p.crossed()]
-        for divisor in RETRY_DIVISORS:
+        todo = [(p, _Pair(p.point_plus, p.point_minus, p.step)) for p in pairs if p.crossed()]
+        for divisor in RETRY_DIVISORS:  # relative to the original step: h/10, h/100
             if not todo:
                 break
-            retries = [_smaller(p, divisor) for p in todo]
+            retries = [_smaller(first, divisor) for _, first in todo]
             self._evaluate(retries)
             still = []
-            for original, retry in zip(todo, retries, strict=True):
+            for (original, first), retry in zip(todo, retries, strict=True):
                 original.point_plus, original.point_minus = retry.point_plus, retry.point_minus
                 original.step, original.plus, original.minus = retry.step, retry.plus, retry.minus
                 if original.crossed():
-                    still.append(original)
+                    still.append((original, first))
             todo = still
+        todo = [p for p, _ in todo]
         if todo:
             self.one_sided(todo)
 
