@@ -33,7 +33,7 @@ def gradcheck(
     block and one random direction per block are checked, and kink crossings are
     detected by tracking the winners of max-like operations. Options (`eps`,
     `samples_per_block`, `seed`, `kinks`, `tolerance`, `burn_in`, `device`, `wrt`,
-    `mode`, `burn_in_lr`, `scale`, `sweep`, `dominance`, `burn_in_step`) resolve as:
+    `mode`, `burn_in_lr`, `scale`, `sweep`, `dominance`, `burn_in_step`, `batch`) resolve as:
     this call > the test's ``gradcheck`` marker > CLI flag > ini key > default.
 
     Returns the `Result`. When the check fails and `raise_on_fail` is true, raises
@@ -54,7 +54,7 @@ def gradcheck(
 
     framework = detect_framework(args, params)
     backend_cls = load_backend(framework)
-    settings = Settings(seed=opts.seed, device=opts.device, wrt=opts.wrt)
+    settings = Settings(seed=opts.seed, device=opts.device, wrt=opts.wrt, batch=opts.batch)
     backend = backend_cls(f, args, params, grad, settings)
     try:
         result = run_check(backend, opts, framework)

@@ -34,6 +34,8 @@ class Options:
     dominance: float = 100.0
     #: a custom burn-in step: ``fn(grads: dict[name, ndarray]) -> dict[name, update]``
     burn_in_step: Callable[..., Any] | None = None
+    #: evaluate perturbed points as a batch (vmap) where the framework allows it
+    batch: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -56,6 +58,7 @@ CLI: dict[str, tuple[str, str]] = {
     "scale": ("scale", "'auto' rescales the loss when gradients are tiny"),
     "sweep": ("h-sweep", "add a step-size sweep table for the worst coordinates"),
     "dominance": ("dominance", "term-dominance warning ratio (default 100)"),
+    "batch": ("batch", "evaluate perturbed points as a vmap batch where possible (default on)"),
 }
 
 
@@ -80,7 +83,9 @@ def parse_text(name: str, text: str) -> Any:
         return None if _none(t) else t
     if name == "wrt":
         return None if _none(t) else [w.strip() for w in t.split(",") if w.strip()]
-    if name == "sweep":
+    if name in ("sweep", "batch"):
+        if t.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"gradcheck: {name} must be on or off, got {text!r}")
         return t.lower() in ("1", "true", "yes", "on")
     return t
 
@@ -139,6 +144,8 @@ def validate(o: Options) -> Options:
         )
     if not (isinstance(o.dominance, (int, float)) and o.dominance > 1):
         raise ValueError(f"gradcheck: dominance must be a ratio > 1, got {o.dominance!r}")
+    if not isinstance(o.batch, bool) or not isinstance(o.sweep, bool):
+        raise TypeError("gradcheck: batch and sweep must be True or False")
     if o.burn_in_step is not None and not callable(o.burn_in_step):
         raise TypeError("gradcheck: burn_in_step must be a callable")
     tol = None if o.tolerance is None else Tier.parse(o.tolerance)

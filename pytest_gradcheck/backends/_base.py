@@ -73,6 +73,8 @@ class Settings:
     seed: int = 0
     device: str | None = None
     wrt: Wrt = None
+    #: evaluate a pass's points as one batch (vmap) where the framework allows it
+    batch: bool = True
 
 
 class Backend(Protocol):
