@@ -182,7 +182,7 @@ def _smaller(p: _Pair, divisor: float) -> _Pair:
 
 
 def _check_finite(ev: Evaluation, what: str) -> None:
-    values = {"the loss": ev.loss, **{f"term {k!r}": v for k, v in ev.terms.items()}}
+    values = {**{f"term {k!r}": v for k, v in ev.terms.items()}, "the loss": ev.loss}
     for name, value in values.items():
         if not math.isfinite(value):
             raise ValueError(
@@ -329,6 +329,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             blocks, tolerance, kinks_present, framework, loss, opts, scale, counter.count
         )
 
+    warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
     _dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
     _active_range_warnings(specs, grad, scale, warnings)
 

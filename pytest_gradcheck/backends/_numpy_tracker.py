@@ -153,6 +153,15 @@ class Tracked(np.ndarray):
         _record("sort", np.argsort(raw, axis=axis, kind="stable"))
         raw.sort(axis=axis, **kwargs)
 
+    # indexing a single element gives a 0-d Tracked, so loop code (`if scores[j] > 0`)
+    # is tracked too
+    def __getitem__(self, key: Any) -> Any:
+        return _wrap(super().__getitem__(key))
+
+    def __iter__(self) -> Any:
+        for i in range(len(self)):
+            yield self[i]
+
     def __bool__(self) -> bool:
         return bool(self.view(np.ndarray))
 

@@ -192,7 +192,7 @@ class NumpyBackend:
             if name in arg_values:
                 v = arg_values[name]
                 return track_value(v) if track else v
-            return leaf
+            return _data_copy(leaf)
 
         call_args = map_leaves(self._args, "args", arg_leaf)
         if track:
@@ -325,9 +325,7 @@ class NumpyBackend:
 
     def step(self, update: Sequence[np.ndarray]) -> None:
         for b, u in enumerate(update):
-            self._base[b] = self._base[b] + np.asarray(u, dtype=np.float64).reshape(
-                self._base[b].shape
-            )
+            self._base[b] += np.asarray(u, dtype=np.float64).reshape(self._base[b].shape)
         n_args = len(self._arg_base)
         for slot, base in zip(self._slots, self._base[n_args:], strict=True):
             np.copyto(slot.live, base)
@@ -336,6 +334,11 @@ class NumpyBackend:
         for slot in getattr(self, "_slots", []):
             slot.restore()
         self._rng.restore()
+
+
+def _data_copy(leaf: Any) -> Any:
+    """A copy of an array argument that is not checked, so f cannot change the user's."""
+    return leaf.copy() if isinstance(leaf, np.ndarray) else leaf
 
 
 def _no_gradient(name: str) -> str:
@@ -347,9 +350,11 @@ def _no_gradient(name: str) -> str:
 
 def _to_float(value: Any, what: str) -> float:
     arr = np.asarray(value)
-    if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+    real = np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    if arr.shape != () or not real:
         raise TypeError(
-            f"gradcheck: {what} must be a scalar, got {type(value).__name__} of shape "
-            f"{getattr(arr, 'shape', '?')}"
+            f"gradcheck: {what} must be a real scalar, got {type(value).__name__} of "
+            f"dtype {arr.dtype} and shape {arr.shape}; return a float (take .real or "
+            "reduce an array to one value)"
         )
     return float(arr)

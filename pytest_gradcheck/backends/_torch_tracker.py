@@ -1,0 +1,554 @@
+"""Winner tracking for PyTorch: a `TorchDispatchMode` that sees every aten op of f.
+
+The mode sits below autograd, so it sees the ops an evaluation actually runs, whatever
+Python-level API produced them (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``x.clamp``),
+after composite ops have been decomposed. For every op whose output depends on a
+max-like decision (a ReLU mask, which argument of ``maximum`` won, the arg-max of a
+pooling window, the side of a clamp, the sign under ``abs``, a sort order, a comparison
+that feeds ``where``, the active margins of a hinge loss) it records the decision. Two
+evaluations of f took the same branches exactly when their digests are equal, so a
+difference between the digests of f(x+h) and f(x-h) means the centered difference
+straddled a kink.
+
+Decisions are recorded only for ops with floating-point inputs: a comparison of integer
+labels is not a kink of the loss.
+
+The same mode also watches for lower precision inside f: an op that reads a float64
+tensor and writes a float32, float16 or bfloat16 one (``x.float()``, ``x.half()``, a
+``copy_`` into a float32 buffer) means part of f ran in less than the float64 the check
+needs, and the backend warns about it.
+
+Nothing here is imported until a torch check runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .._kinks import SignatureRecorder
+
+aten = torch.ops.aten
+
+#: dtypes below float64 that the precision watch reports
+LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
+
+#: ops whose output does not depend on their input's values (factories "like" it):
+#: a float32 `rand_like(x)` of a float64 `x` is not a loss of precision
+_SHAPE_ONLY = frozenset(
+    {
+        "empty_like",
+        "zeros_like",
+        "ones_like",
+        "full_like",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "new_empty",
+        "new_empty_strided",
+        "new_zeros",
+        "new_ones",
+        "new_full",
+    }
+)
+
+
+def _is_float(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def _any_float(*xs: Any) -> bool:
+    return any(_is_float(x) for x in xs)
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """The tensors in an aten op's arguments or outputs (flat, lists and tuples)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+_POSITIONS: dict[Any, dict[str, tuple[int, bool, Any]]] = {}
+
+
+def _arg(func: Any, args: tuple, kwargs: dict, name: str) -> Any:
+    """The argument `name` of an aten call, wherever it was passed, or its default.
+
+    Arguments left at their schema default may be omitted from a dispatched call, so
+    the default comes from the op's schema.
+    """
+    positions = _POSITIONS.get(func)
+    if positions is None:
+        positions = {}
+        for i, a in enumerate(func._schema.arguments):
+            default = a.default_value if a.has_default_value() else None
+            positions[a.name] = (i, a.kwarg_only, default)
+        _POSITIONS[func] = positions
+    i, kwarg_only, default = positions[name]
+    if not kwarg_only and i < len(args):
+        return args[i]
+    return kwargs.get(name, default)
+
+
+def _side(x: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
+    """-1 below `lo`, +1 above `hi`, 0 between (either bound may be None or a tensor)."""
+    side = torch.zeros((), dtype=torch.int8, device=x.device)
+    if lo is not None:
+        side = side - (x < lo).to(torch.int8)
+    if hi is not None:
+        side = side + (x > hi).to(torch.int8)
+    return side.expand(torch.broadcast_shapes(side.shape, x.shape))
+
+
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    return (x > 0).to(torch.int8) - (x < 0).to(torch.int8)
+
+
+def _out(i: int | None = None) -> Callable[..., Any]:
+    """A decision read from the op's output (index `i` of a tuple), if the input is float."""
+
+    def decide(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+        if not _any_float(*args[:2]):
+            return None
+        value = out if i is None else out[i]
+        return value.detach().clone()
+
+    return decide
+
+
+# Decisions computed from the inputs run before the op, so in-place ops are seen
+# before they overwrite their input; decisions read from the output run after it.
+
+
+def _positive(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x = args[0]
+    return x > 0 if _is_float(x) else None
+
+
+def _threshold(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x = args[0]
+    return x > _arg(func, args, kwargs, "threshold") if _is_float(x) else None
+
+
+def _hardtanh(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x = args[0]
+    if not _is_float(x):
+        return None
+    return _side(x, _arg(func, args, kwargs, "min_val"), _arg(func, args, kwargs, "max_val"))
+
+
+def _relu6(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    return _side(args[0], 0.0, 6.0) if _is_float(args[0]) else None
+
+
+def _clamp(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x = args[0]
+    name = func.overloadpacket.__name__.rstrip("_")
+    lo = _arg(func, args, kwargs, "min") if name in ("clamp", "clamp_min", "clip") else None
+    hi = _arg(func, args, kwargs, "max") if name in ("clamp", "clamp_max", "clip") else None
+    if not _any_float(x, lo, hi):
+        return None
+    return _side(x, lo, hi)
+
+
+def _shrink(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x = args[0]
+    if not _is_float(x):
+        return None
+    lambd = _arg(func, args, kwargs, "lambd")
+    return _side(x, -lambd, lambd)
+
+
+def _hard3(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    return _side(args[0], -3.0, 3.0) if _is_float(args[0]) else None
+
+
+def _winner(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    a, b = args[0], args[1]
+    if not _any_float(a, b):
+        return None
+    return _sign(a - b)
+
+
+def _sign_of_input(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    return _sign(args[0]) if _is_float(args[0]) else None
+
+
+def _sign_of_other(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    other = args[1] if len(args) > 1 else kwargs.get("other")
+    return _sign(other) if _is_float(other) else None
+
+
+def _keepdim_mask(x: torch.Tensor, reduced: torch.Tensor, dims: Any, keepdim: bool) -> Any:
+    """The mask of the entries of `x` equal to their reduction (the winners, ties included)."""
+    if not keepdim and reduced.dim() > 0:
+        if isinstance(dims, int):
+            dims = [dims]
+        for d in sorted(d % x.dim() for d in dims):
+            reduced = reduced.unsqueeze(d)
+    return x == reduced
+
+
+def _max_like(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    """``max``/``min`` overloads: the winners of a full reduction, the indices along a
+    dim, or which argument won for the binary form."""
+    x = args[0]
+    overload = func._overloadname
+    if overload == "other":
+        return _winner(func, args, kwargs, out)
+    if not _is_float(x):
+        return None
+    if overload == "default":
+        return x == out
+    if overload == "dim":
+        return out[1].detach().clone()
+    return None
+
+
+def _amax(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x = args[0]
+    if not _is_float(x):
+        return None
+    dims = _arg(func, args, kwargs, "dim")
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        return x == out
+    return _keepdim_mask(x, out, dims, bool(_arg(func, args, kwargs, "keepdim")))
+
+
+def _median(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x = args[0]
+    if not _is_float(x):
+        return None
+    if func._overloadname == "default":
+        return x == out
+    return out[1].detach().clone() if isinstance(out, (tuple, list)) else None
+
+
+def _pool_indices(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    """``max_pool{1,2,3}d`` without indices: recompute the indices of the windows."""
+    x = args[0]
+    if not _is_float(x):
+        return None
+    name = func.overloadpacket.__name__
+    with_indices = getattr(aten, f"{name}_with_indices")
+    params = [
+        _arg(func, args, kwargs, key)
+        for key in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    ]
+    return with_indices(x, *params)[1]
+
+
+def _compare(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    a = args[0]
+    b = args[1] if len(args) > 1 else kwargs.get("other")
+    if not _any_float(a, b):
+        return None
+    packet = func.overloadpacket.__name__
+    if packet.endswith("_"):  # in place: compute the result before it overwrites `a`
+        return getattr(torch, packet[:-1])(a, b)
+    return out.detach().clone()
+
+
+def _smooth_l1(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x, target = args[0], args[1]
+    if not _any_float(x, target):
+        return None
+    name = func.overloadpacket.__name__
+    beta = _arg(func, args, kwargs, "beta" if name == "smooth_l1_loss" else "delta")
+    diff = x - target
+    if beta == 0:  # smooth_l1 with beta 0 is the L1 loss: the kink is at diff == 0
+        return _sign(diff)
+    return diff.abs() < beta
+
+
+def _l1(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    x, target = args[0], args[1]
+    return _sign(x - target) if _any_float(x, target) else None
+
+
+def _multi_margin(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    """The active margins of the multi-class hinge loss: margin - x[y] + x[j] > 0, j != y."""
+    x, target = args[0], args[1]
+    if not _is_float(x):
+        return None
+    margin = _arg(func, args, kwargs, "margin")
+    if x.dim() == 1:
+        x, target = x.unsqueeze(0), target.reshape(1)
+    target = target.reshape(-1, 1).long()
+    active = (margin - x.gather(1, target) + x) > 0
+    return active.scatter(1, target, False)
+
+
+def _multilabel_margin(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    """The active hinges 1 - (x[y] - x[j]) > 0 of the multi-label margin loss."""
+    x, target = args[0], args[1]
+    if not _is_float(x):
+        return None
+    if x.dim() == 1:
+        x, target = x.unsqueeze(0), target.unsqueeze(0)
+    target = target.long()
+    valid = torch.cumprod((target >= 0).to(torch.int64), dim=1).bool()  # before the first -1
+    labels = target.clamp_min(0)
+    is_target = torch.zeros_like(x, dtype=torch.bool)
+    is_target.scatter_(1, torch.where(valid, labels, 0), valid)
+    scores = x.gather(1, labels)  # (N, C): score of the k-th listed label
+    hinge = (1 - scores.unsqueeze(2) + x.unsqueeze(1)) > 0  # (N, label k, class j)
+    return hinge & valid.unsqueeze(2) & ~is_target.unsqueeze(1)
+
+
+def _rounded(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    return out.detach().clone() if _is_float(args[0]) else None
+
+
+def _frac(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    return torch.trunc(args[0]) if _is_float(args[0]) else None
+
+
+def _modulo(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    a, b = args[0], args[1]
+    if not _any_float(a, b):
+        return None
+    quotient = torch.div(a, b)
+    if func.overloadpacket.__name__.startswith("fmod"):
+        return torch.trunc(quotient)
+    return torch.floor(quotient)
+
+
+def _searchsorted(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    return out.detach().clone() if _any_float(args[0], args[1]) else None
+
+
+def _vector_norm(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    """Kinks of a vector norm: ord inf/-inf picks winners, ord <= 1 has |x| kinks at 0."""
+    x = args[0]
+    if not _is_float(x):
+        return None
+    order = float(_arg(func, args, kwargs, "ord"))
+    dims = _arg(func, args, kwargs, "dim")
+    if math.isinf(order):
+        a = x.abs()
+        if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+            best = a.amax() if order > 0 else a.amin()
+            return a == best
+        best = a.amax(dims, keepdim=True) if order > 0 else a.amin(dims, keepdim=True)
+        return a == best
+    if order == 0:
+        return x != 0
+    if order <= 1:
+        return _sign(x)
+    return None
+
+
+@dataclass(frozen=True)
+class _Rule:
+    fn: Callable[..., Any]
+    before: bool  # computed from the inputs, before the op runs
+
+
+def _rules() -> dict[Any, _Rule]:
+    table: dict[str, tuple[Callable[..., Any], bool]] = {}
+
+    def add(names: str, fn: Callable[..., Any], before: bool, inplace: bool = True) -> None:
+        for name in names.split():
+            table[name] = (fn, before)
+            if inplace:  # in place: decide before the op overwrites its input
+                table[name + "_"] = (fn, before if fn is _rounded else True)
+
+    add("relu leaky_relu rrelu_with_noise", _positive, True)
+    add("_prelu_kernel", _positive, True, inplace=False)
+    add("threshold", _threshold, True)
+    add("hardtanh", _hardtanh, True)
+    add("relu6", _relu6, True)
+    add("clamp clamp_min clamp_max clip", _clamp, True)
+    add("hardshrink softshrink", _shrink, True, inplace=False)
+    add("hardsigmoid hardswish", _hard3, True)
+    add("maximum minimum fmax fmin", _winner, True, inplace=False)
+    add("max min", _max_like, False, inplace=False)
+    add("amax amin", _amax, False, inplace=False)
+    add("median nanmedian", _median, False, inplace=False)
+    add("argmax argmin", _out(), False, inplace=False)
+    add("sort topk kthvalue mode cummax cummin", _out(1), False, inplace=False)
+    add("argsort", _out(), False, inplace=False)
+    for n in (1, 2, 3):
+        add(f"max_pool{n}d_with_indices adaptive_max_pool{n}d", _out(1), False, inplace=False)
+        add(f"max_pool{n}d", _pool_indices, True, inplace=False)
+    add("fractional_max_pool2d fractional_max_pool3d", _out(1), False, inplace=False)
+    add("abs sign sgn", _sign_of_input, True)
+    add("copysign", _sign_of_other, True)
+    add("heaviside", _sign_of_input, True)
+    add("gt ge lt le eq ne", _compare, False)
+    add("smooth_l1_loss huber_loss", _smooth_l1, True, inplace=False)
+    add("l1_loss", _l1, True, inplace=False)
+    add("multi_margin_loss", _multi_margin, True, inplace=False)
+    add("multilabel_margin_loss_forward", _multilabel_margin, True, inplace=False)
+    add("floor ceil round trunc", _rounded, False)
+    add("frac", _frac, True)
+    add("remainder fmod", _modulo, True)
+    add("searchsorted bucketize", _searchsorted, False, inplace=False)
+    add("linalg_vector_norm", _vector_norm, True, inplace=False)
+
+    rules: dict[Any, _Rule] = {}
+    for name, (fn, before) in table.items():
+        packet = getattr(aten, name, None)
+        if packet is not None:
+            rules[packet] = _Rule(fn, before)
+    return rules
+
+
+_RULES = _rules()
+
+
+def decision_bytes(t: torch.Tensor) -> bytes:
+    """The bytes of a decision tensor, its shape included (bool masks packed to bits)."""
+    t = t.detach()
+    header = np.asarray(t.shape, dtype=np.int64).tobytes() + str(t.dtype).encode()
+    array = t.contiguous().cpu().numpy()
+    if array.dtype == np.bool_:
+        return header + np.packbits(array.reshape(-1)).tobytes()
+    return header + array.tobytes()
+
+
+_WRITTEN: dict[Any, tuple[frozenset[str], tuple[str, ...]]] = {}
+
+
+def _schema_info(func: Any) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The names of the arguments an op writes to, and of all its arguments in order."""
+    info = _WRITTEN.get(func)
+    if info is None:
+        arguments = func._schema.arguments
+        written = frozenset(
+            a.name for a in arguments if a.alias_info is not None and a.alias_info.is_write
+        )
+        info = (written, tuple(a.name for a in arguments))
+        _WRITTEN[func] = info
+    return info
+
+
+#: tensor arguments torch requires on the CPU whatever the device of the data
+_CPU_ARGUMENTS = frozenset({"lengths", "batch_sizes"})
+
+
+def promote(func: Any, args: tuple, kwargs: dict, device: torch.device | None) -> tuple:
+    """Bring the tensors an op reads to float64 and to the check's device.
+
+    f reads the check's blocks in float64 (on the check's device), but it may also
+    read tensors the check cannot reach: data and labels captured by a closure, a
+    frozen module not passed as params. ``float64 @ float32`` is an error in torch, and
+    so is a CPU tensor beside a CUDA one. So where an op reads a float64 tensor, its
+    other floating inputs are cast to float64 (exact), and where `device` is set and
+    the op reads a floating tensor there, its inputs elsewhere follow (except the few
+    arguments torch wants on the CPU). Arguments the op writes to (in place, ``out=``)
+    are left alone.
+    """
+    tensors = list(_tensors((args, kwargs)))
+    floats = [t for t in tensors if t.is_floating_point()]
+    if not floats:
+        return args, kwargs
+    has64 = any(t.dtype == torch.float64 for t in floats)
+    cast = has64 and any(t.dtype in LOW_PRECISION for t in floats)
+    move = (
+        device is not None
+        and any(_same_device(t.device, device) for t in floats)
+        and any(not _same_device(t.device, device) and t.dim() > 0 for t in tensors)
+    )
+    if not (cast or move):
+        return args, kwargs
+    written, names = _schema_info(func)
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if cast and value.dtype in LOW_PRECISION:
+                value = value.to(torch.float64)
+            if move and value.dim() > 0 and not _same_device(value.device, device):
+                value = value.to(device)
+            return value
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return type(value)(fix(v) for v in value)
+        return value
+
+    def keep(name: str | None) -> bool:
+        return name in written or name in _CPU_ARGUMENTS
+
+    new_args = tuple(
+        value if keep(names[i] if i < len(names) else None) else fix(value)
+        for i, value in enumerate(args)
+    )
+    new_kwargs = {k: (v if keep(k) else fix(v)) for k, v in kwargs.items()}
+    return new_args, new_kwargs
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+class WinnerTracker(TorchDispatchMode):
+    """Records the max-like decisions of one evaluation, and watches for lower precision.
+
+    `recorder` receives the decisions (None: decisions are not tracked). With
+    `watch_precision`, every op that turns a float64 input into a lower-precision
+    floating output is noted in `lowered` (op name -> dtype). With `promote`, the
+    floating inputs of each op are brought to float64 and to `device` (see
+    `promote`). Call `finish()` after the evaluation: decisions are kept as tensors
+    during it (no device synchronisation per op) and hashed at the end.
+    """
+
+    def __init__(
+        self,
+        recorder: SignatureRecorder | None,
+        watch_precision: bool = False,
+        promote: bool = False,
+        device: torch.device | None = None,
+    ):
+        super().__init__()
+        self.recorder = recorder
+        self.watch_precision = watch_precision
+        self.promote = promote
+        self.device = device
+        self.lowered: dict[str, str] = {}
+        self._pending: list[tuple[str, torch.Tensor]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.promote:
+            args, kwargs = promote(func, args, kwargs, self.device)
+        rule = _RULES.get(func.overloadpacket) if self.recorder is not None else None
+        decision = None
+        if rule is not None and rule.before:
+            decision = rule.fn(func, args, kwargs, None)
+        out = func(*args, **kwargs)
+        if rule is not None and not rule.before:
+            decision = rule.fn(func, args, kwargs, out)
+        if decision is not None:
+            self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
+        if self.watch_precision:
+            self._watch(func, args, kwargs, out)
+        return out
+
+    def _watch(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        if func.overloadpacket.__name__ in _SHAPE_ONLY:
+            return
+        if not any(t.dtype == torch.float64 for t in _tensors((args, kwargs))):
+            return
+        for t in _tensors(out):
+            if t.dtype in LOW_PRECISION:
+                name = str(func.overloadpacket).removeprefix("aten.")
+                self.lowered.setdefault(name, str(t.dtype).removeprefix("torch."))
+                return
+
+    def finish(self) -> None:
+        """Feed the recorded decisions, in order, into the recorder."""
+        if self.recorder is not None:
+            for op, decision in self._pending:
+                self.recorder.record(op, decision_bytes(decision))
+        self._pending.clear()

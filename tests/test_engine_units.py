@@ -1,0 +1,362 @@
+"""Engine units: tiers, relative error, sampling, modes, bisection, Richardson, costs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pytest_gradcheck import GradcheckError, Tier, gradcheck
+from pytest_gradcheck._sampling import sample_coordinates
+from pytest_gradcheck._tiers import relative_error
+
+# -- tiers ---------------------------------------------------------------------------
+
+
+def below(x):
+    return float(np.nextafter(x, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("rel", "tier"),
+    [
+        (0.0, Tier.HAPPY),
+        (below(1e-7), Tier.HAPPY),
+        (1e-7, Tier.OK),
+        (below(1e-4), Tier.OK),
+        (1e-4, Tier.UNCOMFORTABLE),
+        (below(1e-2), Tier.UNCOMFORTABLE),
+        (1e-2, Tier.WRONG),
+        (1.0, Tier.WRONG),
+        (2.0, Tier.WRONG),
+        (math.inf, Tier.WRONG),
+        (math.nan, Tier.WRONG),
+    ],
+)
+def test_tier_thresholds(rel, tier):
+    assert Tier.of(rel) is tier
+
+
+def test_tiers_are_ordered_best_first():
+    assert Tier.HAPPY < Tier.OK < Tier.UNCOMFORTABLE < Tier.WRONG
+    assert sorted([Tier.WRONG, Tier.HAPPY, Tier.UNCOMFORTABLE, Tier.OK]) == list(Tier)
+    assert max(Tier.OK, Tier.HAPPY) is Tier.OK
+    assert max([Tier.HAPPY, Tier.WRONG, Tier.OK]) is Tier.WRONG
+    assert [t.label for t in Tier] == ["happy", "ok", "uncomfortable", "wrong"]
+
+
+@pytest.mark.parametrize(
+    ("text", "tier"),
+    [
+        ("happy", Tier.HAPPY),
+        ("OK", Tier.OK),
+        ("  Uncomfortable ", Tier.UNCOMFORTABLE),
+        ("wrong", Tier.WRONG),
+        (Tier.OK, Tier.OK),
+    ],
+)
+def test_tier_parse(text, tier):
+    assert Tier.parse(text) is tier
+
+
+@pytest.mark.parametrize("bad", ["fine", "", "HAPPY!", 1, None])
+def test_tier_parse_rejects_anything_else(bad):
+    with pytest.raises(ValueError, match="happy, ok, uncomfortable, wrong"):
+        Tier.parse(bad)
+
+
+# -- relative error --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "n", "expected"),
+    [
+        (0.0, 0.0, 0.0),  # both zero: an exact match
+        (-0.0, 0.0, 0.0),
+        (0.0, 3.0, 1.0),  # one zero: 1 whatever the other
+        (-2e-9, 0.0, 1.0),
+        (1.0, -1.0, 2.0),  # opposite signs, same size: the maximum, 2
+        (-3.0, 3.0, 2.0),
+        (1.0, -0.5, 1.5),
+        (2.0, 1.0, 0.5),
+        (3.0, 4.0, 0.25),
+        (1e-300, 2e-300, 0.5),  # tiny values: still relative
+        (5e-324, 0.0, 1.0),  # the smallest subnormal
+        (5e-324, 5e-324, 0.0),
+        (1e-20, 1e-20 * (1 + 1e-6), 1e-6 / (1 + 1e-6)),
+    ],
+)
+def test_relative_error(a, n, expected):
+    assert relative_error(a, n) == pytest.approx(expected, rel=1e-9, abs=0.0)
+    assert relative_error(n, a) == relative_error(a, n)  # symmetric
+
+
+def test_relative_error_is_scale_free():
+    for scale in (1e-12, 1.0, 1e12):
+        assert relative_error(1.01 * scale, scale) == pytest.approx(0.01 / 1.01, rel=1e-12)
+
+
+# -- sampling ------------------------------------------------------------------------
+
+
+def test_a_block_no_larger_than_the_sample_is_checked_whole():
+    g = [np.arange(10.0)]
+    for size in (1, 5, 10):
+        idx = sample_coordinates("b", size, [np.arange(float(size))], 10, seed=0)
+        np.testing.assert_array_equal(idx, np.arange(size))
+    assert len(sample_coordinates("b", 11, [np.arange(11.0)], 10, seed=0)) == 10
+    np.testing.assert_array_equal(sample_coordinates("b", 10, g, None, seed=0), np.arange(10))
+
+
+def test_samples_none_checks_everything():
+    g = np.random.default_rng(0).standard_normal(1000)
+    np.testing.assert_array_equal(sample_coordinates("W", 1000, [g], None, seed=0), np.arange(1000))
+
+
+def test_the_sample_is_sorted_distinct_in_range_and_holds_the_argmax():
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        g = rng.standard_normal(500)
+        top = int(rng.integers(500))
+        g[top] = -10.0  # the largest magnitude, negative
+        idx = sample_coordinates("W", 500, [g], 7, seed=trial)
+        assert len(idx) == 7
+        assert len(set(idx.tolist())) == 7
+        assert np.all(np.diff(idx) > 0)
+        assert idx.min() >= 0 and idx.max() < 500
+        assert top in idx
+
+
+def test_the_sample_holds_the_argmax_of_every_term():
+    rng = np.random.default_rng(2)
+    total, data, reg = (rng.standard_normal(300) for _ in range(3))
+    total[10], data[20], reg[30] = 9.0, -9.0, 9.0
+    idx = sample_coordinates("W", 300, [total, data, reg], 5, seed=0)
+    assert {10, 20, 30} <= set(idx.tolist())
+    assert len(idx) == 5
+
+
+def test_the_sample_is_reproducible_from_the_seed():
+    g = np.random.default_rng(3).standard_normal(10_000)
+    a = sample_coordinates("W", 10_000, [g], 10, seed=4)
+    b = sample_coordinates("W", 10_000, [g.copy()], 10, seed=4)
+    np.testing.assert_array_equal(a, b)
+    others = {tuple(sample_coordinates("W", 10_000, [g], 10, seed=s)) for s in range(5, 10)}
+    assert tuple(a) not in others
+    assert len(others) == 5
+    # each block has its own sample
+    assert tuple(sample_coordinates("V", 10_000, [g], 10, seed=4)) != tuple(a)
+
+
+def _big_and_tiny(seed=0, **options):
+    """A 1-element block beside a 1e5-element one, in a real check."""
+    big = np.random.default_rng(7).uniform(-1.0, 1.0, 100_000)
+    big[31_415] = 0.0  # |cos(0)| = 1: the largest analytic magnitude
+    tiny = np.array([0.3])
+
+    def f(big, tiny):
+        return np.sum(np.sin(big)) + 3.0 * tiny[0] ** 2
+
+    def grad(big, tiny):
+        return np.cos(big), 6.0 * tiny
+
+    return gradcheck(f, big, tiny, grad=grad, seed=seed, **options)
+
+
+def test_every_block_is_sampled_even_a_1_element_one_beside_1e5():
+    result = _big_and_tiny()
+    assert result.passed
+    big, tiny = result.blocks
+    assert (big.name, big.shape) == ("args[0]", (100_000,))
+    assert (tiny.name, tiny.shape) == ("args[1]", (1,))
+    assert len(big.indices) == 10
+    assert len(set(big.indices)) == 10
+    assert tiny.indices == ((0,),)
+    assert tiny.analytic[0] == pytest.approx(1.8)
+    assert tiny.numeric[0] == pytest.approx(1.8, rel=1e-7)
+    assert (31_415,) in big.indices  # the largest analytic magnitude
+    assert big.direction is not None
+    assert tiny.direction is None  # a direction through one coordinate adds nothing
+    assert result.coordinates == 11
+    assert result.evaluations == 1 + 2 * 11 + 2 * 1
+
+
+def test_a_real_check_samples_reproducibly():
+    first, again, other = _big_and_tiny(seed=3), _big_and_tiny(seed=3), _big_and_tiny(seed=4)
+    assert first.blocks[0].indices == again.blocks[0].indices
+    np.testing.assert_array_equal(first.blocks[0].numeric, again.blocks[0].numeric)
+    assert first.blocks[0].indices != other.blocks[0].indices
+    assert (31_415,) in other.blocks[0].indices
+
+
+def test_a_real_check_with_samples_none_checks_every_coordinate():
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((3, 7)), rng.standard_normal(13)
+    result = gradcheck(
+        lambda a, b: np.sum(np.tanh(a)) + np.sum(b**2),
+        a,
+        b,
+        grad=lambda a, b: (1 - np.tanh(a) ** 2, 2 * b),
+        samples_per_block=None,
+    )
+    ba, bb = result.blocks
+    assert ba.indices == tuple(np.ndindex(3, 7))
+    assert bb.indices == tuple((i,) for i in range(13))
+    assert result.coordinates == 21 + 13
+
+
+# -- modes and the cost of a check -------------------------------------------------------
+
+
+def _smooth(mode, **options):
+    """Blocks of 12, 5 and 1 entries; a smooth f whose plain differences are happy."""
+    rng = np.random.default_rng(9)
+    a, b, c = rng.uniform(-1.5, 1.5, (3, 4)), rng.standard_normal(5), np.array([0.3])
+
+    def f(a, b, c):
+        return np.sum(np.tanh(a)) + np.sum(b**2) + np.sin(c[0])
+
+    def grad(a, b, c):
+        return 1 - np.tanh(a) ** 2, 2 * b, np.cos(c)
+
+    return gradcheck(f, a, b, c, grad=grad, mode=mode, **options)
+
+
+@pytest.mark.parametrize(
+    ("mode", "coords", "directions"),
+    [
+        ("both", [10, 5, 1], [True, True, False]),
+        ("coords", [10, 5, 1], [False, False, False]),
+        ("directions", [0, 0, 0], [True, True, False]),
+    ],
+)
+def test_modes(mode, coords, directions):
+    result = _smooth(mode)
+    assert result.passed
+    assert result.tier is Tier.HAPPY
+    assert [len(b.indices) for b in result.blocks] == coords
+    assert [len(b.analytic) for b in result.blocks] == coords
+    assert [b.direction is not None for b in result.blocks] == directions
+    for b in result.blocks:
+        if b.direction is not None:
+            assert b.direction.tier is Tier.HAPPY
+            assert b.direction.numeric == pytest.approx(b.direction.analytic, rel=1e-7)
+    # 1 analytic pass, 2 evaluations per coordinate and per direction (blocks of size > 1)
+    n_dirs = sum(directions)
+    assert result.evaluations == 1 + 2 * sum(coords) + 2 * n_dirs
+    assert result.coordinates == sum(coords)
+
+
+def test_evaluations_count_the_calls_of_f():
+    calls = []
+    x = np.linspace(-1.0, 1.0, 30)
+
+    def f(x):
+        calls.append(1)
+        return np.sum(np.tanh(x))
+
+    result = gradcheck(f, x, grad=lambda x: (1 - np.tanh(x) ** 2,))
+    assert result.evaluations == len(calls) == 1 + 2 * 10 + 2
+
+
+# -- bisection: a failing direction is localized ---------------------------------------------
+
+N_BIG = 2000
+SAMPLES = 3
+
+
+def _quadratic_with_one_wrong_entry(k=None):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(N_BIG)
+    x[1234] = 5.0  # the largest magnitude: always sampled
+
+    def grad(x):
+        g = x.copy()  # d/dx of 0.5 * sum(x**2)
+        if k is not None:
+            g[k] *= 1.01
+        return (g,)
+
+    return x, grad
+
+
+def _pick_wrong_entry():
+    """An entry the sample misses, not the largest, with a sizeable gradient."""
+    x, _ = _quadratic_with_one_wrong_entry()
+    sample = set(sample_coordinates("args[0]", N_BIG, [x], SAMPLES, seed=0).tolist())
+    candidates = [i for i in np.argsort(-np.abs(x)) if i not in sample and abs(x[i]) < 3.0]
+    return int(candidates[0])
+
+
+def test_bisection_localizes_a_single_wrong_entry_the_sample_misses():
+    k = _pick_wrong_entry()
+    x, grad = _quadratic_with_one_wrong_entry(k)
+    options = {"samples_per_block": SAMPLES, "raise_on_fail": False}
+
+    def f(x):
+        return 0.5 * np.sum(x**2)
+
+    # the sampled coordinates alone miss the bug
+    coords_only = gradcheck(f, x, grad=grad, mode="coords", **options)
+    assert coords_only.passed
+    assert (k,) not in coords_only.blocks[0].indices
+
+    baseline = gradcheck(f, x, grad=_quadratic_with_one_wrong_entry()[1], **options)
+    assert baseline.passed
+    result = gradcheck(f, x, grad=grad, **options)
+    (block,) = result.blocks
+    assert not result.passed
+    assert block.direction is not None
+    assert block.direction.tier > Tier.HAPPY  # the direction saw it ...
+    assert block.localized == ((k,),)  # ... and bisection found it
+    j = block.indices.index((k,))
+    assert block.analytic[j] == pytest.approx(1.01 * x[k])
+    assert block.numeric[j] == pytest.approx(x[k], rel=1e-7)
+    assert block.rel_error[j] == pytest.approx(0.01 / 1.01, rel=1e-6)
+    assert block.tier is Tier.UNCOMFORTABLE
+    # about 2 evaluations per halving, plus a few to confirm
+    extra = result.evaluations - baseline.evaluations
+    levels = math.log2(N_BIG)
+    assert 2 * math.floor(levels) <= extra <= 2 * math.ceil(levels) + 6
+    with pytest.raises(GradcheckError, match=str(k)):
+        gradcheck(f, x, grad=grad, samples_per_block=SAMPLES)
+
+
+# -- Richardson: confirm before condemning -------------------------------------------------
+
+
+def _cubic(wrong=1.0):
+    x = np.random.default_rng(12).uniform(0.5e-3, 2e-3, 5)
+
+    def f(x):
+        return np.sum(x**3)
+
+    def grad(x):
+        return (wrong * 3 * x**2,)
+
+    return f, x, grad
+
+
+def test_richardson_passes_a_correct_gradient_with_a_large_truncation_error():
+    f, x, grad = _cubic()
+    h = 1e-5
+    plain = ((x + h) ** 3 - (x - h) ** 3) / (2 * h)  # 3x^2 + h^2
+    assert all(
+        Tier.of(relative_error(a, n)) > Tier.HAPPY for a, n in zip(3 * x**2, plain, strict=True)
+    )
+    result = gradcheck(f, x, grad=grad, mode="coords", tolerance=Tier.HAPPY)
+    assert result.passed
+    assert result.tier is Tier.HAPPY
+    (block,) = result.blocks
+    np.testing.assert_allclose(block.numeric, 3 * x**2, rtol=1e-9)
+    # every coordinate failed at h and was confirmed with one more pair at h/2
+    assert result.evaluations == 1 + 2 * 5 + 2 * 5
+
+
+def test_richardson_still_fails_a_wrong_gradient():
+    f, x, grad = _cubic(wrong=1.01)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, x, grad=grad, mode="coords")
+    (block,) = info.value.result.blocks
+    assert block.tier is Tier.UNCOMFORTABLE
+    np.testing.assert_allclose(block.rel_error, 0.01 / 1.01, rtol=1e-6)

@@ -1,0 +1,462 @@
+"""`gradcheck` on PyTorch functions, end to end: planted bugs fail and name their block,
+correct modules pass, agreement with torch.autograd.gradcheck, and kinks where
+torch.autograd.gradcheck is fooled. Real torch, no mocks; small shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from pytest_gradcheck import GradcheckError, Tier, gradcheck  # noqa: E402
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny shapes: one intra-op thread is faster and steadier than several on a busy box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def failing_blocks(result):
+    return {b.name for b in result.blocks if not b.passed}
+
+
+def assert_fails_naming(check, block):
+    """The check raises GradcheckError, names `block`, and only `block` fails."""
+    with pytest.raises(GradcheckError) as info:
+        check(raise_on_fail=True)
+    assert f"'{block}'" in str(info.value)
+    result = check(raise_on_fail=False)
+    assert not result.passed and result.tier == Tier.WRONG
+    assert failing_blocks(result) == {block}
+
+
+def test_a_custom_module_subclass_is_checked_with_torch():
+    """A user's own nn.Module subclass (defined outside torch) selects the torch backend."""
+
+    class Affine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.randn(3))
+
+        def forward(self):
+            return (self.scale * torch.arange(3.0)).sin().sum()
+
+    model = Affine()
+    result = gradcheck(model, params=model)
+    assert result.passed and [b.name for b in result.blocks] == ["scale"]
+
+
+# ------------------------------------------------------------------- planted bugs
+
+
+class ScaledTanh(torch.autograd.Function):
+    """Bug: the gradient is scaled by 2."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.tanh()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return 2 * g * (1 - y * y)
+
+
+class TransposedLinear(torch.autograd.Function):
+    """Bug: the weight gradient is transposed (invisible to shape checks: W is square)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return x @ w.T + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w, (g.T @ x).T, g.sum(0)
+
+
+class ForgetfulLinear(torch.autograd.Function):
+    """Bug: the bias gradient is forgotten (None)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return x @ w.T + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w, g.T @ x, None
+
+
+class SumReducedMSE(torch.autograd.Function):
+    """Bug: the forward averages, the backward forgets to divide by N."""
+
+    @staticmethod
+    def forward(ctx, x, target):
+        ctx.save_for_backward(x, target)
+        return ((x - target) ** 2).mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, target = ctx.saved_tensors
+        return g * 2 * (x - target), None
+
+
+class FreshMaskDropout(torch.autograd.Function):
+    """Bug: the backward draws a new dropout mask instead of reusing the forward's."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        ctx.p = p
+        return x * (torch.rand_like(x) > p) / (1 - p)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * (torch.rand_like(g) > ctx.p) / (1 - ctx.p), None
+
+
+class Linear(nn.Module):
+    def __init__(self, fn, n_in, n_out):
+        super().__init__()
+        self.fn = fn
+        self.weight = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
+        self.bias = nn.Parameter(torch.randn(n_out))
+
+    def forward(self, x):
+        return self.fn.apply(x, self.weight, self.bias)
+
+
+def test_scaled_gradient_fails_naming_the_input():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert_fails_naming(
+        lambda **kw: gradcheck(lambda x: ScaledTanh.apply(x).pow(2).sum(), x, **kw), "args[0]"
+    )
+
+
+def test_transposed_weight_gradient_fails_naming_the_weight():
+    torch.manual_seed(0)
+    layer = Linear(TransposedLinear, 4, 4)
+    x = torch.randn(5, 4)
+    assert_fails_naming(
+        lambda **kw: gradcheck(lambda x: layer(x).tanh().sum(), x, params=layer, **kw), "weight"
+    )
+    assert layer.weight.dtype == torch.float32
+
+
+def test_forgotten_bias_gradient_fails_naming_the_bias():
+    torch.manual_seed(0)
+    layer = Linear(ForgetfulLinear, 3, 2)
+    x = torch.randn(4, 3)
+    assert_fails_naming(
+        lambda **kw: gradcheck(lambda: layer(x).pow(2).sum(), params=layer, **kw), "bias"
+    )
+
+
+def test_wrong_reduction_fails_naming_the_input():
+    x, target = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    assert_fails_naming(
+        lambda **kw: gradcheck(lambda x: SumReducedMSE.apply(x, target), x, **kw), "args[0]"
+    )
+
+
+def test_dropout_backward_with_a_fresh_mask_fails_naming_the_input():
+    x = torch.randn(4, 5, dtype=torch.float64)
+    assert_fails_naming(
+        lambda **kw: gradcheck(lambda x: FreshMaskDropout.apply(x, 0.5).pow(2).sum(), x, **kw),
+        "args[0]",
+    )
+
+
+def test_wrong_shape_backward_is_a_value_error_naming_the_block():
+    class WrongShape(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return x @ w
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return g @ w.T, g.T @ x  # (3, 2) for a (2, 3) weight
+
+    w = torch.randn(2, 3, dtype=torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="'W'") as info:
+        gradcheck(lambda: WrongShape.apply(x, w).sum(), params={"W": w})
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert not isinstance(info.value, GradcheckError)
+
+
+# ---------------------------------------------------------------- correct modules
+
+
+def _check_module(model, f, *args):
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    result = gradcheck(f, *args, params=model)
+    assert result.passed, result
+    assert {n: p.dtype for n, p in model.named_parameters()} == dtypes
+    return result
+
+
+def test_mlp_relu_cross_entropy_passes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(4, 5), torch.tensor([0, 2, 1, 2])
+    result = _check_module(model, lambda x: F.cross_entropy(model(x), y), x)
+    assert [b.name for b in result.blocks] == [
+        "args[0]",
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+    ]
+    assert any("float64" in w for w in result.warnings)
+
+
+def test_conv2d_maxpool_passes():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 2)
+    )
+    x = torch.randn(2, 2, 4, 4)
+    _check_module(model, lambda x: model(x).pow(2).sum(), x)
+
+
+def test_dropout_in_train_mode_passes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 2)).train()
+    x = torch.randn(3, 4)
+    _check_module(model, lambda x: model(x).pow(2).mean(), x)
+    assert model.training
+
+
+def test_batchnorm1d_in_train_mode_passes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).train()
+    x = torch.randn(6, 3)
+    stats = model[1].running_mean.clone(), model[1].num_batches_tracked.clone()
+    _check_module(model, lambda x: model(x).pow(2).mean(), x)
+    assert torch.equal(model[1].running_mean, stats[0])
+    assert torch.equal(model[1].num_batches_tracked, stats[1])
+
+
+def test_small_lstm_passes():
+    torch.manual_seed(0)
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(3, 4, batch_first=True)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return self.head(out[:, -1])
+
+    model = Tagger()
+    x = torch.randn(2, 3, 3)
+    _check_module(model, lambda x: F.cross_entropy(model(x), torch.tensor([0, 1])), x)
+
+
+def test_named_terms_and_vector_output():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+
+    def loss(x):
+        return {"data": model(x).pow(2).mean(), "reg": 1e-2 * model.weight.pow(2).sum()}
+
+    result = gradcheck(loss, x, params=model)
+    assert result.passed and set(result.terms) == {"data", "reg"}
+    assert gradcheck(lambda x: model(x).tanh(), x, params=model).passed
+
+
+def test_burn_in_moves_the_point_and_the_module_is_restored_bit_for_bit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+    model.half().float()  # round the weights so a bit-for-bit comparison is meaningful
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = gradcheck(lambda: F.cross_entropy(model(x), y), params=model, burn_in=5)
+    assert result.passed
+    assert result.burn_in_losses[-1] < result.burn_in_losses[0]
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
+def test_half_precision_module_is_checked_in_float64_and_restored():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).half()
+    x = torch.randn(2, 4)
+    result = gradcheck(lambda x: model(x).pow(2).sum(), x, params=model)
+    assert result.passed
+    assert any("float16" in w for w in result.warnings)
+    assert model.weight.dtype == torch.float16
+
+
+def test_a_float32_cast_inside_f_is_reported():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    result = gradcheck(lambda x: x.float().tanh().double().sum(), x, raise_on_fail=False)
+    assert any("lower precision inside" in w for w in result.warnings), result.warnings
+
+
+# ------------------------------------------- agreement with torch.autograd.gradcheck
+
+_labels = torch.tensor([1, 0, 3])
+
+OPS = {
+    "sin": (lambda x: x.sin(), [(3, 4)]),
+    "exp": (lambda x: x.exp(), [(3, 4)]),
+    "tanh": (torch.tanh, [(3, 4)]),
+    "sigmoid": (torch.sigmoid, [(3, 4)]),
+    "softmax": (lambda x: x.softmax(-1), [(3, 4)]),
+    "log_softmax": (lambda x: x.log_softmax(-1), [(3, 4)]),
+    "matmul": (lambda a, b: a @ b, [(3, 4), (4, 2)]),
+    "conv1d": (lambda x, w: F.conv1d(x, w, padding=1), [(1, 2, 5), (3, 2, 3)]),
+    "layer_norm": (lambda x: F.layer_norm(x, (4,)), [(3, 4)]),
+    "cumprod": (lambda x: x.cumprod(-1), [(3, 4)]),
+    "logsumexp": (lambda x: x.logsumexp(-1), [(3, 4)]),
+    "atan2": (torch.atan2, [(3, 4), (3, 4)]),
+    "cross_entropy": (lambda x: F.cross_entropy(x, _labels), [(3, 4)]),
+    "vector norm": (lambda x: x.norm(dim=-1), [(3, 4)]),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_agrees_with_torch_gradcheck_on_correct_ops(name):
+    fn, shapes = OPS[name]
+    gen = torch.Generator().manual_seed(len(name))
+    inputs = [torch.randn(s, dtype=torch.float64, generator=gen) for s in shapes]
+    assert torch.autograd.gradcheck(fn, [t.clone().requires_grad_() for t in inputs])
+    result = gradcheck(fn, *inputs)
+    assert result.passed and result.tier == Tier.HAPPY
+
+
+class CubeWithSquareGradient(torch.autograd.Function):
+    """Bug: d(x^3)/dx written as 3x instead of 3x^2."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 3 * x
+
+
+def test_agrees_with_torch_gradcheck_on_a_planted_bug():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert not torch.autograd.gradcheck(
+        CubeWithSquareGradient.apply, [x.clone().requires_grad_()], raise_exception=False
+    )
+    result = gradcheck(CubeWithSquareGradient.apply, x, raise_on_fail=False)
+    assert not result.passed and result.tier == Tier.WRONG
+    with pytest.raises(GradcheckError, match="args\\[0\\]"):
+        gradcheck(CubeWithSquareGradient.apply, x)
+
+
+# --------------------------------------------------------------------------- kinks
+
+
+def _relu_pool_hinge(x, w1, b1, w2, b2):
+    """A ReLU net with max-pooling and a multi-class hinge (SVM) loss."""
+    h = F.max_pool2d(x, 2).flatten(1)
+    scores = F.linear(F.relu(F.linear(h, w1, b1)), w2, b2)
+    return F.multi_margin_loss(scores, torch.tensor([0, 2, 1]))
+
+
+def _kinky_inputs(seed):
+    """Images quantized like pixels (k/4), so max-pool windows hold ties: kinks sit at
+    the checked point itself, as they do with real 8-bit data."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 4, (3, 1, 4, 4), generator=gen).double() / 4
+    w1 = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    b1 = torch.randn(5, dtype=torch.float64, generator=gen)
+    w2 = torch.randn(3, 5, dtype=torch.float64, generator=gen)
+    b2 = torch.randn(3, dtype=torch.float64, generator=gen)
+    return x, w1, b1, w2, b2
+
+
+def test_kinks_pass_where_torch_gradcheck_is_fooled():
+    """Side by side: torch.autograd.gradcheck differentiates straight across the ties
+    of the max-pool windows (the numeric derivative averages both sides), so it fails a
+    correct function; winner tracking sees the crossing and passes it, seed after seed."""
+    torch_failures = 0
+    seeds = range(8)
+    for seed in seeds:
+        inputs = _kinky_inputs(seed)
+        result = gradcheck(_relu_pool_hinge, *inputs, seed=seed)
+        assert result.passed, (seed, result)
+        assert result.tolerance == Tier.OK  # kinks present: the threshold for kinks
+        ok = torch.autograd.gradcheck(
+            _relu_pool_hinge,
+            [t.clone().requires_grad_() for t in inputs],
+            raise_exception=False,
+        )
+        torch_failures += not ok
+    assert torch_failures >= 1
+    # with kinks="off", the same check falls into the same trap on some seed
+    assert any(
+        not gradcheck(_relu_pool_hinge, *_kinky_inputs(s), kinks="off", raise_on_fail=False).passed
+        for s in seeds
+    )
+
+
+# ---------------------------------------------------------------------------- cuda
+
+
+@cuda
+def test_cuda_device_option_checks_on_the_gpu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Dropout(0.3), nn.Linear(6, 2)).train()
+    x = torch.randn(3, 4)
+    result = gradcheck(lambda x: model(x).pow(2).sum(), x, params=model, device="cuda")
+    assert result.passed
+    assert model[0].weight.device.type == "cpu" and model[0].weight.dtype == torch.float32
+
+
+@cuda
+def test_cuda_planted_bug_fails_on_the_gpu():
+    torch.manual_seed(0)
+    layer = Linear(TransposedLinear, 4, 4).cuda()
+    x = torch.randn(5, 4, device="cuda")
+    with pytest.raises(GradcheckError, match="'weight'"):
+        gradcheck(lambda x: layer(x).tanh().sum(), x, params=layer)
+    assert layer.weight.device.type == "cuda"
+
+
+@cuda
+def test_cuda_conv_and_numerics_flags_are_restored():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1)).cuda()
+    x = torch.randn(2, 1, 4, 4, device="cuda")
+    flags = (
+        torch.backends.cuda.matmul.fp32_precision,
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    assert gradcheck(lambda x: model(x).sum(), x, params=model).passed
+    after = (
+        torch.backends.cuda.matmul.fp32_precision,
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    assert after == flags
+    np.testing.assert_equal(model[0].weight.dtype, torch.float32)
