@@ -1,0 +1,881 @@
+"""Winner tracking for JAX: a jaxpr interpreter that returns the decisions as outputs.
+
+The loss is first traced to a jaxpr. `make_tracked` turns that jaxpr into a plain JAX
+function that computes the same outputs and, beside them, one uint64 hash per
+*decision site*: every equation whose result depends on a discrete choice made from
+the checked inputs (which argument of `max` won, the mask of a comparison, the arg-max
+of a reduction or of a pooling window, a sort order, the side of a clamp, the branch
+of a `cond`, ...). The function is ordinary JAX code, so it is jitted and vmapped like
+the loss itself: a batch of perturbed points yields a batch of site hashes, and only
+those hashes (8 bytes per site and point) travel back to the host, where they feed a
+`SignatureRecorder`.
+
+Two analyses keep the count of decisions honest, because the engine relaxes the
+default tolerance when a function has kinks:
+
+* taint: a decision is recorded only when its operands depend on the checked blocks.
+  Comparisons of loop counters, index normalisation (``i < 0`` in ``x[i]``) and a
+  dropout mask drawn from a key are not kinks and are not recorded;
+* differentiable liveness: a decision is recorded only when its result reaches the
+  loss through a path that is not cut by ``stop_gradient``. The shift
+  ``x - stop_gradient(max(x))`` inside ``log_softmax`` is not a kink of the loss.
+
+The interpreter inlines ``jit``/``pjit``, ``closed_call``, ``remat`` and the primal
+functions of ``custom_jvp``/``custom_vjp`` (the tracked evaluation is never
+differentiated), and rebuilds ``cond`` (branch index plus the taken branch's
+decisions, the others padded with zeros), ``scan`` (each iteration's decisions,
+stacked then hashed) and ``while`` (decisions folded into a running hash carried
+through the loop, plus the trip count). Other higher-order primitives (``shard_map``,
+Pallas kernels, callbacks) are evaluated as they are, without looking inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# jaxpr_as_fun is re-exported for the backend, which evaluates the untracked jaxpr
+try:
+    from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
+except ImportError:  # pragma: no cover - older releases
+    from jax.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun  # type: ignore  # noqa: F401
+
+try:  # DropVar lives in jax.extend.core in current releases
+    from jax.extend.core import DropVar
+except ImportError:  # pragma: no cover - older releases
+    from jax._src.core import DropVar  # type: ignore[no-redef]
+
+#: primitives that call one inner jaxpr with the same inputs and outputs as the call
+_CALL_PARAMS = {
+    "pjit": "jaxpr",
+    "jit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "remat": "jaxpr",
+    "remat2": "jaxpr",
+    "checkpoint": "jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+}
+
+#: calls whose gradient is defined by a user rule, not by the primal function
+CUSTOM_CALLS = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
+
+_COMPARISONS = frozenset({"gt", "ge", "lt", "le", "eq", "ne"})
+
+#: windows with more positions than this are tracked by win counts, not per position
+_MAX_WINDOW_POSITIONS = 64
+
+_WHILE_PRIME = 0x100000001B3  # odd, so folding never cancels a single change
+
+
+def call_jaxpr(eqn: Any) -> tuple[Jaxpr, Sequence[Any]] | None:
+    """The inner jaxpr and consts of a call-like equation, if it maps inputs 1:1."""
+    key = _CALL_PARAMS.get(eqn.primitive.name)
+    if key is None or key not in eqn.params:
+        return None
+    inner = eqn.params[key]
+    if isinstance(inner, ClosedJaxpr):
+        jaxpr, consts = inner.jaxpr, inner.consts
+    elif isinstance(inner, Jaxpr) and not inner.constvars:
+        jaxpr, consts = inner, ()
+    else:
+        return None
+    if len(jaxpr.invars) != len(eqn.invars) or len(jaxpr.outvars) != len(eqn.outvars):
+        return None
+    return jaxpr, consts
+
+
+def call_name(eqn: Any) -> str | None:
+    """The user-facing name of a call-like equation (the jitted or custom function)."""
+    name = eqn.params.get("name")
+    if isinstance(name, str):
+        return name
+    found = call_jaxpr(eqn)
+    info = getattr(found[0], "debug_info", None) if found is not None else None
+    src = getattr(info, "func_src_info", None)
+    if isinstance(src, str) and src:
+        return src.split(" at ")[0]
+    return None
+
+
+class Unsupported(Exception):
+    """A control-flow equation whose parameters this JAX release lays out differently.
+
+    Such an equation is evaluated as it is, without looking inside: its decisions are
+    not tracked, and the analyses treat it conservatively.
+    """
+
+
+def parts(obj: Any) -> tuple[Jaxpr, Sequence[Any]]:
+    """(jaxpr, consts) of a closed jaxpr, or of an open one without constvars.
+
+    Releases differ: control-flow parameters hold ClosedJaxprs in some, open Jaxprs
+    (consts passed as operands) in others.
+    """
+    if isinstance(obj, ClosedJaxpr):
+        return obj.jaxpr, obj.consts
+    if isinstance(obj, Jaxpr) and not obj.constvars:
+        return obj, ()
+    raise Unsupported(type(obj).__name__)
+
+
+def _count_leaves(tree: Any) -> int:
+    if tree is None:
+        return 1
+    num = getattr(tree, "num_leaves", None)
+    if isinstance(num, int):
+        return num
+    try:
+        items = list(tree)
+    except TypeError:
+        return 1
+    return sum(_count_leaves(t) for t in items)
+
+
+def _scan_layout_fits(eqn: Any, body: Jaxpr, nc: int, ncar: int) -> bool:
+    """Whether (nc, ncar) fits a scan's types: consts, carries, then stacked xs/ys."""
+    length = eqn.params.get("length")
+    n_in, n_out = len(eqn.invars), len(eqn.outvars)
+    if not (nc >= 0 and 0 <= ncar <= n_out and nc + ncar <= n_in):
+        return False
+    if len(body.invars) != n_in or len(body.outvars) != n_out:
+        return False
+
+    def aval(v: Any) -> Any:
+        return getattr(v, "aval", None)
+
+    def same(a: Any, b: Any) -> bool:
+        return (
+            getattr(a, "shape", None) is not None
+            and getattr(a, "shape", None) == getattr(b, "shape", None)
+            and getattr(a, "dtype", None) == getattr(b, "dtype", None)
+        )
+
+    def stacked(outer: Any, inner: Any) -> bool:
+        shape, inner_shape = getattr(outer, "shape", None), getattr(inner, "shape", None)
+        return (
+            shape is not None
+            and inner_shape is not None
+            and tuple(shape) == (length, *inner_shape)
+            and getattr(outer, "dtype", None) == getattr(inner, "dtype", None)
+        )
+
+    ei, eo, bi, bo = eqn.invars, eqn.outvars, body.invars, body.outvars
+    return (
+        all(same(aval(ei[i]), aval(bi[i])) for i in range(nc))
+        and all(
+            same(aval(ei[nc + i]), aval(bi[nc + i]))
+            and same(aval(bo[i]), aval(bi[nc + i]))
+            and same(aval(eo[i]), aval(bo[i]))
+            for i in range(ncar)
+        )
+        and all(stacked(aval(ei[i]), aval(bi[i])) for i in range(nc + ncar, n_in))
+        and all(stacked(aval(eo[i]), aval(bo[i])) for i in range(ncar, n_out))
+    )
+
+
+def scan_layout(eqn: Any) -> tuple[int, int]:
+    """(number of consts, number of carries) of a scan equation.
+
+    Read from ``num_consts``/``num_carry`` where the release has them, else from the
+    ``ft_in`` trees of newer releases, else inferred from the types (when only one
+    layout fits them).
+    """
+    p = eqn.params
+    if "num_consts" in p and "num_carry" in p:
+        return int(p["num_consts"]), int(p["num_carry"])
+    body = parts(p.get("jaxpr"))[0]
+    ft = p.get("ft_in")
+    try:
+        trees = list(ft) if ft is not None else []
+    except TypeError:
+        trees = []
+    if len(trees) == 3:
+        nc, ncar = _count_leaves(trees[0]), _count_leaves(trees[1])
+        if _scan_layout_fits(eqn, body, nc, ncar):
+            return nc, ncar
+    n_in, n_out = len(eqn.invars), len(eqn.outvars)
+    fits = [
+        (nc, ncar)
+        for ncar in range(n_out + 1)
+        for nc in range(n_in - ncar + 1)
+        if _scan_layout_fits(eqn, body, nc, ncar)
+    ]
+    if len(fits) == 1:
+        return fits[0]
+    raise Unsupported(eqn.primitive.name)
+
+
+def while_layout(eqn: Any) -> tuple[int, int]:
+    """(cond consts, body consts) of a while equation."""
+    p = eqn.params
+    if "cond_nconsts" in p and "body_nconsts" in p:
+        return int(p["cond_nconsts"]), int(p["body_nconsts"])
+    raise Unsupported(eqn.primitive.name)
+
+
+def _supported(eqn: Any) -> bool:
+    """Whether a cond/scan/while equation has the layout the tracker understands."""
+    name = eqn.primitive.name
+    p = eqn.params
+    try:
+        if name == "scan":
+            scan_layout(eqn)
+            parts(p.get("jaxpr"))
+        elif name == "while":
+            while_layout(eqn)
+            parts(p.get("cond_jaxpr"))
+            parts(p.get("body_jaxpr"))
+        elif name == "cond":
+            branches = p.get("branches")
+            if not isinstance(branches, (tuple, list)):
+                return False
+            for b in branches:
+                parts(b)
+    except Unsupported:
+        return False
+    return True
+
+
+def _is_var(v: Any) -> bool:
+    return not isinstance(v, (Literal, DropVar))
+
+
+# --------------------------------------------------------------------------- analyses
+
+
+class Analysis:
+    """Taint (depends on a checked block) and differentiable liveness, memoised."""
+
+    def __init__(self) -> None:
+        self._taint: dict[tuple, tuple[Jaxpr, dict, tuple[bool, ...]]] = {}
+        self._live: dict[tuple, tuple[Jaxpr, list, tuple[bool, ...]]] = {}
+
+    # ---- taint (forward)
+    def taint(self, jaxpr: Jaxpr, in_taint: Sequence[bool]) -> tuple[dict, tuple[bool, ...]]:
+        """Per-variable taint and the taint of the outputs, given the inputs' taint."""
+        key = (id(jaxpr), tuple(in_taint))
+        hit = self._taint.get(key)
+        if hit is not None:
+            return hit[1], hit[2]
+        env: dict[Any, bool] = {}
+        for v in jaxpr.constvars:
+            env[v] = False
+        for v, t in zip(jaxpr.invars, in_taint, strict=False):
+            env[v] = bool(t)
+
+        def read(v: Any) -> bool:
+            return False if isinstance(v, Literal) else env.get(v, False)
+
+        for eqn in jaxpr.eqns:
+            outs = self._eqn_taint(eqn, [read(v) for v in eqn.invars])
+            for v, t in zip(eqn.outvars, outs, strict=False):
+                if _is_var(v):
+                    env[v] = t
+        out = tuple(read(v) for v in jaxpr.outvars)
+        self._taint[key] = (jaxpr, env, out)
+        return env, out
+
+    def _eqn_taint(self, eqn: Any, ins: list[bool]) -> list[bool]:
+        n_out = len(eqn.outvars)
+        if not _supported(eqn):
+            return [any(ins)] * n_out
+        name = eqn.primitive.name
+        inner = call_jaxpr(eqn)
+        if inner is not None:
+            return list(self.taint(inner[0], ins)[1])
+        if name == "cond":
+            outs = [False] * n_out
+            for br in eqn.params["branches"]:
+                bo = self.taint(parts(br)[0], ins[1:])[1]
+                outs = [a or b for a, b in zip(outs, bo, strict=False)]
+            return [True] * n_out if ins[0] else outs
+        if name == "scan":
+            body_in = self.scan_body_taint(eqn, ins)
+            body_out = self.taint(parts(eqn.params["jaxpr"])[0], body_in)[1]
+            nc, ncar = scan_layout(eqn)
+            return [
+                a or b for a, b in zip(body_in[nc : nc + ncar], body_out[:ncar], strict=False)
+            ] + list(body_out[ncar:])
+        if name == "while":
+            carry, pred = self.while_taint(eqn, ins)
+            return [True] * n_out if pred else list(carry)
+        return [any(ins)] * n_out
+
+    def scan_body_taint(self, eqn: Any, ins: Sequence[bool]) -> tuple[bool, ...]:
+        """The taint of a scan body's inputs at the fixpoint over the carry."""
+        nc, ncar = scan_layout(eqn)
+        body = parts(eqn.params["jaxpr"])[0]
+        consts, carry, xs = list(ins[:nc]), list(ins[nc : nc + ncar]), list(ins[nc + ncar :])
+        while True:
+            out = self.taint(body, consts + carry + xs)[1]
+            new = [a or b for a, b in zip(carry, out[:ncar], strict=False)]
+            if new == carry:
+                return tuple(consts + carry + xs)
+            carry = new
+
+    def while_taint(self, eqn: Any, ins: Sequence[bool]) -> tuple[tuple[bool, ...], bool]:
+        """The carry's taint at the fixpoint and whether the loop predicate is tainted."""
+        cn, bn = while_layout(eqn)
+        cconsts, bconsts = list(ins[:cn]), list(ins[cn : cn + bn])
+        carry = list(ins[cn + bn :])
+        body = parts(eqn.params["body_jaxpr"])[0]
+        while True:
+            out = self.taint(body, bconsts + carry)[1]
+            new = [a or b for a, b in zip(carry, out, strict=False)]
+            if new == carry:
+                break
+            carry = new
+        pred = self.taint(parts(eqn.params["cond_jaxpr"])[0], cconsts + carry)[1][0]
+        return tuple(carry), pred
+
+    # ---- differentiable liveness (backward)
+    def live(self, jaxpr: Jaxpr, out_live: Sequence[bool]) -> tuple[list, tuple[bool, ...]]:
+        """Which outputs of each equation reach a live output, not through stop_gradient.
+
+        Returns the per-equation output liveness and the liveness of the inputs.
+        """
+        key = (id(jaxpr), tuple(out_live))
+        hit = self._live.get(key)
+        if hit is not None:
+            return hit[1], hit[2]
+        live: set = set()
+        for v, flag in zip(jaxpr.outvars, out_live, strict=False):
+            if flag and _is_var(v):
+                live.add(v)
+        per_eqn: list = [None] * len(jaxpr.eqns)
+        for i in range(len(jaxpr.eqns) - 1, -1, -1):
+            eqn = jaxpr.eqns[i]
+            olive = [_is_var(v) and v in live for v in eqn.outvars]
+            per_eqn[i] = olive
+            if not any(olive):
+                continue
+            for v, flag in zip(eqn.invars, self._eqn_live(eqn, olive), strict=False):
+                if flag and _is_var(v):
+                    live.add(v)
+        in_live = tuple(v in live for v in jaxpr.invars)
+        self._live[key] = (jaxpr, per_eqn, in_live)
+        return per_eqn, in_live
+
+    def _eqn_live(self, eqn: Any, olive: list[bool]) -> list[bool]:
+        name = eqn.primitive.name
+        n_in = len(eqn.invars)
+        if not _supported(eqn):
+            return [True] * n_in
+        if name == "stop_gradient":
+            return [False] * n_in
+        inner = call_jaxpr(eqn)
+        if inner is not None:
+            if name in CUSTOM_CALLS:
+                return [True] * n_in  # the user's rule decides what gets a gradient
+            return list(self.live(inner[0], olive)[1])
+        if name == "cond":
+            ops = [False] * (n_in - 1)
+            for br in eqn.params["branches"]:
+                bl = self.live(parts(br)[0], olive)[1]
+                ops = [a or b for a, b in zip(ops, bl, strict=False)]
+            return [True, *ops]
+        if name == "scan":
+            body_out = self.scan_body_live(eqn, olive)
+            nc, ncar = scan_layout(eqn)
+            bl = self.live(parts(eqn.params["jaxpr"])[0], body_out)[1]
+            carry = [a or b for a, b in zip(bl[nc : nc + ncar], olive[:ncar], strict=False)]
+            return list(bl[:nc]) + carry + list(bl[nc + ncar :])
+        if name == "while":
+            cn, bn = while_layout(eqn)
+            carry = self.while_carry_live(eqn, olive)
+            cl = self.live(parts(eqn.params["cond_jaxpr"])[0], [True])[1]
+            bl = self.live(parts(eqn.params["body_jaxpr"])[0], carry)[1]
+            return list(cl[:cn]) + list(bl[:bn]) + list(carry)
+        return [True] * n_in
+
+    def scan_body_live(self, eqn: Any, olive: Sequence[bool]) -> list[bool]:
+        """The liveness of a scan body's outputs at the fixpoint over the carry."""
+        nc, ncar = scan_layout(eqn)
+        body = parts(eqn.params["jaxpr"])[0]
+        carry, ys = list(olive[:ncar]), list(olive[ncar:])
+        while True:
+            bl = self.live(body, carry + ys)[1]
+            new = [a or b for a, b in zip(carry, bl[nc : nc + ncar], strict=False)]
+            if new == carry:
+                return carry + ys
+            carry = new
+
+    def while_carry_live(self, eqn: Any, olive: Sequence[bool]) -> list[bool]:
+        """The liveness of a while loop's carry at the fixpoint (the predicate is live)."""
+        cn, bn = while_layout(eqn)
+        cl = self.live(parts(eqn.params["cond_jaxpr"])[0], [True])[1][cn:]
+        carry = [a or b for a, b in zip(olive, cl, strict=False)]
+        body = parts(eqn.params["body_jaxpr"])[0]
+        while True:
+            bl = self.live(body, carry)[1][bn:]
+            new = [a or b for a, b in zip(carry, bl, strict=False)]
+            if new == carry:
+                return carry
+            carry = new
+
+
+def input_dependencies(closed: ClosedJaxpr, names: Sequence[str | None]) -> list[tuple]:
+    """Find every custom_vjp/custom_jvp call and the named inputs each operand depends on.
+
+    `names` gives a name per top-level input (None for one that is not a block).
+    Returns ``(primitive, function name, [(aval, frozenset of names)] per operand)``,
+    the operands without the call's leading consts; used to name the block behind a
+    custom rule that JAX rejected.
+    """
+    found: list[tuple] = []
+
+    def walk(jaxpr: Jaxpr, deps_in: Sequence[frozenset]) -> list[frozenset]:
+        env: dict[Any, frozenset] = {}
+        for v, d in zip(jaxpr.invars, deps_in, strict=False):
+            env[v] = d
+
+        def read(v: Any) -> frozenset:
+            return frozenset() if isinstance(v, Literal) else env.get(v, frozenset())
+
+        for eqn in jaxpr.eqns:
+            ins = [read(v) for v in eqn.invars]
+            inner = call_jaxpr(eqn)
+            if eqn.primitive.name in CUSTOM_CALLS:
+                skip = int(eqn.params.get("num_consts", 0) or 0)
+                ops = [(getattr(v, "aval", None), d) for v, d in zip(eqn.invars, ins, strict=False)]
+                found.append((eqn.primitive.name, call_name(eqn) or "?", ops[skip:]))
+            if inner is not None:
+                outs = walk(inner[0], ins)
+            else:
+                union = frozenset().union(*ins) if ins else frozenset()
+                outs = [union] * len(eqn.outvars)
+                for sub in _sub_jaxprs(eqn):
+                    walk(sub, [union] * len(sub.invars))
+            for v, d in zip(eqn.outvars, outs, strict=False):
+                if _is_var(v):
+                    env[v] = d
+        return [read(v) for v in jaxpr.outvars]
+
+    walk(closed.jaxpr, [frozenset([n]) if n else frozenset() for n in names])
+    return found
+
+
+def _sub_jaxprs(eqn: Any) -> list[Jaxpr]:
+    subs = []
+    for value in eqn.params.values():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, ClosedJaxpr):
+                subs.append(item.jaxpr)
+            elif isinstance(item, Jaxpr):
+                subs.append(item)
+    return subs
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _mix(z: jax.Array) -> jax.Array:
+    """The splitmix64 finaliser, elementwise on uint64."""
+    z = (z ^ (z >> jnp.uint64(30))) * jnp.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> jnp.uint64(27))) * jnp.uint64(0x94D049BB133111EB)
+    return z ^ (z >> jnp.uint64(31))
+
+
+def _as_u64(d: jax.Array) -> jax.Array:
+    """Exact integer image of a decision array, as uint64 (floats by their bits)."""
+    d = jnp.asarray(d)
+    dt = d.dtype
+    if dt == jnp.bool_:
+        return d.astype(jnp.uint64)
+    if jnp.issubdtype(dt, jnp.floating):
+        bits = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[dt.itemsize]
+        d = lax.bitcast_convert_type(d, bits)
+        dt = d.dtype
+    if dt == jnp.uint64:
+        return d
+    return lax.bitcast_convert_type(d.astype(jnp.int64), jnp.uint64)
+
+
+def hash_decision(d: jax.Array) -> jax.Array:
+    """A uint64 hash of a decision array.
+
+    ``sum(v_j * w_j) mod 2**64`` with odd pseudo-random weights per position: any
+    single changed entry always changes the hash (odd weights are invertible modulo
+    2**64); several changes collide with probability about 2**-64.
+    """
+    v = _as_u64(d).reshape(-1)
+    n = v.shape[0]
+    i = lax.iota(jnp.uint64, n)
+    w = _mix(i * jnp.uint64(0x9E3779B97F4A7C15) + jnp.uint64(n + 1)) | jnp.uint64(1)
+    return jnp.sum(v * w, dtype=jnp.uint64) + jnp.uint64(n)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def _three_way(a: Any, b: Any) -> jax.Array:
+    return (a > b).astype(jnp.int8) - (a < b).astype(jnp.int8)
+
+
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _reduce_mask(ins: list, outs: list, params: dict) -> jax.Array:
+    x, out = ins[0], outs[0]
+    axes = tuple(params["axes"])
+    kept = tuple(d for d in range(x.ndim) if d not in axes)
+    return x == lax.broadcast_in_dim(out, x.shape, kept)
+
+
+def _sort_permutation(ins: list, outs: list, params: dict) -> jax.Array:
+    num_keys = params.get("num_keys", 1)
+    dim = params["dimension"]
+    keys = list(ins[:num_keys])
+    iota = lax.broadcasted_iota(jnp.int32, keys[0].shape, dim)
+    return lax.sort([*keys, iota], dimension=dim, is_stable=True, num_keys=num_keys)[-1]
+
+
+def _clamp_side(ins: list, outs: list, params: dict) -> jax.Array:
+    lo, x, hi = ins
+    return (x > hi).astype(jnp.int8) - (x < lo).astype(jnp.int8)
+
+
+def _window_winners(ins: list, outs: list, params: dict) -> jax.Array:
+    """Which element of each pooling window won: one mask per window position."""
+    x, out = ins[0], outs[0]
+    dims = tuple(params["window_dimensions"])
+    strides = tuple(params["window_strides"])
+    padding = tuple(params["padding"])
+    base = tuple(params.get("base_dilation") or (1,) * x.ndim)
+    wdil = tuple(params.get("window_dilation") or (1,) * x.ndim)
+    if int(np.prod(dims)) > _MAX_WINDOW_POSITIONS:
+        # large windows: how many windows each element won (vjp of the pooling)
+        prim = params["_gradcheck_primitive"]
+        bind_params = {k: v for k, v in params.items() if not k.startswith("_gradcheck")}
+        _, vjp = jax.vjp(lambda y: prim.bind(y, **bind_params), x)
+        return vjp(jnp.ones_like(out))[0]
+    fill = jnp.asarray(jnp.nan, x.dtype) if _is_float(x) else jnp.asarray(0, x.dtype)
+    xp = lax.pad(x, fill, [(lo, hi, b - 1) for (lo, hi), b in zip(padding, base, strict=False)])
+    masks = []
+    for offs in itertools.product(*[range(k) for k in dims]):
+        start = [o * dl for o, dl in zip(offs, wdil, strict=False)]
+        limit = [s + (n - 1) * st + 1 for s, n, st in zip(start, out.shape, strides, strict=False)]
+        masks.append(lax.slice(xp, start, limit, strides) == out)
+    return jnp.stack(masks)
+
+
+def _convert_decision(ins: list, outs: list, params: dict) -> jax.Array | None:
+    if _is_float(ins[0]) and not _is_float(outs[0]):
+        return outs[0]
+    return None
+
+
+def _rem_quotient(ins: list, outs: list, params: dict) -> jax.Array | None:
+    if not _is_float(ins[0]):
+        return None
+    return jnp.round((ins[0] - outs[0]) / ins[1])
+
+
+#: primitive -> (which inputs must be tainted, decision function)
+_RULES: dict[str, tuple[str, Callable[[list, list, dict], Any]]] = {
+    "max": ("any", lambda i, o, p: _three_way(i[0], i[1])),
+    "min": ("any", lambda i, o, p: _three_way(i[0], i[1])),
+    **{c: ("any", lambda i, o, p: o[0]) for c in _COMPARISONS},
+    "select_n": ("first", lambda i, o, p: i[0]),
+    "abs": ("first", lambda i, o, p: _three_way(i[0], 0)),
+    "sign": ("first", lambda i, o, p: _three_way(i[0], 0)),
+    "argmax": ("first", lambda i, o, p: o[0]),
+    "argmin": ("first", lambda i, o, p: o[0]),
+    "reduce_max": ("first", _reduce_mask),
+    "reduce_min": ("first", _reduce_mask),
+    "sort": ("keys", _sort_permutation),
+    "top_k": ("first", lambda i, o, p: o[1]),
+    "approx_top_k": ("first", lambda i, o, p: o[1]),
+    "clamp": ("any", _clamp_side),
+    "reduce_window_max": ("first", _window_winners),
+    "reduce_window_min": ("first", _window_winners),
+    "cummax": ("first", lambda i, o, p: i[0] == o[0]),
+    "cummin": ("first", lambda i, o, p: i[0] == o[0]),
+    "floor": ("first", lambda i, o, p: o[0]),
+    "ceil": ("first", lambda i, o, p: o[0]),
+    "round": ("first", lambda i, o, p: o[0]),
+    "convert_element_type": ("first", _convert_decision),
+    "rem": ("any", _rem_quotient),
+}
+
+#: the primitives whose decisions are tracked (for documentation and tests)
+TRACKED_PRIMITIVES = frozenset(_RULES) | {"cond", "scan", "while"}
+
+
+def _decision(eqn: Any, ins: list, outs: list, taint: list[bool]) -> Any:
+    rule = _RULES.get(eqn.primitive.name)
+    if rule is None:
+        return None
+    which, fn = rule
+    if which == "any":
+        hot = any(taint)
+    elif which == "keys":
+        hot = any(taint[: eqn.params.get("num_keys", 1)])
+    else:
+        hot = bool(taint) and taint[0]
+    if not hot:
+        return None
+    params = dict(eqn.params)
+    params["_gradcheck_primitive"] = eqn.primitive
+    return fn(ins, outs, params)
+
+
+# --------------------------------------------------------------------------- interpreter
+
+
+class _Sites:
+    """The decision sites of one (sub)evaluation: names and uint64 hashes."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.values: list[jax.Array] = []
+
+    def add(self, name: str, value: jax.Array) -> None:
+        self.names.append(name)
+        self.values.append(jnp.asarray(value, jnp.uint64))
+
+
+def _bind(eqn: Any, invals: list) -> list:
+    """Evaluate one equation as JAX itself would."""
+    params = eqn.primitive.get_bind_params(eqn.params)
+    if isinstance(params, tuple):  # older releases: (subfuns, params)
+        subfuns, params = params
+        ans = eqn.primitive.bind(*subfuns, *invals, **params)
+    else:
+        manager = getattr(getattr(eqn, "ctx", None), "manager", None)
+        with manager if manager is not None else contextlib.nullcontext():
+            ans = eqn.primitive.bind(*invals, **params)
+    return list(ans) if eqn.primitive.multiple_results else [ans]
+
+
+def _spec(x: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+
+class Interpreter:
+    """Evaluates a jaxpr while recording decision sites (see the module docstring)."""
+
+    def __init__(self, analysis: Analysis | None = None) -> None:
+        self.analysis = analysis or Analysis()
+
+    def run(
+        self,
+        jaxpr: Jaxpr,
+        consts: Sequence[Any],
+        args: Sequence[Any],
+        in_taint: Sequence[bool],
+        out_live: Sequence[bool],
+        sites: _Sites,
+        prefix: str,
+    ) -> list:
+        var_taint, _ = self.analysis.taint(jaxpr, in_taint)
+        eqn_live, _ = self.analysis.live(jaxpr, out_live)
+        env: dict[Any, Any] = {}
+        for v, c in zip(jaxpr.constvars, consts, strict=False):
+            env[v] = c
+        for v, a in zip(jaxpr.invars, args, strict=False):
+            env[v] = a
+
+        def read(v: Any) -> Any:
+            return v.val if isinstance(v, Literal) else env[v]
+
+        def tainted(v: Any) -> bool:
+            return False if isinstance(v, Literal) else var_taint.get(v, False)
+
+        for eqn, olive in zip(jaxpr.eqns, eqn_live, strict=False):
+            invals = [read(v) for v in eqn.invars]
+            taint = [tainted(v) for v in eqn.invars]
+            name = eqn.primitive.name
+            inner = call_jaxpr(eqn)
+            hot = any(olive) and _supported(eqn)
+            if inner is not None and hot and any(taint):
+                label = call_name(eqn)
+                sub = f"{prefix}{name}" + (f"({label})" if label else "") + "/"
+                outs = self.run(inner[0], inner[1], invals, taint, olive, sites, sub)
+            elif name == "cond" and hot and any(taint):
+                outs = self._cond(eqn, invals, taint, olive, sites, prefix)
+            elif name == "scan" and hot and any(taint):
+                outs = self._scan(eqn, invals, taint, olive, sites, prefix)
+            elif name == "while" and hot and any(taint):
+                outs = self._while(eqn, invals, taint, olive, sites, prefix)
+            else:
+                outs = _bind(eqn, invals)
+                if hot:
+                    d = _decision(eqn, invals, outs, taint)
+                    if d is not None:
+                        sites.add(prefix + name, hash_decision(d))
+            for v, val in zip(eqn.outvars, outs, strict=False):
+                if _is_var(v):
+                    env[v] = val
+        return [read(v) for v in jaxpr.outvars]
+
+    # ---- control flow
+    def _cond(self, eqn, invals, taint, olive, sites, prefix) -> list:
+        index, ops = invals[0], invals[1:]
+        branches = eqn.params["branches"]
+        path = f"{prefix}cond/"
+
+        def branch_fn(k: int, names: list[str]) -> Callable:
+            br_jaxpr, br_consts = parts(branches[k])
+
+            def fn(*operands: Any) -> tuple[list, list]:
+                s = _Sites()
+                outs = self.run(br_jaxpr, br_consts, operands, taint[1:], olive, s, f"{path}{k}/")
+                names[:] = s.names
+                return outs, s.values
+
+            return fn
+
+        names_per = [[] for _ in branches]
+        specs = [_spec(x) for x in ops]
+        counts = []
+        for k in range(len(branches)):
+            jax.eval_shape(branch_fn(k, names_per[k]), *specs)
+            counts.append(len(names_per[k]))
+        if taint[0]:
+            sites.add(f"{prefix}cond", hash_decision(index))
+        if not any(counts):
+            return _bind(eqn, invals)
+        total = sum(counts)
+        offsets = list(itertools.accumulate([0, *counts[:-1]]))
+
+        def padded(k: int) -> Callable:
+            fn = branch_fn(k, [])
+
+            def wrapped(*operands: Any) -> tuple[list, list]:
+                outs, values = fn(*operands)
+                zero = jnp.zeros((), jnp.uint64)
+                before, after = offsets[k], total - offsets[k] - counts[k]
+                return outs, [zero] * before + list(values) + [zero] * after
+
+            return wrapped
+
+        outs, values = lax.switch(index, [padded(k) for k in range(len(branches))], *ops)
+        for k in range(len(branches)):
+            for name, value in zip(
+                names_per[k], values[offsets[k] : offsets[k] + counts[k]], strict=False
+            ):
+                sites.add(name, value)
+        return list(outs)
+
+    def _scan(self, eqn, invals, taint, olive, sites, prefix) -> list:
+        p = eqn.params
+        nc, ncar = scan_layout(eqn)
+        body_jaxpr, body_consts = parts(p["jaxpr"])
+        consts, init, xs = invals[:nc], invals[nc : nc + ncar], invals[nc + ncar :]
+        body_taint = self.analysis.scan_body_taint(eqn, taint)
+        body_live = self.analysis.scan_body_live(eqn, olive)
+        names: list[str] = []
+
+        def step(carry: list, x: Any) -> tuple[list, tuple[list, list]]:
+            s = _Sites()
+            args = list(consts) + list(carry) + (list(x) if x is not None else [])
+            outs = self.run(
+                body_jaxpr, body_consts, args, body_taint, body_live, s, f"{prefix}scan/"
+            )
+            names[:] = s.names
+            return outs[:ncar], (outs[ncar:], s.values)
+
+        carry, (ys, stacks) = lax.scan(
+            step,
+            list(init),
+            list(xs) if xs else None,
+            length=p["length"],
+            reverse=p["reverse"],
+            unroll=p.get("unroll", 1),
+        )
+        for name, stack in zip(names, stacks, strict=False):
+            sites.add(name, hash_decision(stack))
+        return list(carry) + list(ys)
+
+    def _while(self, eqn, invals, taint, olive, sites, prefix) -> list:
+        p = eqn.params
+        cn, bn = while_layout(eqn)
+        cconsts, bconsts, init = invals[:cn], invals[cn : cn + bn], invals[cn + bn :]
+        carry_taint, pred_taint = self.analysis.while_taint(eqn, taint)
+        carry_live = self.analysis.while_carry_live(eqn, olive)
+        body_jaxpr, body_consts = parts(p["body_jaxpr"])
+        cond_jaxpr, cond_consts = parts(p["cond_jaxpr"])
+        cond_taint = [False] * len(cond_jaxpr.invars)
+        body_taint = tuple(taint[cn : cn + bn]) + tuple(carry_taint)
+        names: list[str] = []
+
+        def run_body(carry: Sequence[Any]) -> tuple[list, list]:
+            s = _Sites()
+            outs = self.run(
+                body_jaxpr,
+                body_consts,
+                list(bconsts) + list(carry),
+                body_taint,
+                carry_live,
+                s,
+                f"{prefix}while/",
+            )
+            names[:] = s.names
+            return outs, s.values
+
+        jax.eval_shape(lambda *c: run_body(c)[1], *[_spec(x) for x in init])
+        n_sites = len(names)
+        if n_sites == 0 and not pred_taint:
+            return _bind(eqn, invals)
+
+        def loop_cond(state: tuple) -> Any:
+            carry, _, _ = state
+            args = list(cconsts) + list(carry)
+            return self.run(cond_jaxpr, cond_consts, args, cond_taint, [True], _Sites(), "")[0]
+
+        def loop_body(state: tuple) -> tuple:
+            carry, trips, accs = state
+            new, values = run_body(carry)
+            prime = jnp.uint64(_WHILE_PRIME)
+            accs = [a * prime + v for a, v in zip(accs, values, strict=False)]
+            return list(new), trips + jnp.uint64(1), accs
+
+        zero = jnp.zeros((), jnp.uint64)
+        carry, trips, accs = lax.while_loop(
+            loop_cond, loop_body, (list(init), zero, [zero] * n_sites)
+        )
+        if pred_taint:
+            sites.add(f"{prefix}while", trips)
+        for name, acc in zip(names, accs, strict=False):
+            sites.add(name, acc)
+        return list(carry)
+
+
+def make_tracked(
+    closed: ClosedJaxpr, in_taint: Sequence[bool]
+) -> tuple[Callable[..., tuple[list, jax.Array]], list[str]]:
+    """Turn `closed` into ``fn(*inputs) -> (outputs, site hashes)``.
+
+    The site hashes are a uint64 vector, one entry per decision site; the returned
+    list is filled with the sites' names when `fn` is traced (the same on every trace).
+    Every output of `closed` counts as live. `fn` is pure JAX: jit and vmap it.
+    """
+    interp = Interpreter()
+    names: list[str] = []
+    n_out = len(closed.jaxpr.outvars)
+
+    def fn(*inputs: Any) -> tuple[list, jax.Array]:
+        sites = _Sites()
+        outs = interp.run(closed.jaxpr, closed.consts, inputs, in_taint, (True,) * n_out, sites, "")
+        names[:] = sites.names
+        hashes = jnp.stack(sites.values) if sites.values else jnp.zeros((0,), jnp.uint64)
+        return outs, hashes
+
+    return fn, names
+
+
+def live_inputs(closed: ClosedJaxpr, out_live: Sequence[bool]) -> tuple[bool, ...]:
+    """Which inputs of `closed` reach a live output through a differentiable path."""
+    return Analysis().live(closed.jaxpr, out_live)[1]

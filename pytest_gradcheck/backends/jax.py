@@ -1,0 +1,787 @@
+"""The JAX backend: pytrees in, float64 under a scoped x64 setting, jit + vmap batches.
+
+How a check runs:
+
+* The leaves of `args` (any pytree: dicts, lists, tuples, registered nodes such as
+  Equinox modules) and of `params` (a dict or list that `f` reads through a closure)
+  are walked with JAX key paths. Floating leaves (JAX or NumPy arrays) are the blocks,
+  named like ``args[1]['W1']``, ``W1``, ``W1['b']`` or ``params[0]``; they are cast to
+  float64. Integer, boolean and PRNG-key leaves (typed or legacy uint32) pass through
+  untouched, so dropout driven by a key argument draws the same mask every time.
+* Every call into JAX runs under ``jax.enable_x64(True)`` and
+  ``jax.default_matmul_precision("highest")`` (and ``jax.default_device`` when a
+  device was asked for), entered per call. Nothing is set globally, so nothing can
+  leak into the rest of the test session, whatever happens in between.
+* `f` is traced once to a jaxpr, with the blocks as flat float64 vectors. The
+  analytic gradient is ``jax.vjp`` of that jaxpr under ``jit`` (custom_vjp and
+  custom_jvp rules included). Perturbed points are evaluated as a batch: one jitted
+  ``vmap`` over the points, each point being the base vectors plus its deltas (a
+  dense add, or a scatter-add of one entry for coordinates of large blocks). Batches
+  are padded to a few fixed sizes, so a check compiles few programs; on CPU, small
+  functions are compiled without LLVM optimisation, since compiling is then nearly
+  all the cost. Where `f` cannot be vmapped, points are evaluated one at a time with
+  the same jitted function; where `f` cannot even be traced (Python control flow on
+  array values), everything runs eagerly and winner tracking is off.
+* Winner tracking evaluates the jaxpr through `_jax_tracker`, which returns a hash
+  of every max-like decision beside the loss, inside the same jit and vmap.
+* `params` dict or list entries are replaced by the perturbed values only while `f`
+  is being traced (or called eagerly), and the very same objects are put back after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._kinks import SignatureRecorder
+from ._base import (
+    BlockSpec,
+    Evaluation,
+    Gradient,
+    Point,
+    Settings,
+    check_finite_loss,
+    check_gradient_array,
+    projection_weights,
+    reduce_output,
+    select_blocks,
+)
+from ._jax_tracker import CUSTOM_CALLS, input_dependencies, jaxpr_as_fun, live_inputs, make_tracked
+from ._rng import GlobalRng
+
+#: errors that mean `f` needs concrete values (Python control flow on array values)
+_NEEDS_CONCRETE = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.NonConcreteBooleanIndexError,
+)
+
+#: memory one vmapped chunk of points may use (estimated from the jaxpr's values)
+_CHUNK_BYTES = 512 * 2**20
+#: most points evaluated in one vmapped call; a batch is padded to one of _BATCH_SIZES
+_MAX_CHUNK = 512
+#: the batch sizes compiled (each one a program): few, since compiling dominates
+_BATCH_SIZES = (8, 64, 128, 256, 512)
+#: checks with at most this many coordinates in all send every delta as a whole block
+_DENSE_COORDINATES = 4096
+
+#: on CPU, functions whose values (per point) fit in this are compiled without LLVM
+#: optimisation: compiling is most of the cost of checking them
+_QUICK_COMPILE_BYTES = 16 * 2**20
+_QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+_CUSTOM_RULE_ERROR = re.compile(r"custom[ _]?(vjp|jvp)|bwd rule|\bbwd\b|\bfwd\b", re.IGNORECASE)
+_BWD_OUTPUT = re.compile(
+    r"at output\[(\d+)\].*?corresponding to an input of type \S*?\[([\d, ]*)\]", re.DOTALL
+)
+
+
+@dataclass
+class _Leaf:
+    """One leaf of `args` or `params`."""
+
+    name: str
+    value: Any  # the user's object
+    floating: bool
+    array: bool  # a JAX array (traced as an input) rather than a static Python object
+
+
+@dataclass
+class _Slot:
+    """A mutable place in `params` (a dict key or list index) replaced during tracing."""
+
+    container: Any
+    key: Any
+    original: Any
+    treedef: Any
+    leaves: list[int]  # indices into the backend's leaf list
+
+
+def _is_floating(value: Any) -> bool:
+    if isinstance(value, jax.Array):
+        return bool(jnp.issubdtype(value.dtype, jnp.floating))
+    if isinstance(value, (np.ndarray, np.generic)):
+        return bool(np.issubdtype(value.dtype, np.floating))
+    return False
+
+
+def _keystr(path: Sequence[Any]) -> str:
+    return jax.tree_util.keystr(tuple(path))
+
+
+def _resolve_device(device: Any) -> Any:
+    """The JAX device for ``settings.device``: None, "cpu", "cuda"/"gpu" (":N" allowed)."""
+    if device is None:
+        return None
+    if isinstance(device, jax.Device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(
+            f"gradcheck: device must be None, 'cpu' or 'cuda' (alias 'gpu'), got {device!r}"
+        )
+    kind, _, index = device.strip().lower().partition(":")
+    platform = {"cuda": "gpu", "gpu": "gpu", "cpu": "cpu", "tpu": "tpu"}.get(kind)
+    if platform is None or (index and not index.isdigit()):
+        raise ValueError(
+            f"gradcheck: unknown device {device!r}; use None (where the inputs live), "
+            "'cpu' or 'cuda' (alias 'gpu', optionally with an index such as 'cuda:1')"
+        )
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError:
+        devices = []
+    if not devices:
+        available = ", ".join(sorted({d.platform for d in jax.devices()}))
+        raise ValueError(
+            f"gradcheck: device={device!r} was asked for, but JAX sees no {platform.upper()} "
+            f"(available platforms: {available}). Install a jaxlib with {platform.upper()} "
+            "support, or check with device='cpu' or device=None."
+        )
+    i = int(index) if index else 0
+    if i >= len(devices):
+        raise ValueError(
+            f"gradcheck: device={device!r} does not exist; JAX sees {len(devices)} "
+            f"{platform.upper()} device(s)"
+        )
+    return devices[i]
+
+
+class JaxBackend:
+    """Checks JAX functions; see the module docstring for how."""
+
+    def __init__(
+        self,
+        f: Callable[..., Any],
+        args: Sequence[Any],
+        params: Any,
+        grad: Any,
+        settings: Settings,
+    ) -> None:
+        if grad is not None:
+            raise TypeError(
+                "gradcheck: grad= was given for a JAX function; JAX gradients come from "
+                "jax.grad/jax.vjp of f (custom_vjp and custom_jvp rules included). "
+                "Remove grad=, or define the backward pass with jax.custom_vjp."
+            )
+        if not callable(f):
+            raise TypeError(f"gradcheck: f must be callable, got {type(f).__name__}")
+        self.warnings: list[str] = []
+        self._f = f
+        self._settings = settings
+        self._rng = GlobalRng(settings.seed)
+        self._slots: list[_Slot] = []
+        self._closed = False
+        try:
+            self._device = _resolve_device(settings.device)
+            with self._scope():
+                self._prepare(tuple(args), params)
+                self._trace()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ setup
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[None]:
+        """x64, highest matmul precision and the device, for one call into JAX."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_enable_x64())
+            stack.enter_context(jax.default_matmul_precision("highest"))
+            if self._device is not None:
+                stack.enter_context(jax.default_device(self._device))
+            yield
+
+    def _prepare(self, args: tuple, params: Any) -> None:
+        leaves: list[_Leaf] = []
+        flat, self._args_def = jax.tree_util.tree_flatten_with_path(args)
+        self._n_args_leaves = len(flat)
+        for path, value in flat:
+            leaves.append(self._leaf("args" + _keystr(path), value))
+        if params is not None:
+            if not isinstance(params, (dict, list)):
+                raise TypeError(
+                    f"gradcheck: params for a JAX function must be a dict or a list that f "
+                    f"reads (its entries are replaced while f is traced), got "
+                    f"{type(params).__name__}. Pass an immutable pytree such as an Equinox "
+                    "module in args instead: f(model, x)."
+                )
+            self._walk_params(params, None, leaves)
+        self._leaves = leaves
+        floating = [leaf.name for leaf in leaves if leaf.floating]
+        others = [leaf.name for leaf in leaves if not leaf.floating]
+        dupes = {n for n in floating if floating.count(n) > 1}
+        if dupes:
+            raise ValueError(f"gradcheck: two blocks share the name(s) {sorted(dupes)}")
+        chosen = set(select_blocks(floating, others, self._settings.wrt))
+        self._block_leaves = [i for i, leaf in enumerate(leaves) if leaf.name in chosen]
+        low = [leaf.name for leaf in leaves if leaf.floating and _dtype(leaf.value) != "float64"]
+        if low:
+            dtypes = sorted({_dtype(leaf.value) for leaf in leaves if leaf.name in low})
+            self.warnings.append(
+                f"gradcheck: {', '.join(low[:5])}{' ...' if len(low) > 5 else ''} "
+                f"{'is' if len(low) == 1 else 'are'} {'/'.join(dtypes)}; the check casts the "
+                "floating inputs to float64 (JAX x64 is enabled for the check only), because "
+                "single precision alone can give relative errors near 1e-2 for a correct "
+                "gradient"
+            )
+        # base point (flat float64) of each block; inputs of the traced function
+        self._shapes: list[tuple[int, ...]] = []
+        self._base_np: list[np.ndarray] = []
+        self._base_dev: list[jax.Array] = []
+        for i in self._block_leaves:
+            value = leaves[i].value
+            self._shapes.append(tuple(np.shape(value)))
+            dev = self._place(value, float64=True)
+            self._base_dev.append(dev.reshape(-1))
+            self._base_np.append(np.array(dev, dtype=np.float64).reshape(-1))
+        # dynamic (traced) non-block inputs, and static values for everything else
+        self._dyn_leaves: list[int] = []
+        self._dyn_vals: list[jax.Array] = []
+        self._static: dict[int, Any] = {}
+        block_set = set(self._block_leaves)
+        for i, leaf in enumerate(leaves):
+            if i in block_set:
+                continue
+            if leaf.array:
+                self._dyn_leaves.append(i)
+                self._dyn_vals.append(self._place(leaf.value, float64=leaf.floating))
+            elif leaf.floating:  # an unchecked NumPy float block: float64, kept NumPy
+                self._static[i] = np.asarray(leaf.value, dtype=np.float64)
+            else:
+                self._static[i] = leaf.value
+
+    def _leaf(self, name: str, value: Any) -> _Leaf:
+        return _Leaf(name, value, _is_floating(value), isinstance(value, jax.Array))
+
+    def _walk_params(self, container: Any, prefix: str | None, leaves: list[_Leaf]) -> None:
+        """Record a slot for each entry of the mutable dicts and lists in `params`."""
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, value in list(items):
+            if prefix is None:
+                name = key if isinstance(key, str) and isinstance(container, dict) else None
+                name = name if name is not None else f"params[{key!r}]"
+            else:
+                name = f"{prefix}[{key!r}]"
+            if isinstance(value, (dict, list)):
+                self._walk_params(value, name, leaves)
+                continue
+            flat, treedef = jax.tree_util.tree_flatten_with_path(value)
+            start = len(leaves)
+            for path, leaf in flat:
+                leaves.append(self._leaf(name + _keystr(path), leaf))
+            if flat:
+                self._slots.append(
+                    _Slot(container, key, value, treedef, list(range(start, len(leaves))))
+                )
+
+    def _place(self, value: Any, float64: bool) -> jax.Array:
+        arr = jnp.asarray(value, dtype=jnp.float64) if float64 else value
+        if self._device is not None:
+            return jax.device_put(arr, self._device)
+        return jnp.asarray(arr)
+
+    # ------------------------------------------------------------------ calling f
+    def _assemble(self, blocks: Sequence[Any], dyns: Sequence[Any]) -> tuple[tuple, list]:
+        values: list[Any] = [None] * len(self._leaves)
+        for i, shape, b in zip(self._block_leaves, self._shapes, blocks, strict=False):
+            values[i] = jnp.reshape(b, shape)
+        for i, d in zip(self._dyn_leaves, dyns, strict=False):
+            values[i] = d
+        for i, s in self._static.items():
+            values[i] = s
+        args = jax.tree_util.tree_unflatten(self._args_def, values[: self._n_args_leaves])
+        return args, values
+
+    @contextlib.contextmanager
+    def _installed(self, values: list[Any]) -> Iterator[None]:
+        """Put the perturbed params entries in place; put the originals back after."""
+        try:
+            for slot in self._slots:
+                slot.container[slot.key] = jax.tree_util.tree_unflatten(
+                    slot.treedef, [values[i] for i in slot.leaves]
+                )
+            yield
+        finally:
+            self._restore_params()
+
+    def _restore_params(self) -> None:
+        for slot in self._slots:
+            slot.container[slot.key] = slot.original
+
+    def _raw(self, blocks: Sequence[Any], dyns: Sequence[Any]) -> list[Any]:
+        """f at the given block values, reduced to ``[total, *terms]``."""
+        args, values = self._assemble(blocks, dyns)
+        self._rng.reseed()
+        with self._installed(values):
+            out = self._f(*args)
+        return self._reduce(out)
+
+    def _reduce(self, out: Any) -> list[Any]:
+        kind = reduce_output(out)
+        names: tuple[str, ...] = ()
+        if kind == "scalar":
+            parts = [jnp.asarray(out)]
+        elif kind == "terms":
+            names = tuple(str(k) for k in out)
+            terms = []
+            for key, value in out.items():
+                if isinstance(value, (bool, str, bytes)) or value is None:
+                    raise TypeError(
+                        f"gradcheck: the term {key!r} returned by f is "
+                        f"{type(value).__name__}; every named term must be a scalar"
+                    )
+                term = jnp.asarray(value)
+                if term.ndim != 0:
+                    raise TypeError(
+                        f"gradcheck: the term {key!r} returned by f has shape {term.shape}; "
+                        "every named term must be a scalar (reduce it, e.g. with .sum())"
+                    )
+                terms.append(term)
+            if not terms:
+                raise ValueError("gradcheck: f returned an empty mapping of terms")
+            total = terms[0]
+            for term in terms[1:]:
+                total = total + term
+            parts = [total, *terms]
+        else:
+            arr = jnp.asarray(out)
+            w = projection_weights(tuple(arr.shape), self._settings.seed)
+            parts = [jnp.sum(arr * w)]
+        for name, part in zip(("the loss", *names), parts, strict=False):
+            if not jnp.issubdtype(part.dtype, jnp.floating):
+                what = name if name == "the loss" else f"the term {name!r}"
+                raise TypeError(
+                    f"gradcheck: {what} returned by f has dtype {part.dtype}; the loss must "
+                    "be floating point"
+                )
+        self._kind, self._term_names = kind, names
+        self._out_dtype = str(jnp.result_type(jnp.asarray(out) if kind != "terms" else parts[0]))
+        return parts
+
+    def _trace(self) -> None:
+        """Trace f once; choose jit (with tracking) or eager mode."""
+        self._mode = "jit"
+        # None: not tried yet; False: evaluate one point at a time
+        batch = None if getattr(self._settings, "batch", True) else False
+        self._vmap_ok: dict[bool, bool | None] = {False: batch, True: batch}
+        try:
+            self._closed_jaxpr = jax.make_jaxpr(self._raw)(self._base_dev, self._dyn_vals)
+        except _NEEDS_CONCRETE as err:
+            self._mode = "eager"
+            self._closed_jaxpr = None
+            self._raw(self._base_dev, self._dyn_vals)  # f must at least run eagerly
+            self.warnings.append(
+                "gradcheck: f cannot be traced by jax.jit (it needs concrete values: "
+                f"{type(err).__name__}), so it is evaluated eagerly, one point at a time, "
+                "and winner tracking is off (kinks are not detected)"
+            )
+        if self._out_dtype not in ("float64", "complex128"):
+            self.warnings.append(
+                f"gradcheck: f returns {self._out_dtype} although its inputs are float64; "
+                "the loss is computed in reduced precision (look for an explicit astype or "
+                "dtype= inside f)"
+            )
+        self._n_out = 1 + len(self._term_names)
+        if self._mode == "jit":
+            closed = self._closed_jaxpr
+            self._fun = jaxpr_as_fun(closed)
+            n_blocks = len(self._base_dev)
+            taint = [True] * n_blocks + [False] * len(self._dyn_vals)
+            self._tracked, self._site_names = make_tracked(closed, taint)
+            per_point = sum(_nbytes(v) for v in closed.jaxpr.invars) + sum(
+                _nbytes(v) for eqn in closed.jaxpr.eqns for v in eqn.outvars
+            )
+            chunk = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(per_point, 1)))
+            self._chunk = 1 << (chunk.bit_length() - 1)
+            self._dense = sum(b.size for b in self._base_np) <= _DENSE_COORDINATES
+            jit = self._jit(per_point)
+            self._grad_jit = {t: jit(self._grad_impl(t)) for t in (False, True)}
+            self._batched = {
+                t: jit(jax.vmap(self._point_fn(t), in_axes=(None, 0, 0, None)))
+                for t in (False, True)
+            }
+            self._single = {t: jit(self._point_fn(t)) for t in (False, True)}
+
+    def _jit(self, per_point: int) -> Callable[[Callable], Callable]:
+        """jax.jit, with a quick (unoptimised) XLA compile for small functions on CPU.
+
+        A check of a small function spends nearly all its time compiling (two or three
+        programs per check; JAX's threefry PRNG alone takes a second at the default
+        optimisation level), while running them takes microseconds. LLVM's optimisation
+        does not change IEEE results (XLA keeps fast-math off), so the values agree.
+        """
+        if self._device is not None:
+            platform = self._device.platform
+        else:
+            arrays = self._base_dev + [d for d in self._dyn_vals if isinstance(d, jax.Array)]
+            platforms = {dev.platform for a in arrays for dev in a.devices()}
+            platform = platforms.pop() if len(platforms) == 1 else jax.default_backend()
+        if platform != "cpu" or per_point > _QUICK_COMPILE_BYTES:
+            return jax.jit
+        return functools.partial(jax.jit, compiler_options=_QUICK_COMPILE)
+
+    # ------------------------------------------------------------------ protocol
+    def blocks(self) -> list[BlockSpec]:
+        return [
+            BlockSpec(
+                name=self._leaves[i].name,
+                shape=shape,
+                dtype=_dtype(self._leaves[i].value),
+                values=base.copy(),
+            )
+            for i, shape, base in zip(self._block_leaves, self._shapes, self._base_np, strict=False)
+        ]
+
+    def gradient(self, track: bool) -> Gradient:
+        with self._scope():
+            if self._mode == "jit":
+                self._check_receives_gradient()
+            self._rng.reseed()
+            try:
+                if self._mode == "jit":
+                    result = self._grad_jit[track](self._base_dev, self._dyn_vals)
+                else:
+                    result = self._grad_eager(self._base_dev, self._dyn_vals)
+                outs, g_total, g_terms, hashes = jax.device_get(result)
+            except Exception as err:
+                wrapped = self._rule_error(err)
+                if wrapped is None:
+                    raise
+                raise wrapped from err
+            loss = float(outs[0])
+            check_finite_loss(loss, "the loss at the base point")
+            terms = {}
+            for name, value in zip(self._term_names, outs[1:], strict=False):
+                check_finite_loss(float(value), f"the term {name!r} at the base point")
+                terms[name] = float(value)
+            total = tuple(
+                check_gradient_array(self._name(b), np.reshape(g, shape), shape, None)
+                for b, (g, shape) in enumerate(zip(g_total, self._shapes, strict=False))
+            )
+            term_grads = {
+                name: tuple(
+                    check_gradient_array(self._name(b), np.reshape(g, shape), shape, name)
+                    for b, (g, shape) in enumerate(zip(grads, self._shapes, strict=False))
+                )
+                for name, grads in zip(self._term_names, g_terms, strict=False)
+            }
+            signature, decisions = None, 0
+            if track and self._mode == "jit":
+                signature, decisions = self._signature(hashes)
+            center = Evaluation(loss=loss, terms=terms, signature=signature, decisions=decisions)
+            return Gradient(center=center, total=total, terms=term_grads)
+
+    def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
+        if not points:
+            return []
+        with self._scope():
+            return self._evaluate(points, track)
+
+    def step(self, update: Sequence[np.ndarray]) -> None:
+        if len(update) != len(self._base_np):
+            raise ValueError(
+                f"gradcheck: step got {len(update)} updates for {len(self._base_np)} blocks"
+            )
+        with self._scope():
+            for b, u in enumerate(update):
+                u = np.asarray(u, dtype=np.float64).reshape(-1)
+                if u.shape != self._base_np[b].shape:
+                    raise ValueError(
+                        f"gradcheck: the update of block {self._name(b)!r} has {u.size} "
+                        f"entries; the block has {self._base_np[b].size}"
+                    )
+                self._base_np[b] = self._base_np[b] + u
+                self._base_dev[b] = jax.device_put(self._base_np[b], self._base_dev[b].sharding)
+
+    def close(self) -> None:
+        """Put back the params entries and the global RNG states (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._restore_params()
+        self._rng.restore()
+
+    # ------------------------------------------------------------------ gradient helpers
+    def _name(self, b: int) -> str:
+        return self._leaves[self._block_leaves[b]].name
+
+    def _grad_impl(self, track: bool) -> Callable:
+        """The jitted gradient program; with `track`, also the base point's decisions."""
+
+        def fn(blocks: list, dyns: list) -> tuple:
+            grads = self._vjps(lambda *bl: tuple(self._fun(*bl, *dyns)), blocks)
+            hashes = self._tracked(*blocks, *dyns)[1] if track else jnp.zeros((0,), jnp.uint64)
+            return (*grads, hashes)
+
+        return fn
+
+    def _grad_eager(self, blocks: list, dyns: list) -> tuple:
+        grads = self._vjps(lambda *bl: tuple(self._raw(list(bl), dyns)), blocks)
+        return (*grads, np.zeros(0, np.uint64))
+
+    def _vjps(self, fn: Callable[..., tuple], blocks: list) -> tuple:
+        """The outputs, the gradient of the total and the gradient of each term."""
+        outs, vjp = jax.vjp(fn, *blocks)
+        zeros = [jnp.zeros_like(o) for o in outs]
+
+        def cotangent(k: int) -> tuple:
+            ct = list(zeros)
+            ct[k] = jnp.ones_like(outs[k])
+            return tuple(ct)
+
+        g_total = list(vjp(cotangent(0)))
+        g_terms = [list(vjp(cotangent(k))) for k in range(1, len(outs))]
+        return list(outs), g_total, g_terms
+
+    def _check_receives_gradient(self) -> None:
+        live = live_inputs(self._closed_jaxpr, [True] + [False] * (self._n_out - 1))
+        dead = [self._name(b) for b in range(len(self._base_dev)) if not live[b]]
+        if dead:
+            raise ValueError(
+                f"gradcheck: block(s) {', '.join(map(repr, dead))} receive no gradient: the "
+                "loss does not depend on them (or only through stop_gradient). Exclude "
+                "them with wrt=..., or check that f reads them (a jax.jit-decorated f that "
+                "reads params through a closure keeps the values of its first trace)."
+            )
+
+    def _rule_error(self, err: Exception) -> ValueError | None:
+        """A ValueError naming the blocks behind a custom rule that failed, or None."""
+        text = f"{type(err).__name__}: {err}"
+        if self._mode != "jit":
+            if not _CUSTOM_RULE_ERROR.search(text):
+                return None
+            return ValueError(
+                "gradcheck: JAX failed while computing the analytic gradient through a "
+                f"custom_vjp/custom_jvp rule: {text}. Make the backward rule return one "
+                "cotangent per primal input, each with that input's shape and dtype."
+            )
+        names = [self._name(b) for b in range(len(self._base_dev))]
+        names += [None] * len(self._dyn_vals)
+        calls = input_dependencies(self._closed_jaxpr, names)
+        m = _BWD_OUTPUT.search(text)
+        if m is not None:
+            i = int(m.group(1))
+            shape = tuple(int(s) for s in m.group(2).replace(" ", "").split(",") if s)
+            hits = [
+                (fname, ops[i][1])
+                for prim, fname, ops in calls
+                if prim != "custom_jvp_call"
+                and i < len(ops)
+                and getattr(ops[i][0], "shape", None) == shape
+            ]
+            if hits:
+                fnames = sorted({h[0] for h in hits})
+                blocks = sorted(set().union(*(h[1] for h in hits)))
+                return ValueError(
+                    f"gradcheck: the custom_vjp backward rule of {', '.join(fnames)} returned "
+                    f"a gradient of the wrong shape for its input {i} (shape {shape}), which "
+                    f"is computed from block(s) {', '.join(map(repr, blocks)) or '(none)'}. "
+                    "Make the bwd rule return one cotangent per primal input, each with that "
+                    f"input's shape and dtype. JAX said: {text}"
+                )
+        customs = [(fname, ops) for prim, fname, ops in calls if prim in CUSTOM_CALLS]
+        if customs:
+            fnames = sorted({c[0] for c in customs})
+            blocks = sorted(set().union(*(d for c in customs for _, d in c[1])))
+            return ValueError(
+                f"gradcheck: computing the analytic gradient failed in a custom rule "
+                f"(custom function(s) {', '.join(fnames)}, fed by block(s) "
+                f"{', '.join(map(repr, blocks)) or '(none)'}): {text}. Check that its "
+                "fwd/bwd (or jvp) rule runs and returns one cotangent per primal input, each "
+                "with that input's shape and dtype."
+            )
+        return ValueError(
+            f"gradcheck: JAX could not differentiate f with respect to "
+            f"{', '.join(map(repr, names[: len(self._base_dev)]))}: {text}"
+        )
+
+    # ------------------------------------------------------------------ evaluation helpers
+    def _point_fn(self, track: bool) -> Callable:
+        def fn(base: list, idx: list, val: list, dyns: list) -> tuple:
+            blocks = [
+                b + v if i is None else b.at[i].add(v)
+                for b, i, v in zip(base, idx, val, strict=False)
+            ]
+            if track:
+                outs, hashes = self._tracked(*blocks, *dyns)
+            else:
+                outs, hashes = self._fun(*blocks, *dyns), jnp.zeros((0,), jnp.uint64)
+            return jnp.stack([jnp.asarray(o, jnp.float64) for o in outs]), hashes
+
+        return fn
+
+    def _encode(self, points: Sequence[Point]) -> tuple[list, list[np.ndarray]]:
+        """Per block, the deltas of every point: (points, K) flat indices and values.
+
+        The indices are None where the values cover the whole block (dense). Padding
+        values are -0.0, since ``x + (-0.0) == x`` for every x, -0.0 included.
+        """
+        n_blocks = len(self._base_np)
+        per: list[list[tuple[list, list]]] = [[([], []) for _ in points] for _ in range(n_blocks)]
+        for p, point in enumerate(points):
+            for b, indices, values in point.deltas:
+                if not 0 <= b < n_blocks:
+                    raise IndexError(f"gradcheck: point names block {b}; there are {n_blocks}")
+                ind = np.asarray(indices, dtype=np.int64).reshape(-1)
+                val = np.broadcast_to(np.asarray(values, dtype=np.float64), ind.shape)
+                size = self._base_np[b].size
+                if ind.size and (ind.min() < 0 or ind.max() >= size):
+                    raise IndexError(
+                        f"gradcheck: flat index out of range for block {self._name(b)!r} "
+                        f"of {size} entries"
+                    )
+                per[b][p][0].append(ind)
+                per[b][p][1].append(val)
+        idx_arrays, val_arrays = [], []
+        for b in range(n_blocks):
+            rows = [
+                (
+                    np.concatenate(i) if i else np.zeros(0, np.int64),
+                    np.concatenate(v) if v else np.zeros(0),
+                )
+                for i, v in per[b]
+            ]
+            # every shape compiles a program: small blocks always travel whole (one
+            # shape), large ones as one index (coordinates) or whole (directions)
+            most = max([r[0].size for r in rows] + [1])
+            size = self._base_np[b].size
+            if self._dense or most > 1:
+                dense = np.full((len(points), size), -0.0)
+                for p, (i, v) in enumerate(rows):
+                    np.add.at(dense[p], i, v)
+                idx_arrays.append(None)
+                val_arrays.append(dense)
+                continue
+            idx = np.zeros((len(points), 1), np.int32 if size < 2**31 else np.int64)
+            val = np.full((len(points), 1), -0.0)
+            for p, (i, v) in enumerate(rows):
+                idx[p, : i.size] = i
+                val[p, : v.size] = v
+            idx_arrays.append(idx)
+            val_arrays.append(val)
+        return idx_arrays, val_arrays
+
+    def _evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
+        if self._mode == "eager":
+            return [self._eager_point(point) for point in points]
+        idx, val = self._encode(points)
+        n = len(points)
+        outs = np.zeros((n, self._n_out))
+        hashes = np.zeros((n, len(self._site_names) if track else 0), np.uint64)
+        start = 0
+        while start < n:
+            stop = min(n, start + self._chunk)
+            o, h = self._run_chunk(
+                [None if a is None else a[start:stop] for a in idx],
+                [a[start:stop] for a in val],
+                track,
+            )
+            outs[start:stop] = o
+            if track:
+                hashes = (
+                    hashes
+                    if hashes.shape[1] == h.shape[1]
+                    else np.zeros((n, h.shape[1]), np.uint64)
+                )
+                hashes[start:stop] = h
+            start = stop
+        results = []
+        for p in range(n):
+            loss = float(outs[p, 0])
+            terms = {name: float(outs[p, 1 + k]) for k, name in enumerate(self._term_names)}
+            signature, decisions = None, 0
+            if track:
+                signature, decisions = self._signature(hashes[p])
+            results.append(Evaluation(loss, terms, signature, decisions))
+        return results
+
+    def _signature(self, hashes: np.ndarray) -> tuple[bytes, int]:
+        """The digest and count of the decision sites of one evaluation."""
+        recorder = SignatureRecorder()
+        for name, value in zip(self._site_names, np.asarray(hashes, np.uint64), strict=False):
+            recorder.record(name, int(value).to_bytes(8, "little"))
+        return recorder.digest(), recorder.count
+
+    def _run_chunk(self, idx: list, val: list, track: bool) -> tuple[np.ndarray, np.ndarray]:
+        rows = val[0].shape[0] if val else 1
+        self._rng.reseed()
+        if self._vmap_ok[track] is not False:
+            size = next((b for b in _BATCH_SIZES if b >= rows), _BATCH_SIZES[-1])
+            size = min(self._chunk, size)
+            pad = size - rows
+            pidx = [None if a is None else np.pad(a, ((0, pad), (0, 0))) for a in idx]
+            pval = [np.pad(a, ((0, pad), (0, 0)), constant_values=-0.0) for a in val]
+            try:
+                o, h = self._batched[track](self._base_dev, pidx, pval, self._dyn_vals)
+                o, h = jax.device_get((o, h))
+                self._vmap_ok[track] = True
+                return np.asarray(o)[:rows], np.asarray(h)[:rows]
+            except Exception as err:
+                if self._vmap_ok[track]:
+                    raise
+                self._vmap_ok[track] = False
+                self.warnings.append(
+                    "gradcheck: f could not be evaluated under jax.vmap "
+                    f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                    "); perturbed points are evaluated one at a time (slower)"
+                )
+        outs, hashes = [], []
+        for r in range(rows):
+            self._rng.reseed()
+            o, h = self._single[track](
+                self._base_dev,
+                [None if a is None else a[r] for a in idx],
+                [a[r] for a in val],
+                self._dyn_vals,
+            )
+            o, h = jax.device_get((o, h))
+            outs.append(np.asarray(o))
+            hashes.append(np.asarray(h))
+        return np.stack(outs), np.stack(hashes)
+
+    def _eager_point(self, point: Point) -> Evaluation:
+        blocks = [b.copy() for b in self._base_np]
+        for b, indices, values in point.deltas:
+            np.add.at(
+                blocks[b],
+                np.asarray(indices, dtype=np.int64).reshape(-1),
+                np.asarray(values, dtype=np.float64),
+            )
+        dev = [jax.device_put(x, d.sharding) for x, d in zip(blocks, self._base_dev, strict=False)]
+        outs = [float(o) for o in self._raw(dev, self._dyn_vals)]
+        return Evaluation(outs[0], dict(zip(self._term_names, outs[1:], strict=False)), None, 0)
+
+
+def _enable_x64() -> contextlib.AbstractContextManager:
+    """A context enabling 64-bit types in JAX for the current thread only."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # pragma: no cover - older releases
+
+    return enable_x64()  # pragma: no cover
+
+
+def _dtype(value: Any) -> str:
+    dtype = getattr(value, "dtype", None)
+    return str(dtype) if dtype is not None else type(value).__name__
+
+
+def _nbytes(v: Any) -> int:
+    aval = getattr(v, "aval", None)
+    shape = getattr(aval, "shape", None)
+    dtype = getattr(aval, "dtype", None)
+    if shape is None or dtype is None:
+        return 0
+    try:
+        return int(np.prod(shape)) * np.dtype(dtype).itemsize
+    except TypeError:
+        return 0
