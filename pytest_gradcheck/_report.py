@@ -1,20 +1,27 @@
-"""The session's gradient-check report: rows collected from test reports, the
-terminal section, and the JSON file. Works on plain dicts (`Result.to_dict()`), the
-form in which results travel with test reports, also across pytest-xdist workers.
+"""The session's gradient-check report: checks collected from test reports, the rows of
+the terminal section "gradient checks", and the JSON document.
+
+Works on plain dicts (`Result.to_dict()` plus where the check ran), the form in which
+results travel with test reports, also across pytest-xdist workers. Checks are kept in
+the tests' collection order (every xdist worker collects the same items in the same
+order), so the section and the JSON file are the same under ``-n N`` as in a serial run.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+import math
+import platform
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._tiers import Tier
 
-#: bumped when the JSON layout changes incompatibly
+#: bumped when the JSON layout changes incompatibly (new fields do not bump it)
 SCHEMA_VERSION = 1
 
+#: terminal markup of each tier (TerminalWriter keywords)
 COLOURS: dict[str, dict[str, bool]] = {
     "happy": {"green": True},
     "ok": {"cyan": True},
@@ -22,90 +29,292 @@ COLOURS: dict[str, dict[str, bool]] = {
     "wrong": {"red": True, "bold": True},
 }
 
+#: one piece of a terminal line: text and its markup
+Segment = tuple[str, Mapping[str, bool]]
+
+_NO_MARKUP: Mapping[str, bool] = {}
+
+
+def tier_of(check: Mapping[str, Any]) -> Tier:
+    return Tier.parse(check["tier"])
+
+
+@dataclass
+class Row:
+    """One row of the section: a check, or the collapsed examples of a Hypothesis check."""
+
+    nodeid: str
+    index: int
+    label: str
+    check: dict[str, Any]  # the (worst) check of the row
+    examples: int = 1
+    coordinates: int = 0
+    kinks_crossed: int = 0
+    passed: bool = True
+
+    @property
+    def tier(self) -> str:
+        return self.check["tier"]
+
+    @property
+    def max_rel_error(self) -> float:
+        return self.check["max_rel_error"]
+
 
 @dataclass
 class SessionReport:
-    """Every check of the session, in the order their tests reported."""
+    """Every check of the session (call `sorted_checks()` for the stable order)."""
 
     checks: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, nodeid: str, results: Iterable[Mapping[str, Any]], hypothesis: bool) -> None:
-        for i, result in enumerate(results):
-            self.checks.append({"nodeid": nodeid, "index": i, "hypothesis": hypothesis, **result})
+    def add(
+        self,
+        entries: Iterable[Mapping[str, Any]],
+        *,
+        position: int | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        """Add the checks carried by one test report.
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per check; a Hypothesis test's examples collapse into one row."""
-        rows: list[dict[str, Any]] = []
-        by_test: dict[str, dict[str, Any]] = {}
-        for check in self.checks:
-            row = _row(check)
-            if check.get("hypothesis"):
-                prev = by_test.get(check["nodeid"])
-                if prev is not None:
-                    prev["examples"] += 1
-                    prev["coordinates"] += row["coordinates"]
-                    prev["kinks_crossed"] += row["kinks_crossed"]
-                    prev["blocks"] = max(prev["blocks"], row["blocks"])
-                    if Tier[row["tier"].upper()] > Tier[prev["tier"].upper()] or (
-                        row["tier"] == prev["tier"] and row["max_rel_error"] > prev["max_rel_error"]
+        `position` is the test's place in the collection (None: unknown, sorted last),
+        `outcome` the report's outcome (passed, failed, skipped).
+        """
+        for entry in entries:
+            check = dict(entry)
+            check["position"] = position
+            check["test_outcome"] = outcome
+            self.checks.append(check)
+
+    def sorted_checks(self) -> list[dict[str, Any]]:
+        """Checks in collection order, each test's checks in the order they ran."""
+
+        def key(c: Mapping[str, Any]) -> tuple[float, str]:
+            pos = c.get("position")
+            return (math.inf if pos is None else float(pos), c["nodeid"])
+
+        return sorted(self.checks, key=key)  # stable: keeps each test's order
+
+    def rows(self) -> list[Row]:
+        """One row per check; a Hypothesis check's examples collapse into one row."""
+        rows: list[Row] = []
+        collapsed: dict[tuple[str, int], Row] = {}
+        per_test: dict[str, int] = {}
+        for check in self.sorted_checks():
+            nodeid, index = check["nodeid"], int(check.get("index", 0))
+            if check.get("example") is not None:
+                row = collapsed.get((nodeid, index))
+                if row is not None:
+                    row.examples += 1
+                    row.coordinates += check["coordinates"]
+                    row.kinks_crossed += check["kinks_crossed"]
+                    row.passed = row.passed and check["passed"]
+                    if (tier_of(check), check["max_rel_error"]) > (
+                        tier_of(row.check),
+                        row.max_rel_error,
                     ):
-                        prev.update(tier=row["tier"], max_rel_error=row["max_rel_error"])
-                    prev["passed"] = prev["passed"] and row["passed"]
+                        row.check = check
                     continue
-                by_test[check["nodeid"]] = row
+            row = Row(
+                nodeid=nodeid,
+                index=index,
+                label=nodeid,
+                check=check,
+                coordinates=check["coordinates"],
+                kinks_crossed=check["kinks_crossed"],
+                passed=check["passed"],
+            )
+            if check.get("example") is not None:
+                collapsed[(nodeid, index)] = row
+            per_test[nodeid] = per_test.get(nodeid, 0) + 1
             rows.append(row)
+        for row in rows:
+            if per_test[row.nodeid] > 1:
+                row.label = f"{row.nodeid} #{row.index + 1}"
         return rows
 
-    def to_json(self, version: str) -> str:
-        return json.dumps(
-            {"schema_version": SCHEMA_VERSION, "pytest_gradcheck": version, "checks": self.checks},
-            indent=1,
-            allow_nan=True,
-        )
+    def summary(self) -> dict[str, Any]:
+        """Counts over the session: tests, checks, tiers, the worst."""
+        checks = self.checks
+        tiers = {t.label: 0 for t in Tier}
+        for c in checks:
+            tiers[c["tier"]] += 1
+        worst = max((tier_of(c) for c in checks), default=None)
+        return {
+            "tests": len({c["nodeid"] for c in checks}),
+            "checks": len(checks),
+            "passed": sum(1 for c in checks if c["passed"]),
+            "failed": sum(1 for c in checks if not c["passed"]),
+            "tiers": tiers,
+            "worst_tier": None if worst is None else worst.label,
+            "max_rel_error": max((c["max_rel_error"] for c in checks), default=None),
+            "kinks_crossed": sum(c["kinks_crossed"] for c in checks),
+            "evaluations": sum(c["evaluations"] for c in checks),
+            "seconds": sum(c.get("seconds", 0.0) for c in checks),
+        }
 
-
-def _row(check: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "nodeid": check["nodeid"],
-        "blocks": len(check["blocks"]),
-        "coordinates": check["coordinates"],
-        "kinks_crossed": check["kinks_crossed"],
-        "max_rel_error": check["max_rel_error"],
-        "tier": check["tier"],
-        "passed": check["passed"],
-        "terms": list(check.get("terms", {})),
-        "examples": 1,
-        "check": check,
-    }
-
-
-def write_section(write_line: Callable[..., None], report: SessionReport, detail: str) -> None:
-    """Write the "gradient checks" rows (and, for detail="blocks", one line per block)."""
-    rows = report.rows()
-    width = max([len(r["nodeid"]) for r in rows] + [4])
-    width = min(width, 70)
-    write_line(
-        f"{'test':<{width}}  {'blocks':>6}  {'coords':>6}  {'kinks':>5}  {'max rel err':>11}  tier"
-    )
-    for r in rows:
-        name = r["nodeid"] if len(r["nodeid"]) <= width else "..." + r["nodeid"][-width + 3 :]
-        extra = f"  ({r['examples']} examples)" if r["examples"] > 1 else ""
-        if r["terms"]:
-            extra += "  terms: " + ", ".join(
-                f"{t}={r['check']['terms'][t]['tier']}" for t in r["terms"]
+    def per_test(self) -> dict[str, tuple[Tier, float]]:
+        """Each test's worst tier and largest max relative error."""
+        out: dict[str, tuple[Tier, float]] = {}
+        for c in self.checks:
+            tier, err = tier_of(c), c["max_rel_error"]
+            prev = out.get(c["nodeid"])
+            out[c["nodeid"]] = (
+                (tier, err) if prev is None else (max(prev[0], tier), max(prev[1], err))
             )
-        verdict = "" if r["passed"] else "  FAILED"
-        write_line(
-            f"{name:<{width}}  {r['blocks']:>6}  {r['coordinates']:>6}  "
-            f"{r['kinks_crossed']:>5}  {r['max_rel_error']:>11.2e}  "
-            f"{r['tier']}{verdict}{extra}",
-            **COLOURS.get(r["tier"], {}),
+        return out
+
+    def document(
+        self,
+        *,
+        version: str,
+        pytest_version: str,
+        defaults: Mapping[str, Any],
+        gates: Mapping[str, Any],
+        created: str,
+    ) -> dict[str, Any]:
+        """The JSON document (see docs/json-schema.md)."""
+        checks = []
+        for c in self.sorted_checks():
+            c = dict(c)
+            c.pop("position", None)
+            checks.append(c)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "pytest_gradcheck": version,
+            "pytest": pytest_version,
+            "python": platform.python_version(),
+            "created": created,
+            "defaults": plain(dict(defaults)),
+            "summary": self.summary(),
+            "gates": dict(gates),
+            "checks": checks,
+        }
+
+
+def plain(value: Any) -> Any:
+    """`value` as built-in JSON types only: dict (str keys), list, str, int, float, bool,
+    None. Tiers become their labels, other enums and NumPy scalars their Python value,
+    anything else its repr. What travels with an xdist report must be this plain."""
+    if value is None or type(value) in (str, bool, int, float):
+        return value
+    if isinstance(value, Tier):
+        return value.label
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    item = getattr(value, "item", None)  # a NumPy scalar or 0-d array
+    if callable(item):
+        try:
+            return plain(item())
+        except (TypeError, ValueError):
+            pass
+    return repr(value)
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN/inf)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps(document: Mapping[str, Any]) -> str:
+    return json.dumps(finite_json(document), indent=1, allow_nan=False) + "\n"
+
+
+# -- the terminal section ---------------------------------------------------------
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[len(text) - width + 3 :]
+
+
+def _tier(label: str) -> Segment:
+    return (label, COLOURS.get(label, _NO_MARKUP))
+
+
+def section_lines(report: SessionReport, detail: str, width: int = 80) -> list[list[Segment]]:
+    """The lines of the "gradient checks" section, as segments with markup.
+
+    ``detail="blocks"`` adds one line per block (of the total and of each term):
+    name, shape, coordinates checked, kinks crossed, worst relative error, tier. A
+    collapsed Hypothesis row shows the blocks of its worst example.
+    """
+    rows = report.rows()
+    if not rows:
+        return []
+    name_w = max(len(r.label) for r in rows)
+    name_w = max(4, min(name_w, max(30, width - 46)))
+    lines: list[list[Segment]] = [
+        [
+            (
+                f"{'test':<{name_w}}  {'blocks':>6}  {'coords':>6}  {'kinks':>5}  "
+                f"{'max rel err':>11}  tier",
+                _NO_MARKUP,
+            )
+        ]
+    ]
+    for r in rows:
+        check = r.check
+        label = r.label
+        if len(label) > name_w:  # the whole test id on its own line, the cells below it
+            lines.append([(label, _NO_MARKUP)])
+            label = ""
+        cells = (
+            f"{label:<{name_w}}  {len(check['blocks']):>6}  "
+            f"{r.coordinates:>6}  {r.kinks_crossed:>5}  {r.max_rel_error:>11.2e}  "
         )
-        if detail == "blocks" and r["examples"] == 1:
-            for b in r["check"]["blocks"]:
-                write_line(
-                    f"    {b['name']:<24} {tuple(b['shape'])!s:<14} "
-                    f"{len(b['indices']):>6}  {b['kinks_crossed']:>5}  "
-                    f"{b['max_rel_error']:>11.2e}  {b['tier']}",
-                    **COLOURS.get(b["tier"], {}),
-                )
+        line: list[Segment] = [(cells, _NO_MARKUP), _tier(r.tier)]
+        extra = ""
+        if not r.passed:
+            line.append(("  FAILED", COLOURS["wrong"]))
+        if r.examples > 1:
+            extra += f"  ({r.examples} examples, worst shown)"
+        terms = check.get("terms") or {}
+        if terms:
+            extra += "  terms: " + ", ".join(f"{t}={sub['tier']}" for t, sub in terms.items())
+        if extra:
+            line.append((extra, _NO_MARKUP))
+        lines.append(line)
+        if detail == "blocks":
+            for term, sub in [(None, check), *terms.items()]:
+                for b in sub["blocks"]:
+                    name = b["name"] if term is None else f"{term}: {b['name']}"
+                    shape = (
+                        "("
+                        + ", ".join(str(s) for s in b["shape"])
+                        + (",)" if len(b["shape"]) == 1 else ")")
+                    )
+                    lines.append(
+                        [
+                            (
+                                f"    {_fit(name, 28):<28} {shape:<14} "
+                                f"{len(b['indices']):>6}  {b['kinks_crossed']:>5}  "
+                                f"{b['max_rel_error']:>11.2e}  ",
+                                _NO_MARKUP,
+                            ),
+                            _tier(b["tier"]),
+                        ]
+                    )
+    s = report.summary()
+    counts = ", ".join(f"{n} {t}" for t, n in s["tiers"].items() if n)
+    lines.append([(f"{s['checks']} check(s) in {s['tests']} test(s): {counts}", _NO_MARKUP)])
+    return lines
+
+
+def plain_lines(lines: list[list[Segment]]) -> list[str]:
+    """The section's lines without markup."""
+    return ["".join(text for text, _ in line) for line in lines]

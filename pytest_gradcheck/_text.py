@@ -1,14 +1,30 @@
-"""Text tables of results: the body of `GradcheckError` and of `Result.report()`."""
+"""Text tables of results: the body of `GradcheckError` and of `Result.report()`.
+
+A failing block is shown by its worst coordinates, each with the raw analytic and
+numeric values, the relative error, the coordinate's tier, the step h of its difference
+and whether the difference crossed a kink. After the tables come the check's warnings
+and one ``hint:`` line for each known pitfall that the failure looks like.
+
+Works on the result's arrays element by element: importing this module imports no
+numerical framework.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._result import BlockResult, Result
 
+#: dtypes whose round-off swamps a difference quotient at the default step
+LOW_PRECISION = ("float32", "float16", "bfloat16", "complex64", "half", "single")
+
+#: below this, values are outside the "active range" (as `_steps.TINY`)
+TINY = 1e-10
+
 _HEADER = (
-    f"  {'index':<14} {'analytic':>15} {'numeric':>15} {'rel error':>10}  "
+    f"  {'index':<14} {'analytic':>16} {'numeric':>16} {'rel error':>10}  "
     f"{'tier':<13} {'h':>8}  kink"
 )
 
@@ -17,34 +33,52 @@ def _fmt_index(index: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(i) for i in index) + ("," if len(index) == 1 else "") + ")"
 
 
-def block_table(block: BlockResult, term: str | None, limit: int) -> list[str]:
-    """Lines for one block: a title, then its `limit` worst coordinates and its direction."""
-    where = f"term {term!r} · " if term is not None else ""
-    title = (
-        f"{where}block {block.name!r} (shape {tuple(block.shape)}, {block.dtype}): "
-        f"tier {block.tier.label}, max rel error {block.max_rel_error:.2e}, "
-        f"{len(block.indices)} coordinate(s) checked, {block.kinks_crossed} kink(s) crossed"
-    )
-    lines = [title, _HEADER]
-    order = sorted(
+def _num(x: float, width: int) -> str:
+    return f"{float(x):>{width}.8e}"
+
+
+def _worst_order(block: BlockResult) -> list[int]:
+    """Coordinates worst first: counted ones by relative error, then the excluded."""
+    counted = block.counted
+    return sorted(
         range(len(block.indices)),
         key=lambda i: (
-            bool(block.counted[i]) and not block.within_noise[i],
-            float(block.rel_error[i]),
+            bool(counted[i]) and not block.within_noise[i],
+            float(block.rel_error[i]) if not math.isnan(block.rel_error[i]) else math.inf,
         ),
         reverse=True,
     )
-    counted = block.counted
+
+
+def _coordinate_label(block: BlockResult, i: int, tiers: list) -> str:
+    """The tier column: the tier, "noise", "excluded", and "1-sided" for a rescue."""
+    if not block.counted[i]:
+        return "excluded"
+    label = "noise" if block.within_noise[i] else tiers[i].label
+    if block.kink_crossed[i]:
+        label += " 1-sided"  # crossed a kink, rescued by a one-sided difference
+    return label
+
+
+def block_table(block: BlockResult, term: str | None, limit: int) -> list[str]:
+    """Lines for one block: a title, then its `limit` worst coordinates and its direction."""
+    where = f"term {term!r} · " if term is not None else ""
+    size = math.prod(block.shape) if block.shape else 1
+    title = (
+        f"{where}block {block.name!r} (shape {tuple(block.shape)}, {block.dtype}): "
+        f"tier {block.tier.label}, max rel error {block.max_rel_error:.2e}, "
+        f"{len(block.indices)} of {size} coordinate(s) checked, "
+        f"{block.kinks_crossed} kink(s) crossed"
+    )
+    lines = [title, _HEADER]
+    order = _worst_order(block)
+    tiers = block.coordinate_tiers
     for i in order[:limit]:
-        tier = block.coordinate_tiers[i].label if counted[i] else "excluded"
-        if block.within_noise[i] and counted[i]:
-            tier = "noise"
-        if counted[i] and block.kink_crossed[i]:
-            tier += " 1-sided"
+        tier = _coordinate_label(block, i, tiers)
         lines.append(
-            f"  {_fmt_index(block.indices[i]):<14} {block.analytic[i]:>15.8e} "
-            f"{block.numeric[i]:>15.8e} {block.rel_error[i]:>10.2e}  {tier:<13} "
-            f"{block.step[i]:>8.1e}  {'yes' if block.kink_crossed[i] else 'no'}"
+            f"  {_fmt_index(block.indices[i]):<14} {_num(block.analytic[i], 16)} "
+            f"{_num(block.numeric[i], 16)} {float(block.rel_error[i]):>10.2e}  {tier:<13} "
+            f"{float(block.step[i]):>8.1e}  {'yes' if block.kink_crossed[i] else 'no'}"
         )
     if len(order) > limit:
         lines.append(f"  ... {len(order) - limit} more coordinate(s)")
@@ -54,7 +88,7 @@ def block_table(block: BlockResult, term: str | None, limit: int) -> list[str]:
         if d.counted and d.kink_crossed:
             tier += " 1-sided"
         lines.append(
-            f"  {'direction v':<14} {d.analytic:>15.8e} {d.numeric:>15.8e} "
+            f"  {'direction v':<14} {_num(d.analytic, 16)} {_num(d.numeric, 16)} "
             f"{d.rel_error:>10.2e}  {tier:<13} {d.step:>8.1e}  "
             f"{'yes' if d.kink_crossed else 'no'}"
         )
@@ -74,6 +108,11 @@ def result_table(result: Result, limit: int = 5, only_failing: bool = False) -> 
             if only_failing and block.passed:
                 continue
             lines.extend(block_table(block, term, limit))
+    if result.scale != 1.0:
+        lines.append(
+            f"note: the loss was multiplied by {result.scale:.6g} (scale='auto'); the values "
+            "above are those of the scaled loss"
+        )
     if result.sweep:
         lines.append(sweep_table(result))
     for warning in result.warnings:
@@ -94,23 +133,108 @@ def sweep_table(result: Result) -> str:
     return "\n".join(rows)
 
 
+# -- hints --------------------------------------------------------------------------
+
+
+def _counted(block: BlockResult) -> list[int]:
+    """Coordinates that count toward the verdict and disagree beyond round-off."""
+    counted = block.counted
+    return [i for i in range(len(block.indices)) if counted[i] and not block.within_noise[i]]
+
+
+def _factor_hint(failing: list[tuple[str | None, BlockResult]]) -> str | None:
+    """A constant analytic/numeric ratio (a missing 1/N, a 2 or 0.5) or a sign flip."""
+    for term, block in failing:
+        where = f"block {block.name!r}" + (f" of term {term!r}" if term is not None else "")
+        ratios = []
+        for i in _counted(block):
+            a, n = float(block.analytic[i]), float(block.numeric[i])
+            if abs(n) > TINY and abs(a) > TINY:
+                ratios.append(a / n)
+        if len(ratios) < 2:
+            continue
+        r0 = ratios[0]
+        if abs(r0 - 1.0) < 1e-6 or any(abs(r - r0) > 1e-4 * abs(r0) for r in ratios):
+            continue
+        if abs(r0 + 1.0) < 1e-4:
+            return (
+                f"in {where} the analytic gradient is minus the numeric one at "
+                "every checked coordinate: a sign is flipped (gradient ascent vs descent, "
+                "or a - written as +)"
+            )
+        return (
+            f"in {where} analytic / numeric = {r0:.6g} at every checked "
+            "coordinate: the gradient is off by a constant factor (a missing 1/N of a mean, "
+            "a 2 or 0.5 of a squared term, a regularisation strength applied twice)"
+        )
+    return None
+
+
 def hints(result: Result) -> list[str]:
-    """At most one line per known pitfall that the failure looks like."""
+    """One line for each known pitfall that the failure looks like (none if it passed).
+
+    The pitfalls: low-precision inputs or computation (float32), values too tiny for
+    the differences to resolve, kinks crossed near the point, a loss term dominating
+    another; and, from the numbers themselves, which named term fails on its own, a
+    constant factor or a flipped sign.
+    """
     out: list[str] = []
     if result.passed:
         return out
+    failing = result.failing()
     text = " ".join(result.warnings)
-    if "float32" in text or "float16" in text or "lower precision" in text:
+
+    lowp = sorted({b.name for _, b in failing if str(b.dtype).lower() in LOW_PRECISION})
+    if lowp or "float32" in text or "float16" in text or "lower precision" in text:
+        where = f"block(s) {', '.join(map(repr, lowp))} are low precision; " if lowp else ""
         out.append(
-            "the function computes in lower precision; gradient checks need float64 "
-            "throughout (remove .float()/autocast inside f)"
+            f"{where}in float32 the round-off of f (~1e-7 relative) divided by the step h "
+            "swamps the difference: pass float64 inputs and remove .float()/astype(float32)/"
+            "autocast inside f"
         )
-    if "tiny" in text:
-        out.append("the values are tiny: scale the loss up (scale='auto') and check again")
+
+    tiny = []
+    for _, block in failing:
+        values = [abs(float(v)) for v in (*block.analytic, *block.numeric)]
+        if values and max(values) <= TINY:
+            tiny.append(block.name)
+    if tiny or "tiny" in text:
+        names = f" in block(s) {', '.join(map(repr, sorted(set(tiny))))}" if tiny else ""
+        out.append(
+            f"the gradients{names} are tiny (<= {TINY:.0e}), where round-off dominates the "
+            "relative error: scale the loss up (scale='auto') or check with larger inputs"
+        )
+
+    crossed = result.kinks_crossed + sum(t.kinks_crossed for t in result.terms.values())
+    if crossed:
+        out.append(
+            f"{crossed} difference(s) crossed a kink (excluded, or rescued one-sidedly): f "
+            "is not differentiable near the point; use fewer datapoints, a smaller eps, or "
+            "move the inputs away from the kinks (e.g. a ReLU input exactly at 0)"
+        )
+    elif result.options.get("kinks") == "off" and result.kinks_present:
+        out.append(
+            "kinks='off' but f takes max-like decisions: a difference across a kink looks "
+            "like a wrong gradient; check again with kinks='track'"
+        )
+
     if "dominates" in text:
-        out.append("one loss term dominates a block: check each term on its own (see terms)")
-    if result.kinks_crossed and all(b.kinks_crossed for _, b in result.failing()):
         out.append(
-            "kinks were crossed in the failing blocks: use fewer datapoints or a smaller eps"
+            "one loss term dominates another in a block, so an error in the small one hides "
+            "in the total: read the term tables (Result.terms) and check each term alone"
         )
+
+    if result.terms:
+        bad = [name for name, sub in result.terms.items() if not sub.passed]
+        good = [name for name, sub in result.terms.items() if sub.passed]
+        if bad and good:
+            out.append(
+                f"term(s) {', '.join(map(repr, bad))} fail on their own while "
+                f"{', '.join(map(repr, good))} pass: the error is in the gradient of "
+                f"{', '.join(map(repr, bad))}"
+            )
+
+    factor = _factor_hint(failing)
+    if factor:
+        out.append(factor)
     return out

@@ -1,11 +1,24 @@
 """The pytest plugin: hooks that wire options, the marker, the fixture, the per-test
-context and the report. The checking itself lives in `_api` and `_engine`.
+context, the report, the JSON file, junit properties and the CI gates. The checking
+itself lives in `_api` and `_engine`.
+
+How a result reaches the report: a wrapper around each test phase (setup, call,
+teardown) sets `_context.CURRENT` to a `TestContext` holding the option layers (marker
+> CLI > ini) and a recorder; `gradcheck()` resolves its options over those layers and
+hands its `Result` to the recorder. `pytest_runtest_makereport` puts the phase's checks
+on the report as plain data (``report.gradcheck``), which pytest-xdist serialises with
+the report, and the session's `_Collector` gathers them in `pytest_runtest_logreport`,
+in the controller as in a serial run.
 
 Importing this module imports no numerical framework.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +27,18 @@ import pytest
 
 from . import __version__
 from ._context import CURRENT, TestContext
-from ._options import CLI, NAMES, Options, check_names, parse_text
-from ._report import SessionReport, write_section
+from ._gates import DEFAULT_FACTOR, Gates, Verdict, evaluate, load_baseline, report_lines
+from ._options import CLI, NAMES, Options, check_names, parse_text, resolve
+from ._report import SessionReport, dumps, plain, section_lines
+from ._tiers import Tier
 
-RESULTS = pytest.StashKey[list]()
+RECORDER = pytest.StashKey["_Recorder"]()
 STATE = pytest.StashKey["_State"]()
+POSITIONS = pytest.StashKey[dict]()
+
+REPORT_CHOICES = ("summary", "blocks", "off")
+_THIS_FILE = os.path.abspath(__file__)
+_PACKAGE_DIR = os.path.dirname(_THIS_FILE) + os.sep
 
 MARKER_HELP = (
     "gradcheck(**options): a gradient-check test; its keywords are the defaults of every "
@@ -27,11 +47,15 @@ MARKER_HELP = (
 
 
 class _State:
-    """Per-session plugin state: the parsed CLI and ini option layers and the report."""
+    """Per-session plugin state: the option layers, report detail, gates and the report."""
 
-    def __init__(self, cli: dict[str, Any], ini: dict[str, Any], detail: str) -> None:
-        self.cli, self.ini, self.detail = cli, ini, detail
+    def __init__(self, cli: dict[str, Any], ini: dict[str, Any], detail: str, gates: Gates) -> None:
+        self.cli, self.ini, self.detail, self.gates = cli, ini, detail, gates
         self.report = SessionReport()
+        self.verdict: Verdict | None = None
+
+
+# -- options ------------------------------------------------------------------------
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,22 +65,52 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             f"--gradcheck-{flag}", dest=f"gradcheck_{name}", default=None, help=help_text
         )
         parser.addini(f"gradcheck_{name}", help=f"gradcheck: {help_text}", default=None)
-    group.addoption(
-        "--gradcheck-json",
-        dest="gradcheck_json",
-        default=None,
-        metavar="PATH",
-        help="write every gradient check's result as JSON to PATH",
-    )
-    group.addoption(
-        "--gradcheck-report",
-        dest="gradcheck_report",
-        default=None,
-        choices=("summary", "blocks", "off"),
-        help="the 'gradient checks' terminal section: summary (default), blocks, off",
-    )
-    parser.addini("gradcheck_report", help="gradcheck: summary, blocks or off", default=None)
-    parser.addini("gradcheck_json", help="gradcheck: write results as JSON here", default=None)
+    extra = {
+        "json": ("PATH", "write every gradient check's result as JSON to PATH"),
+        "report": (
+            "{summary,blocks,off}",
+            "the 'gradient checks' terminal section: one row per check (summary, default), "
+            "plus one line per block (blocks), or none (off)",
+        ),
+        "fail_tier": (
+            "TIER",
+            "fail the session when any check is worse than TIER "
+            "(happy, ok, uncomfortable, wrong), even where the test caught the error",
+        ),
+        "baseline": (
+            "PATH",
+            "fail the session when a check's max rel error grew past the factor, or a check "
+            "disappeared, compared with the JSON report at PATH",
+        ),
+        "baseline_factor": (
+            "FACTOR",
+            f"how much a check's max rel error may grow over the baseline "
+            f"(default {DEFAULT_FACTOR:g})",
+        ),
+        "save_baseline": ("PATH", "write the session's checks to PATH as a baseline"),
+    }
+    for name, (metavar, help_text) in extra.items():
+        group.addoption(
+            f"--gradcheck-{name.replace('_', '-')}",
+            dest=f"gradcheck_{name}",
+            default=None,
+            metavar=metavar,
+            help=help_text,
+        )
+        parser.addini(f"gradcheck_{name}", help=f"gradcheck: {help_text}", default=None)
+
+
+def _raw(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
+    """A setting from the CLI, else the ini file: (value or None, where, base dir)."""
+    value = config.getoption(f"gradcheck_{name}")
+    if value is not None and value != "":
+        flag = CLI[name][0] if name in CLI else name.replace("_", "-")
+        return value, f"--gradcheck-{flag}", config.invocation_params.dir
+    value = config.getini(f"gradcheck_{name}")
+    if value is not None and value != "" and value != []:
+        base = config.inipath.parent if config.inipath else config.rootpath
+        return value, f"ini key gradcheck_{name}", base
+    return None, "", config.rootpath
 
 
 def _layer(config: pytest.Config, source: str) -> dict[str, Any]:
@@ -67,41 +121,86 @@ def _layer(config: pytest.Config, source: str) -> dict[str, Any]:
             if source == "cli"
             else config.getini(f"gradcheck_{name}")
         )
-        if raw is None or raw == "":
+        if raw is None or raw == "" or raw == []:
             continue
         where = f"--gradcheck-{flag}" if source == "cli" else f"ini key gradcheck_{name}"
         try:
             layer[name] = parse_text(name, str(raw))
-            Options(**{name: layer[name]})  # type errors surface here
+            resolve({name: layer[name]})
         except (TypeError, ValueError) as err:
             raise pytest.UsageError(f"{where}: {err}") from None
-    try:
-        from ._options import resolve
-
-        resolve(layer)
-    except (TypeError, ValueError) as err:
-        raise pytest.UsageError(f"gradcheck options from {source}: {err}") from None
     return layer
+
+
+def _path(config: pytest.Config, name: str) -> Path | None:
+    value, _, base = _raw(config, name)
+    return None if value is None else base / Path(str(value)).expanduser()
+
+
+def _gates(config: pytest.Config) -> Gates:
+    gates = Gates()
+    tier, where, _ = _raw(config, "fail_tier")
+    if tier is not None:
+        try:
+            gates.fail_tier = Tier.parse(str(tier))
+        except ValueError as err:
+            raise pytest.UsageError(f"{where}: {err}") from None
+    factor, where, _ = _raw(config, "baseline_factor")
+    if factor is not None:
+        try:
+            gates.baseline_factor = float(factor)
+        except ValueError:
+            gates.baseline_factor = -1.0
+        if not gates.baseline_factor > 1.0 or gates.baseline_factor == float("inf"):
+            raise pytest.UsageError(f"{where}: must be a number > 1, got {factor!r}")
+    gates.baseline = _path(config, "baseline")
+    gates.save_baseline = _path(config, "save_baseline")
+    if gates.baseline is not None and not hasattr(config, "workerinput"):
+        try:
+            gates.expected = load_baseline(gates.baseline)
+        except ValueError as err:
+            raise pytest.UsageError(f"gradcheck: {err}") from None
+    return gates
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    detail = config.getoption("gradcheck_report") or config.getini("gradcheck_report") or "summary"
-    if detail not in ("summary", "blocks", "off"):
-        raise pytest.UsageError(f"gradcheck_report must be summary, blocks or off, got {detail!r}")
-    state = _State(_layer(config, "cli"), _layer(config, "ini"), detail)
+    detail, where, _ = _raw(config, "report")
+    detail = str(detail or "summary").strip().lower()
+    if detail not in REPORT_CHOICES:
+        raise pytest.UsageError(f"{where}: must be summary, blocks or off, got {detail!r}")
+    state = _State(_layer(config, "cli"), _layer(config, "ini"), detail, _gates(config))
     config.stash[STATE] = state
     config.pluginmanager.register(_Collector(config, state), "gradcheck-collector")
 
 
+def _defaults(state: _State) -> dict[str, Any]:
+    """The options every check starts from: defaults, then ini, then CLI."""
+    merged = {**Options().as_dict(), **state.ini, **state.cli}
+    merged.pop("burn_in_step", None)
+    return {k: (v.label if isinstance(v, Tier) else v) for k, v in merged.items()}
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     state = config.stash[STATE]
-    merged = {**Options().as_dict(), **state.ini, **state.cli}
+    merged = _defaults(state)
     shown = ("eps", "samples_per_block", "seed", "kinks", "tolerance", "mode")
-    text = ", ".join(f"{k}={merged[k]!r}" for k in shown)
-    return f"gradcheck: pytest-gradcheck {__version__}, {text}"
+    text = ", ".join(
+        f"{k}={'auto' if k == 'tolerance' and merged[k] is None else merged[k]}" for k in shown
+    )
+    line = f"gradcheck: pytest-gradcheck {__version__} ({text}; report={state.detail}"
+    g = state.gates
+    if g.fail_tier is not None:
+        line += f"; fail-tier={g.fail_tier.label}"
+    if g.baseline is not None:
+        line += f"; baseline={g.baseline} (x{g.baseline_factor:g})"
+    return line + ")"
 
 
+# -- marker, fixture, selection -------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests using the fixture are gradient checks too (for ``-m gradcheck``)."""
     for item in items:
@@ -111,52 +210,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("gradcheck")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.stash[POSITIONS] = {item.nodeid: i for i, item in enumerate(session.items)}
+
+
 def _marker_options(item: pytest.Item) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for marker in reversed(list(item.iter_markers("gradcheck"))):
         if marker.args:
             raise TypeError(
-                f"gradcheck marker of {item.nodeid}: takes keyword options only, got "
-                f"positional {marker.args!r}"
+                f"gradcheck: the gradcheck marker of {item.nodeid} takes keyword options "
+                f"only, got positional {marker.args!r}; valid options: {', '.join(NAMES)}"
             )
         merged.update(marker.kwargs)
     check_names(merged, f"the gradcheck marker of {item.nodeid}")
     return merged
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    _marker_options(item)  # unknown marker keywords fail the test at set-up
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    state = item.config.stash[STATE]
-    results: list = []
-    item.stash[RESULTS] = results
-    ctx = TestContext(
-        nodeid=item.nodeid,
-        layers=(_marker_options(item), state.cli, state.ini),
-        record=results.append,
-    )
-    token = CURRENT.set(ctx)
-    try:
-        return (yield)
-    finally:
-        CURRENT.reset(token)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
-    report = yield
-    if call.when == "call":
-        results = item.stash.get(RESULTS, [])
-        if results:
-            # plain data, so it travels with the report (pytest-xdist serialises __dict__)
-            report.gradcheck = [r.to_dict() for r in results]
-            report.gradcheck_hypothesis = bool(
-                getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
-            )
-    return report
 
 
 @pytest.fixture(scope="session")
@@ -167,31 +235,286 @@ def gradcheck() -> Callable[..., Any]:
     return check
 
 
+# -- the per-test context -------------------------------------------------------------
+
+
+def _build_context() -> Any:
+    """The current Hypothesis example's build context, or None outside one."""
+    if "hypothesis" not in sys.modules:
+        return None
+    try:
+        from hypothesis.control import current_build_context, currently_in_test_context
+
+        return current_build_context() if currently_in_test_context() else None
+    except Exception:  # an unexpected Hypothesis version: no example tracking
+        return None
+
+
+class _Recorder:
+    """Collects a test's check results as plain dicts, with where they ran.
+
+    Inside a Hypothesis test, each example is told apart by its build context; a
+    check's `index` is then its place within its example, so the examples of one
+    check collapse into one row of the report.
+    """
+
+    def __init__(self, nodeid: str) -> None:
+        self.nodeid = nodeid
+        self.entries: list[dict[str, Any]] = []
+        self.attached = 0
+        self.when = "setup"
+        self._plain = 0
+        self._example: Any = None  # held, so a new example never reuses its id
+        self._examples = 0
+        self._in_example = 0
+
+    def __call__(self, result: Any) -> None:
+        ctx = _build_context()
+        if ctx is None:
+            index, example = self._plain, None
+            self._plain += 1
+        else:
+            if ctx is not self._example:
+                self._example, self._examples, self._in_example = ctx, self._examples + 1, 0
+            index, example = self._in_example, self._examples - 1
+            self._in_example += 1
+        where = {"nodeid": self.nodeid, "index": index, "example": example, "when": self.when}
+        self.entries.append(plain({**where, **result.to_dict()}))
+
+    def take(self) -> list[dict[str, Any]]:
+        """The entries recorded since the last call."""
+        new = self.entries[self.attached :]
+        self.attached = len(self.entries)
+        return new
+
+
+def _recorder(item: pytest.Item) -> _Recorder:
+    rec = item.stash.get(RECORDER, None)
+    if rec is None:
+        rec = item.stash[RECORDER] = _Recorder(item.nodeid)
+    return rec
+
+
+def _with_context(item: pytest.Item, when: str, marker: dict[str, Any]) -> TestContext:
+    state = item.config.stash[STATE]
+    rec = _recorder(item)
+    rec.when = when
+    return TestContext(nodeid=item.nodeid, layers=(marker, state.cli, state.ini), record=rec)
+
+
+def _lenient_marker(item: pytest.Item) -> dict[str, Any]:
+    try:
+        return _marker_options(item)
+    except TypeError:
+        return {}  # reported by the call phase, as the test's failure
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    item.stash[RECORDER] = _Recorder(item.nodeid)  # afresh, should the test run again
+    token = CURRENT.set(_with_context(item, "setup", _lenient_marker(item)))
+    try:
+        return (yield)
+    finally:
+        CURRENT.reset(token)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    state = item.config.stash[STATE]
+    problem = None
+    try:
+        marker = _marker_options(item)
+        resolve(marker, state.cli, state.ini)  # bad values fail here, before the test runs
+    except (TypeError, ValueError) as err:
+        problem = str(err)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    token = CURRENT.set(_with_context(item, "call", marker))
+    try:
+        return (yield)
+    finally:
+        CURRENT.reset(token)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    token = CURRENT.set(_with_context(item, "teardown", _lenient_marker(item)))
+    try:
+        return (yield)
+    finally:
+        CURRENT.reset(token)
+
+
+# -- reports: plain data on each test report, junit properties, hidden frames -----------
+
+
+def _is_ours(entry: Any) -> bool:
+    return str(entry.path).startswith(_PACKAGE_DIR)
+
+
+def _deliberate(exc: BaseException) -> bool:
+    """Our own errors: GradcheckError, and ValueError/TypeError saying "gradcheck: ..."."""
+    from ._result import GradcheckError
+
+    return isinstance(exc, GradcheckError) or (
+        isinstance(exc, (ValueError, TypeError)) and str(exc).startswith("gradcheck")
+    )
+
+
+def _hide_policy(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
+    """`__tracebackhide__` of our modules' frames: hidden unless the error is a bug of ours.
+
+    Hidden for our deliberate errors and for errors raised in code a check called (the
+    user's f or grad); an unexpected error raised inside pytest-gradcheck keeps its
+    frames. ``--full-trace`` shows every frame.
+    """
+    try:
+        if _deliberate(excinfo.value):
+            return True
+        return not _is_ours(excinfo.traceback[-1])
+    except Exception:
+        return False
+
+
+def _hide_internal_frames(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Mark the frames of our modules in a failing test's traceback as hidden.
+
+    pytest hides a frame whose locals or globals hold ``__tracebackhide__`` (a bool,
+    or a callable given the ExceptionInfo); the modules of pytest-gradcheck that appear
+    in the traceback get `_hide_policy` as their module-level ``__tracebackhide__``
+    (not this module, whose hook wrappers sit above the test's frame).
+    """
+    for entry in excinfo.traceback:
+        if _is_ours(entry) and str(entry.path) != _THIS_FILE:
+            entry.frame.f_globals.setdefault("__tracebackhide__", _hide_policy)
+
+
+def _user_properties(item: pytest.Item, rec: _Recorder) -> None:
+    """The test's worst tier and max rel error, as junit properties."""
+    if not rec.entries:
+        return
+    worst = max(rec.entries, key=lambda c: (Tier.parse(c["tier"]), c["max_rel_error"]))
+    err = max(c["max_rel_error"] for c in rec.entries)
+    props = [p for p in item.user_properties if not str(p[0]).startswith("gradcheck_")]
+    props += [
+        ("gradcheck_tier", worst["tier"]),
+        ("gradcheck_max_rel_error", repr(float(err))),
+        ("gradcheck_checks", str(len(rec.entries))),
+    ]
+    item.user_properties[:] = props
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
+    rec = item.stash.get(RECORDER, None)
+    if rec is not None:
+        _user_properties(item, rec)  # before the report copies item.user_properties
+    if call.excinfo is not None and not item.config.getoption("fulltrace", False):
+        with contextlib.suppress(Exception):  # never let cosmetics break a report
+            _hide_internal_frames(call.excinfo)
+    report = yield
+    if rec is not None:
+        new = rec.take()
+        if new:
+            # plain data, so it travels with the report (pytest-xdist serialises __dict__)
+            report.gradcheck = new
+            positions = item.session.stash.get(POSITIONS, {})
+            report.gradcheck_position = positions.get(item.nodeid)
+    return report
+
+
+# -- the session: summary section, JSON, gates ----------------------------------------
+
+
 class _Collector:
-    """Registered per session: gathers results from test reports, writes the outputs.
+    """Registered per session: gathers checks from test reports, writes the outputs.
 
     Reports arrive here from local tests and, under pytest-xdist, from the workers
-    (their `gradcheck` attribute travels with the serialised report).
+    (their ``gradcheck`` attribute travels with the serialised report).
     """
 
     def __init__(self, config: pytest.Config, state: _State) -> None:
         self.config, self.state = config, state
 
+    @property
+    def _controller(self) -> bool:
+        return not hasattr(self.config, "workerinput")
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         checks = getattr(report, "gradcheck", None)
-        if report.when == "call" and checks:
-            hypothesis = bool(getattr(report, "gradcheck_hypothesis", False))
-            self.state.report.add(report.nodeid, checks, hypothesis)
+        if checks:
+            self.state.report.add(
+                checks,
+                position=getattr(report, "gradcheck_position", None),
+                outcome=report.outcome,
+            )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self._controller:
+            return  # an xdist worker: the controller gates and writes the files
+        if self.config.option.collectonly:
+            return  # no check ran: nothing to gate, no report to overwrite a baseline with
+        state = self.state
+        if state.gates.active:
+            state.verdict = evaluate(state.gates, state.report.sorted_checks())
+            if state.verdict.failed and session.exitstatus in (
+                pytest.ExitCode.OK,
+                pytest.ExitCode.NO_TESTS_COLLECTED,
+            ):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            if state.verdict.failed and not self.config.pluginmanager.has_plugin(
+                "terminalreporter"
+            ):
+                sys.stderr.write(
+                    "gradcheck gate failed\n"
+                    + "\n".join(report_lines(state.gates, state.verdict))
+                    + "\n"
+                )
+        json_path = _path(self.config, "json")
+        targets = [p for p in (json_path, state.gates.save_baseline) if p is not None]
+        if targets:
+            text = dumps(self._document())
+            for path in targets:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+
+    def _document(self) -> dict[str, Any]:
+        state = self.state
+        gates = state.gates.describe()
+        verdict = state.verdict
+        gates["passed"] = None if verdict is None else not verdict.failed
+        gates["failures"] = [] if verdict is None else verdict.fail_tier + verdict.baseline
+        return state.report.document(
+            version=__version__,
+            pytest_version=pytest.__version__,
+            defaults=_defaults(state),
+            gates=gates,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.state.detail == "off" or not self.state.report.checks:
+        state = self.state
+        tr = terminalreporter
+        if state.detail != "off" and state.report.checks:
+            tr.write_sep("=", "gradient checks")
+            width = getattr(getattr(tr, "_tw", None), "fullwidth", 80)
+            for line in section_lines(state.report, state.detail, width):
+                for text, markup in line:
+                    tr.write(text, **markup)
+                tr.line("")
+        verdict = state.verdict
+        if verdict is None:
             return
-        terminalreporter.write_sep("=", "gradient checks")
-        write_section(terminalreporter.write_line, self.state.report, self.state.detail)
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if hasattr(self.config, "workerinput"):
-            return  # an xdist worker: the controller writes the file
-        path = self.config.getoption("gradcheck_json") or self.config.getini("gradcheck_json")
-        if path:
-            Path(path).write_text(self.state.report.to_json(__version__))
+        if verdict.failed:
+            tr.write_sep("=", "gradcheck gate failed", red=True, bold=True)
+            for text in report_lines(state.gates, verdict):
+                tr.write_line(text, red=not text.startswith("  "))
+        else:
+            parts = []
+            if state.gates.fail_tier is not None:
+                parts.append(f"no check worse than {state.gates.fail_tier.label}")
+            if state.gates.baseline is not None:
+                parts.append(f"{verdict.compared} check(s) within the baseline")
+            tr.write_line("gradcheck gates passed: " + "; ".join(parts), green=True)

@@ -1,0 +1,180 @@
+"""`--gradcheck-json`: the document and its schema; junit XML properties."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from gc_plugin_util import SCHEMA_PATH, load_json, schema_errors, validate_report
+
+from pytest_gradcheck._report import SCHEMA_VERSION, SessionReport, dumps
+
+SUITE = """
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from pytest_gradcheck import gradcheck
+from gc_helpers import X, square, square_grad, square_off, square_wrong, terms, terms_grad
+
+def test_happy():
+    gradcheck(square, X, grad=square_grad)
+
+def test_caught():
+    with pytest.raises(AssertionError):
+        gradcheck(square, X, grad=square_off)
+
+def test_fails(gradcheck):
+    gradcheck(square, X, grad=square_wrong)
+
+@pytest.mark.gradcheck(samples_per_block=None, eps="auto", wrt=["args[0]"], sweep=True)
+def test_terms():
+    gradcheck(terms, X, grad=terms_grad)
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_param(n):
+    gradcheck(square, np.ones((n, 2)), grad=square_grad, mode="coords")
+
+@settings(max_examples=5, derandomize=True, database=None, deadline=None)
+@given(st.floats(0.5, 2.0))
+def test_hyp(v):
+    gradcheck(square, np.array([v]), grad=square_grad)
+
+def test_no_check():
+    pass
+"""
+
+
+@pytest.fixture
+def suite(inner: pytest.Pytester) -> pytest.Pytester:
+    inner.makepyfile(test_j=SUITE)
+    return inner
+
+
+def test_json_has_every_check_and_validates_against_the_schema(suite: pytest.Pytester) -> None:
+    result = suite.runpytest("--gradcheck-json=out/report.json")
+    result.assert_outcomes(passed=7, failed=1)
+    doc = load_json(suite.path / "out" / "report.json")
+    validate_report(doc)
+    assert doc["schema_version"] == SCHEMA_VERSION
+    from pytest_gradcheck import __version__
+
+    assert doc["pytest_gradcheck"] == __version__ and doc["pytest"] == pytest.__version__
+    nodeids = [c["nodeid"] for c in doc["checks"]]
+    # collection order; a Hypothesis test contributes every example
+    assert nodeids[:6] == [
+        "test_j.py::test_happy",
+        "test_j.py::test_caught",
+        "test_j.py::test_fails",
+        "test_j.py::test_terms",
+        "test_j.py::test_param[2]",
+        "test_j.py::test_param[3]",
+    ]
+    hyp = [c for c in doc["checks"] if c["nodeid"] == "test_j.py::test_hyp"]
+    assert len(hyp) >= 5 and [c["example"] for c in hyp] == list(range(len(hyp)))
+    assert all(c["index"] == 0 for c in hyp)
+    by_id = {c["nodeid"]: c for c in doc["checks"]}
+    happy, caught, fails = (by_id[f"test_j.py::test_{n}"] for n in ("happy", "caught", "fails"))
+    assert (happy["tier"], happy["passed"], happy["test_outcome"]) == ("happy", True, "passed")
+    assert (caught["tier"], caught["passed"], caught["test_outcome"]) == (
+        "uncomfortable",
+        False,
+        "passed",
+    )
+    assert (fails["tier"], fails["test_outcome"], fails["when"]) == ("wrong", "failed", "call")
+    assert happy["example"] is None and happy["index"] == 0
+    # options, blocks, coordinates, values, relative errors, tiers, evaluations, time
+    assert happy["options"]["eps"] == 1e-5 and happy["options"]["seed"] == 0
+    (block,) = happy["blocks"]
+    assert block["name"] == "args[0]" and block["shape"] == [3]
+    assert block["indices"] == [[0], [1], [2]] or sorted(block["indices"]) == [[0], [1], [2]]
+    analytic = dict(zip(map(tuple, block["indices"]), block["analytic"], strict=True))
+    assert analytic == {(0,): 2.0, (1,): -4.0, (2,): 6.0}
+    assert len(block["numeric"]) == len(block["rel_error"]) == len(block["step"]) == 3
+    assert all(r < 1e-7 for r in block["rel_error"]) and block["tier"] == "happy"
+    assert happy["evaluations"] > 0 and happy["seconds"] > 0 and happy["coordinates"] == 3
+    terms = by_id["test_j.py::test_terms"]
+    assert set(terms["terms"]) == {"data", "reg"}
+    assert terms["options"]["eps"] == "auto" and terms["options"]["wrt"] == ["args[0]"]
+    assert terms["sweep"] and terms["terms"]["reg"]["term"] == "reg"
+    s = doc["summary"]
+    assert s["checks"] == len(doc["checks"]) and s["tests"] == 7
+    assert s["worst_tier"] == "wrong" and s["failed"] == 2
+    assert doc["gates"]["passed"] is None and doc["defaults"]["samples_per_block"] == 10
+
+
+def test_json_path_from_ini_is_relative_to_the_ini_file(suite: pytest.Pytester) -> None:
+    suite.makeini("[pytest]\ngradcheck_json = reports/gc.json\n")
+    sub = suite.mkdir("elsewhere")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(sub)
+        suite.runpytest(str(suite.path))
+    validate_report(load_json(suite.path / "reports" / "gc.json"))
+
+
+def test_json_written_with_no_checks_and_non_finite_numbers_as_null(tmp_path) -> None:
+    report = SessionReport()
+    doc = report.document(
+        version="0", pytest_version="0", defaults={"eps": 1e-5, "samples_per_block": 10,
+        "seed": 0, "kinks": "track", "tolerance": None, "mode": "both"},
+        gates={"fail_tier": None, "baseline": None, "baseline_factor": 10.0, "passed": None,
+               "failures": []}, created="now",
+    )  # fmt: skip
+    validate_report(json.loads(dumps(doc)))
+    assert json.loads(dumps({"x": [float("nan"), float("inf"), 1.5]})) == {"x": [None, None, 1.5]}
+
+
+def test_schema_file_is_strict_enough_to_catch_mistakes(suite: pytest.Pytester) -> None:
+    suite.runpytest("--gradcheck-json=r.json")
+    doc = load_json(suite.path / "r.json")
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert not list(schema_errors(doc, schema, schema))
+    broken = json.loads(json.dumps(doc))
+    broken["checks"][0]["tier"] = "fine"
+    del broken["checks"][1]["blocks"][0]["rel_error"]
+    broken["checks"][2]["nodeid"] = 3
+    broken["schema_version"] = 2
+    errors = "\n".join(schema_errors(broken, schema, schema))
+    assert "$.checks[0].tier" in errors
+    assert "missing required 'rel_error'" in errors
+    assert "$.checks[2].nodeid" in errors
+    assert "$.schema_version" in errors
+
+
+def test_junit_xml_has_tier_and_max_rel_error_properties(suite: pytest.Pytester) -> None:
+    suite.runpytest("--junitxml=junit.xml")
+    tree = ET.parse(suite.path / "junit.xml")
+    props = {}
+    for case in tree.iter("testcase"):
+        name = case.get("name")
+        props[name] = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["test_happy"]["gradcheck_tier"] == "happy"
+    assert float(props["test_happy"]["gradcheck_max_rel_error"]) < 1e-7
+    assert props["test_caught"]["gradcheck_tier"] == "uncomfortable"
+    assert props["test_fails"]["gradcheck_tier"] == "wrong"
+    assert float(props["test_fails"]["gradcheck_max_rel_error"]) == pytest.approx(1 / 3)
+    assert props["test_param[3]"]["gradcheck_checks"] == "1"
+    assert int(props["test_hyp"]["gradcheck_checks"]) >= 5
+    assert "gradcheck_tier" not in props["test_no_check"]
+
+
+def test_user_properties_of_the_test_are_kept(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_p="""
+        from pytest_gradcheck import gradcheck
+        from gc_helpers import X, square, square_grad
+
+        def test_it(record_property):
+            record_property("mine", "1")
+            gradcheck(square, X, grad=square_grad)
+        """
+    )
+    inner.runpytest("--junitxml=j.xml")
+    names = [p.get("name") for p in ET.parse(inner.path / "j.xml").iter("property")]
+    assert names == ["mine", "gradcheck_tier", "gradcheck_max_rel_error", "gradcheck_checks"]
+
+
+def test_the_docs_example_document_is_valid() -> None:
+    page = (SCHEMA_PATH.parent / "json-schema.md").read_text()
+    example = page.split("```json\n", 1)[1].split("\n```", 1)[0]
+    validate_report(json.loads(example))

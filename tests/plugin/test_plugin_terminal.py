@@ -1,0 +1,311 @@
+"""The terminal: the "gradient checks" section, its colours and modes, the Hypothesis
+collapse, the header line, and the failure message of a failing check."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from gc_plugin_util import section
+
+from pytest_gradcheck import BlockResult, Result, Tier
+from pytest_gradcheck._text import hints
+
+SUITE = """
+import pytest
+from pytest_gradcheck import gradcheck
+from gc_helpers import X, square, square_grad, square_off, square_wrong, terms, terms_grad
+
+def test_happy():
+    gradcheck(square, X, grad=square_grad)
+
+@pytest.mark.gradcheck(tolerance="uncomfortable")
+def test_uncomfortable():
+    gradcheck(square, X, grad=square_off)
+
+def test_wrong():
+    gradcheck(square, X, grad=square_wrong, raise_on_fail=False)
+
+def test_terms():
+    gradcheck(terms, X, grad=terms_grad)
+
+def test_two_checks(gradcheck):
+    gradcheck(square, X, grad=square_grad)
+    gradcheck(lambda d: square(d["w"]), {"w": X}, grad=lambda d: ({"w": 2 * d["w"]},))
+"""
+
+
+def _rows(output: str) -> dict[str, str]:
+    rows = {}
+    for line in section(output)[1:-1]:
+        if "::" in line:
+            name = line.split("::")[1].split()[0]
+            if "#" in line:
+                name += line.split("::")[1].split()[1]
+            rows[name] = line
+    return rows
+
+
+def test_summary_section_one_row_per_check(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_s=SUITE)
+    result = inner.runpytest()
+    result.assert_outcomes(passed=5)
+    lines = section(result.stdout.str())
+    assert lines[0].split() == ["test", "blocks", "coords", "kinks", "max", "rel", "err", "tier"]
+    rows = _rows(result.stdout.str())
+    assert set(rows) == {"test_happy", "test_uncomfortable", "test_wrong", "test_terms",
+                         "test_two_checks#1", "test_two_checks#2"}  # fmt: skip
+    # test id, blocks, coordinates, kinks crossed, worst relative error, tier
+    cells = rows["test_happy"].split()
+    assert cells[0] == "test_s.py::test_happy"
+    assert cells[1:4] == ["1", "3", "0"]
+    assert float(cells[4]) < 1e-7 and cells[5] == "happy"
+    assert rows["test_uncomfortable"].split()[5] == "uncomfortable"
+    assert rows["test_wrong"].split()[5:7] == ["wrong", "FAILED"]
+    assert "terms: data=" in rows["test_terms"] and "reg=" in rows["test_terms"]
+    assert lines[-1].startswith("6 check(s) in 5 test(s): 4 happy, 1 uncomfortable, 1 wrong")
+
+
+def test_blocks_mode_adds_one_line_per_block(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_s=SUITE)
+    out = inner.runpytest("--gradcheck-report=blocks").stdout.str()
+    lines = section(out)
+    i = next(n for n, line in enumerate(lines) if "::test_happy" in line)
+    # name, shape, coordinates checked, kinks crossed, worst relative error, tier
+    assert lines[i + 1].split()[:4] == ["args[0]", "(3,)", "3", "0"]
+    assert lines[i + 1].split()[-1] == "happy"
+    j = next(n for n, line in enumerate(lines) if "::test_terms" in line)
+    block_lines = [line.split()[0] for line in lines[j + 1 : j + 4]]
+    assert block_lines == ["args[0]", "data:", "reg:"]
+    k = next(n for n, line in enumerate(lines) if "::test_two_checks #2" in line)
+    assert lines[k + 1].split()[0] == "args[0]['w']"
+
+
+def test_report_off_hides_the_section_and_ini_key(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_s=SUITE)
+    out = inner.runpytest("--gradcheck-report=off").stdout.str()
+    assert "gradient checks" not in out
+    inner.makeini("[pytest]\ngradcheck_report = off\n")
+    assert "gradient checks" not in inner.runpytest().stdout.str()
+    assert "gradient checks" in inner.runpytest("--gradcheck-report=summary").stdout.str()
+
+
+def test_colours_per_tier_and_none_without_a_terminal(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_s=SUITE)
+    coloured = inner.runpytest("--color=yes").stdout.str()
+    text = "\n".join(section(coloured))
+    assert "\x1b[32mhappy" in text  # green
+    assert "\x1b[33muncomfortable" in text  # yellow
+    assert re.search(r"\x1b\[31m(\x1b\[1m)?wrong", text)  # red (bold)
+    blocks = "\n".join(
+        section(inner.runpytest("--color=yes", "--gradcheck-report=blocks").stdout.str())
+    )
+    assert "\x1b[32mhappy" in blocks
+    for args in (["--color=no"], []):  # the inline run's output is not a terminal
+        plain = inner.runpytest(*args).stdout.str()
+        assert "\x1b[" not in plain
+        assert "happy" in "\n".join(section(plain))
+
+
+def test_ok_tier_is_cyan(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_ok="""
+        from pytest_gradcheck import gradcheck
+        from gc_helpers import X, square, square_scaled
+
+        def test_ok():
+            gradcheck(square, X, grad=square_scaled(1 + 1e-6), tolerance="ok")
+        """
+    )
+    out = inner.runpytest("--color=yes").stdout.str()
+    assert "\x1b[36mok" in "\n".join(section(out))
+
+
+def test_hypothesis_examples_collapse_into_one_row(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_h="""
+        import numpy as np
+        from hypothesis import given, settings, strategies as st
+        from pytest_gradcheck import gradcheck
+        from gc_helpers import square, square_grad, square_off
+
+        @settings(max_examples=12, derandomize=True, database=None, deadline=None)
+        @given(st.floats(0.5, 2.0))
+        def test_hyp(v):
+            x = np.array([v, 1.0])
+            gradcheck(square, x, grad=square_grad)
+            gradcheck(square, x, grad=square_off, tolerance="uncomfortable")
+
+        def test_plain(gradcheck):
+            gradcheck(square, np.array([1.0, 2.0]), grad=square_grad)
+        """
+    )
+    result = inner.runpytest("--gradcheck-report=blocks")
+    result.assert_outcomes(passed=2)
+    lines = section(result.stdout.str())
+    hyp = [line for line in lines if "::test_hyp" in line]
+    assert len(hyp) == 2  # one row per check of the example, not one per example
+    for line in hyp:
+        m = re.search(r"\((\d+) examples, worst shown\)", line)
+        assert m and int(m.group(1)) >= 12
+    assert hyp[0].split()[1] == "#1" and hyp[0].split()[-5] == "happy"
+    assert hyp[1].split()[1] == "#2" and "uncomfortable" in hyp[1]
+    # the collapsed row sums the coordinates of its examples
+    assert int(hyp[0].split()[3]) == 2 * int(re.search(r"\((\d+) examples", hyp[0]).group(1))
+    i = lines.index(hyp[0])
+    assert lines[i + 1].split()[:2] == ["args[0]", "(2,)"]  # the worst example's blocks
+    assert sum("::test_plain" in line for line in lines) == 1
+
+
+def test_header_line_shows_version_and_defaults(inner: pytest.Pytester) -> None:
+    inner.makepyfile("def test_x():\n    pass\n")
+    inner.makeini("[pytest]\ngradcheck_seed = 9\n")
+    out = inner.runpytest("--gradcheck-eps=auto", "--gradcheck-fail-tier=ok").stdout.str()
+    (line,) = [line for line in out.splitlines() if line.startswith("gradcheck: ")]
+    from pytest_gradcheck import __version__
+
+    assert f"pytest-gradcheck {__version__}" in line
+    for part in ("eps=auto", "samples_per_block=10", "seed=9", "kinks=track",
+                 "tolerance=auto", "mode=both", "report=summary", "fail-tier=ok"):  # fmt: skip
+        assert part in line
+
+
+# -- failure messages ------------------------------------------------------------------
+
+
+def test_failure_message_shows_worst_coordinates_and_hides_our_frames(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(
+        test_f="""
+        from pytest_gradcheck import gradcheck
+        from gc_helpers import X, square, square_off
+
+        def test_fails():
+            gradcheck(square, X, grad=square_off)
+        """
+    )
+    result = inner.runpytest()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "GradcheckError: gradcheck FAILED: tier uncomfortable" in out
+    assert "block 'args[0]' (shape (3,), float64): tier uncomfortable" in out
+    assert re.search(r"index\s+analytic\s+numeric\s+rel error\s+tier\s+h\s+kink", out)
+    # raw analytic and numeric values, the step and the kink flag of the worst coordinates
+    row = next(line for line in out.splitlines() if line.lstrip("E ").startswith("(2,)"))
+    cells = row.lstrip("E ").split()
+    assert float(cells[1]) == pytest.approx(6.06, rel=1e-12)
+    assert float(cells[2]) == pytest.approx(6.0, rel=1e-8)
+    assert cells[4:] == ["uncomfortable", "1.0e-05", "no"]
+    assert "hint: in block 'args[0]' analytic / numeric = 1.01" in out
+    assert sum(line.startswith("E       hint:") for line in out.splitlines()) == 1
+    # the traceback points at the test's line, none of our modules
+    assert "test_f.py:5: GradcheckError" in out
+    for internal in ("_api.py", "_engine.py", "backends", "plugin.py"):
+        assert internal not in out
+
+
+def test_bad_input_error_hides_our_frames_but_keeps_user_code(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_e="""
+        import numpy as np
+        from pytest_gradcheck import gradcheck
+        from gc_helpers import X, square
+
+        def bad_shape(x):
+            return (x[:2],)
+
+        def broken(x):
+            raise RuntimeError("bug in user code")
+
+        def test_shape():
+            gradcheck(square, X, grad=bad_shape)
+
+        def test_user_error():
+            gradcheck(broken, X, grad=bad_shape)
+        """
+    )
+    result = inner.runpytest()
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "ValueError: gradcheck: the analytic gradient of block 'args[0]' has shape" in out
+    assert 'raise RuntimeError("bug in user code")' in out  # the user's frame is shown
+    for internal in ("_api.py", "_engine.py", "backends", "plugin.py"):
+        assert internal not in out
+    full = inner.runpytest("--full-trace").stdout.str()
+    assert "_engine.py" in full
+
+
+def test_float32_and_tiny_hints_in_the_message(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_hints="""
+        import numpy as np
+        from pytest_gradcheck import gradcheck
+
+        def f32(x):
+            return np.sum(np.asarray(x, dtype=np.float32) ** 3).astype(np.float64)
+
+        def f32_grad(x):
+            return (3 * x ** 2,)
+
+        def test_float32():
+            x = np.array([1.1, -2.3, 3.7], dtype=np.float32)
+            gradcheck(f32, x, grad=f32_grad)
+
+        def tiny(x):
+            return 1e-13 * np.sum(x ** 2)
+
+        def test_tiny():
+            gradcheck(tiny, np.array([1.0, 2.0]), grad=lambda x: (2.4e-13 * x,))
+        """
+    )
+    out = inner.runpytest().stdout.str()
+    assert "hint: block(s) 'args[0]' are low precision" in out
+    assert "hint: the gradients in block(s) 'args[0]' are tiny" in out
+
+
+def _block(name="w", analytic=(2.0, 4.0), numeric=(1.0, 2.0), dtype="float64", kinks=None):
+    a, n = np.array(analytic, float), np.array(numeric, float)
+    rel = np.abs(a - n) / np.maximum(np.abs(a), np.abs(n))
+    k = np.zeros(len(a), bool) if kinks is None else np.array(kinks)
+    tier = max(Tier.of(float(r)) for r in rel[~k]) if (~k).any() else Tier.HAPPY
+    return BlockResult(
+        name=name, shape=(len(a),), dtype=dtype, indices=tuple((i,) for i in range(len(a))),
+        analytic=a, numeric=n, rel_error=rel, kink_crossed=k, step=np.full(len(a), 1e-5),
+        within_noise=np.zeros(len(a), bool), tier=tier, passed=tier <= Tier.HAPPY,
+    )  # fmt: skip
+
+
+def _result(*blocks, warnings=(), terms=None, **kw):
+    return Result(
+        passed=all(b.passed for b in blocks), tier=max(b.tier for b in blocks),
+        max_rel_error=max(b.max_rel_error for b in blocks), tolerance=Tier.HAPPY,
+        blocks=tuple(blocks), terms=terms or {}, warnings=tuple(warnings),
+        kinks_crossed=sum(b.kinks_crossed for b in blocks), **kw,
+    )  # fmt: skip
+
+
+def test_hints_name_each_known_pitfall() -> None:
+    assert hints(_result(_block(analytic=(1.0, 1.0), numeric=(1.0, 1.0)))) == []
+    (factor,) = hints(_result(_block()))
+    assert "analytic / numeric = 2" in factor
+    (sign,) = hints(_result(_block(analytic=(-1.0, 3.0), numeric=(1.0, -3.0))))
+    assert "sign is flipped" in sign
+    lowp = hints(_result(_block(analytic=(1.0, 2.0), numeric=(1.1, 2.5), dtype="float32")))
+    assert len(lowp) == 1 and "low precision" in lowp[0] and "float64" in lowp[0]
+    tiny = hints(_result(_block(analytic=(1e-12, 3e-12), numeric=(2e-12, 1e-12))))
+    assert len(tiny) == 1 and "tiny" in tiny[0] and "scale='auto'" in tiny[0]
+    kinks = _block(analytic=(1.0, 2.0, 5.0), numeric=(1.5, 2.0, 3.0), kinks=[False, False, True])
+    (kink,) = hints(_result(kinks))
+    assert "1 difference(s) crossed a kink" in kink
+    off = hints(_result(_block(analytic=(1.0, 2.0), numeric=(1.5, 2.9)), kinks_present=True,
+                        options={"kinks": "off"}))  # fmt: skip
+    assert len(off) == 1 and "kinks='track'" in off[0]
+    dom = hints(
+        _result(
+            _block(analytic=(1.0, 2.0), numeric=(1.5, 2.9)),
+            warnings=["in block 'W1' the gradient of term 'reg' dominates that of 'data'"],
+        )
+    )
+    assert len(dom) == 1 and "dominates" in dom[0]
