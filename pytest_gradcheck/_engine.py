@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ._kinks import RETRY_DIVISORS, crossed
 from ._options import Options
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import direction, sample_coordinates
-from ._steps import TINY, noise_floor, steps
+from ._steps import TINY, noise_floor, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
 
@@ -45,6 +45,9 @@ class _Pair:
     #: after a persistent crossing: (side, f at side*step/2, f at the center), see
     #: `_Counter.one_sided`
     one_sided: tuple[int, Evaluation, Evaluation] | None = None
+    #: per loss (None: the total), the round-off of f scaled by h that the size of the
+    #: block's values and gradients implies (see `_steps.value_floor`)
+    value_floor: Mapping[str | None, float] = field(default_factory=dict)
 
     def crossed(self) -> bool:
         assert self.plus is not None and self.minus is not None
@@ -69,20 +72,34 @@ class _Pair:
             d_far = side * (f_far - f_0) / self.step
             d_half = side * (f_half - f_0) / (self.step / 2.0)
             # Richardson on the one-sided quotient: O(h^2) like the centered formula
-            return 2.0 * d_half - d_far, 6.0 * noise_floor(f_far, f_0, self.step)
-        d, floor = (fp - fm) / (2.0 * self.step), noise_floor(fp, fm, self.step)
+            return 2.0 * d_half - d_far, 6.0 * self._floor(f_far, f_0, term)
+        d, floor = (fp - fm) / (2.0 * self.step), self._floor(fp, fm, term)
         if self.half is None:
             return d, floor
         d_half, floor_half = self.half.quotient(term)
         return (4.0 * d_half - d) / 3.0, (4.0 * floor_half + floor) / 3.0
+
+    def _floor(self, fa: float, fb: float, term: str | None) -> float:
+        return max(noise_floor(fa, fb, self.step), self.value_floor.get(term, 0.0) / self.step)
 
 
 def _value(ev: Evaluation, term: str | None) -> float:
     return ev.loss if term is None else ev.terms[term]
 
 
-def _pair(block: int, indices: np.ndarray, delta: np.ndarray, h: float) -> _Pair:
-    return _Pair(Point(((block, indices, delta * h),)), Point(((block, indices, -delta * h),)), h)
+def _pair(
+    block: int,
+    indices: np.ndarray,
+    delta: np.ndarray,
+    h: float,
+    value_floor: Mapping[str | None, float],
+) -> _Pair:
+    return _Pair(
+        Point(((block, indices, delta * h),)),
+        Point(((block, indices, -delta * h),)),
+        h,
+        value_floor=value_floor,
+    )
 
 
 class _Counter:
@@ -100,7 +117,11 @@ class _Counter:
         self._evaluate(pairs)
         if not self.track:
             return
-        todo = [(p, _Pair(p.point_plus, p.point_minus, p.step)) for p in pairs if p.crossed()]
+        todo = [
+            (p, _Pair(p.point_plus, p.point_minus, p.step, value_floor=p.value_floor))
+            for p in pairs
+            if p.crossed()
+        ]
         for divisor in RETRY_DIVISORS:  # relative to the original step: h/10, h/100
             if not todo:
                 break
@@ -178,7 +199,9 @@ def _smaller(p: _Pair, divisor: float) -> _Pair:
     def shrink(point: Point) -> Point:
         return Point(tuple((b, i, d / divisor) for b, i, d in point.deltas))
 
-    return _Pair(shrink(p.point_plus), shrink(p.point_minus), p.step / divisor)
+    return _Pair(
+        shrink(p.point_plus), shrink(p.point_minus), p.step / divisor, value_floor=p.value_floor
+    )
 
 
 def _check_finite(ev: Evaluation, what: str) -> None:
@@ -211,7 +234,15 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     counter.center = grad.center
     _check_finite(grad.center, "the checked point")
     term_names = tuple(grad.terms)
-    kinks_present = track and grad.center.decisions > 0
+    # a tracked center without a signature means the backend could not track this f
+    # (e.g. JAX eager fallback): kinks are then possible, not absent
+    untracked = track and grad.center.signature is None
+    kinks_present = track and (grad.center.decisions > 0 or untracked)
+    if untracked:
+        warnings.append(
+            "winner tracking was unavailable for this function: kink crossings cannot be "
+            "detected, so the tolerance allows for kinks (ok)"
+        )
     tolerance = opts.tolerance if opts.tolerance is not None else default_tolerance(kinks_present)
 
     if burn_losses:
@@ -234,7 +265,11 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     coord_index: list[np.ndarray] = []
     dir_pairs: list[_Pair | None] = []
     dirs: list[np.ndarray | None] = []
+    floors: list[dict[str | None, float]] = []
     for b, spec in enumerate(specs):
+        raw = {None: grad.total[b], **{t: grad.terms[t][b] for t in term_names}}
+        vf = {loss: value_floor(g, base[b]) for loss, g in raw.items()}
+        floors.append(vf)
         if opts.mode == "directions":
             idx = np.zeros(0, dtype=np.int64)
         else:
@@ -243,13 +278,16 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         h = steps(opts.eps, base[b][idx])
         coord_index.append(idx)
         coord_pairs.append(
-            [_pair(b, np.array([i]), np.ones(1), float(hi)) for i, hi in zip(idx, h, strict=True)]
+            [
+                _pair(b, np.array([i]), np.ones(1), float(hi), vf)
+                for i, hi in zip(idx, h, strict=True)
+            ]
         )
         if opts.mode in ("directions", "both") and spec.size > 1:
             v = direction(spec.name, spec.size, opts.seed)
             hd = float(steps(opts.eps, np.array([np.sqrt(np.mean(base[b] ** 2))]))[0])
             dirs.append(v)
-            dir_pairs.append(_pair(b, np.arange(spec.size), v, hd))
+            dir_pairs.append(_pair(b, np.arange(spec.size), v, hd, vf))
         else:
             dirs.append(None)
             dir_pairs.append(None)
@@ -297,7 +335,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 and all(spot != i for i, _ in localized[b])
             ):
                 h = float(steps(opts.eps, base[b][[spot]])[0])
-                pair = _pair(b, np.array([spot]), np.ones(1), h)
+                pair = _pair(b, np.array([spot]), np.ones(1), h, floors[b])
                 counter.run([pair])
                 values = [float(analytic(lo, b)[spot]) for lo in losses]
                 if _fails(pair, values, losses, scale, tolerance):
@@ -333,6 +371,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     _dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
     _active_range_warnings(specs, grad, scale, warnings)
 
+    if not all(r.passed for r in results.values()):
+        _check_deterministic(counter, grad.center)
     sweep_rows = _sweep(counter, specs, results[TOTAL], scale) if opts.sweep else ()
 
     total = results[TOTAL]
@@ -526,7 +566,7 @@ def _bisect(
     n_all = whole.quotient(loss)[0] * scale
     while idx.size > 1:
         half, other = idx[: idx.size // 2], idx[idx.size // 2 :]
-        pair = _pair(b, half, v[half], whole.step)
+        pair = _pair(b, half, v[half], whole.step, whole.value_floor)
         counter.run([pair])
         if pair.crossed():
             return None
@@ -564,6 +604,27 @@ def _dominance_warnings(
             )
 
 
+def _check_deterministic(counter: _Counter, center: Evaluation) -> None:
+    """Before condemning a gradient, make sure f gives one value at one point.
+
+    A function drawing from a generator the check cannot reset (a NumPy Generator or a
+    torch.Generator created outside f, a data loader's shuffle) differs between
+    evaluations, and every difference quotient is then noise. Costs one evaluation,
+    spent only on a failing check.
+    """
+    again = counter.backend.evaluate([Point(())], counter.track)[0]
+    counter.count += 1
+    if again.loss != center.loss or dict(again.terms) != dict(center.terms):
+        raise ValueError(
+            "gradcheck: f is not deterministic: two evaluations at the same point gave "
+            f"{center.loss!r} and {again.loss!r}. It draws from randomness the check "
+            "cannot reset to the seed (a generator created outside f, such as "
+            "np.random.default_rng(...) or torch.Generator) or keeps state between calls. "
+            "Draw from the global RNGs (random, np.random, torch), create the generator "
+            "inside f, or pass the random values in as arguments."
+        )
+
+
 def _active_range_warnings(
     specs: Sequence[BlockSpec], grad: Gradient, scale: float, warnings: list[str]
 ) -> None:
@@ -573,8 +634,9 @@ def _active_range_warnings(
         if 0.0 < largest <= TINY:
             warnings.append(
                 f"block {spec.name!r} has tiny gradients (largest |g| = {largest:.2e}, "
-                f"below ~{TINY:.0e}): round-off can dominate; scale the loss up or pass "
-                "scale='auto'"
+                f"below ~{TINY:.0e}), outside the active range of floating point: scale "
+                "the loss up inside f (for example, do not divide by the batch size) so "
+                "the values compared are near 1; scale='auto' only rescales the report"
             )
 
 
@@ -591,7 +653,7 @@ def _sweep(
     worst.sort(reverse=True)
     rows = []
     for _, b, flat, a in worst[:SWEEP_COORDINATES]:
-        pairs = [_pair(b, np.array([flat]), np.ones(1), h) for h in SWEEP_STEPS]
+        pairs = [_pair(b, np.array([flat]), np.ones(1), h, {}) for h in SWEEP_STEPS]
         counter._evaluate(pairs)
         row = {p.step: relative_error(a, p.quotient(None)[0] * scale) for p in pairs}
         rows.append((specs[b].name, _multi_index(flat, specs[b].shape), row))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._tiers import Tier
+from ._tiers import THRESHOLDS, Tier
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,15 +67,20 @@ class BlockResult:
 
     @property
     def max_rel_error(self) -> float:
-        """The worst relative error of the coordinates (and direction) not kink-crossed.
+        """The worst relative error among the comparisons that count.
 
-        Raw values: a coordinate whose disagreement is within round-off noise still
-        shows its relative error here, though its tier is `HAPPY`.
+        Comparisons excluded by a kink are left out. A comparison whose disagreement
+        is within float64 round-off (shown as "noise") is judged happy, and its
+        relative error counts here only when it is below the happy threshold: above
+        it, the number measures the noise of a tiny difference quotient, not the
+        gradient.
         """
-        counted = self.rel_error[self.counted]
-        worst = float(counted.max()) if counted.size else 0.0
+        happy = THRESHOLDS[Tier.HAPPY]
+        noise_ok = self.within_noise & (self.rel_error < happy)
+        judged = self.counted & (~self.within_noise | noise_ok)
+        worst = float(self.rel_error[judged].max()) if judged.any() else 0.0
         d = self.direction
-        if d is not None and d.counted:
+        if d is not None and d.counted and (not d.within_noise or d.rel_error < happy):
             worst = max(worst, d.rel_error)
         return worst
 
@@ -217,10 +222,10 @@ class Result:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tier):  # before int: Tier is an IntEnum
+        return value.label
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, Tier):
-        return value.label
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return repr(value)
@@ -232,6 +237,8 @@ class GradcheckError(AssertionError):
     A subclass of `AssertionError`, so pytest shows it as a test failure. The message
     lists the worst coordinates; `.result` holds the whole `Result`.
     """
+
+    __module__ = "pytest_gradcheck"
 
     def __init__(self, result: Result) -> None:
         self.result = result

@@ -29,3 +29,17 @@ def steps(eps: float | str, values: np.ndarray) -> np.ndarray:
 def noise_floor(f_plus: float, f_minus: float, h: float) -> float:
     """The absolute error a centered difference can have from round-off alone."""
     return NOISE_ULPS * EPS64 * max(abs(f_plus), abs(f_minus)) / h
+
+
+def value_floor(gradient: np.ndarray, values: np.ndarray) -> float:
+    """Round-off of f implied by a block's scale, before dividing by h.
+
+    |f| alone underestimates the round-off of f when f is small next to its own
+    intermediate values (a normalisation, a cancellation): a block whose gradients reach
+    G at values of size X makes f handle quantities of at least G * max(1, X).
+    """
+    if gradient.size == 0:
+        return 0.0
+    g = float(np.max(np.abs(gradient)))
+    x = max(1.0, float(np.max(np.abs(values)))) if values.size else 1.0
+    return NOISE_ULPS * EPS64 * g * x

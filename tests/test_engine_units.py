@@ -314,10 +314,11 @@ def test_bisection_localizes_a_single_wrong_entry_the_sample_misses():
     assert block.numeric[j] == pytest.approx(x[k], rel=1e-7)
     assert block.rel_error[j] == pytest.approx(0.01 / 1.01, rel=1e-6)
     assert block.tier is Tier.UNCOMFORTABLE
-    # about 2 evaluations per halving, plus a few to confirm
+    # about 2 evaluations per halving, plus a few to confirm (and one more evaluation
+    # of the center, spent by every failing check to rule out a non-deterministic f)
     extra = result.evaluations - baseline.evaluations
     levels = math.log2(N_BIG)
-    assert 2 * math.floor(levels) <= extra <= 2 * math.ceil(levels) + 6
+    assert 2 * math.floor(levels) <= extra <= 2 * math.ceil(levels) + 7
     with pytest.raises(GradcheckError, match=str(k)):
         gradcheck(f, x, grad=grad, samples_per_block=SAMPLES)
 

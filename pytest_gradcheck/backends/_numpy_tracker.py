@@ -22,8 +22,7 @@ _RECORDER: ContextVar[SignatureRecorder | None] = ContextVar(
     "gradcheck_numpy_recorder", default=None
 )
 
-_WINNER = {np.maximum: np.greater_equal, np.fmax: np.greater_equal,
-           np.minimum: np.less_equal, np.fmin: np.less_equal}  # fmt: skip
+_WINNER = {np.maximum, np.fmax, np.minimum, np.fmin}
 _COMPARISONS = {np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal}
 _SIGNS = {np.absolute, np.sign, np.fabs, np.heaviside, np.copysign}
 _STEPS = {np.floor, np.ceil, np.rint, np.trunc, np.floor_divide, np.remainder, np.fmod}
@@ -74,8 +73,20 @@ def _arg_along(x: np.ndarray, axis: Any, fn: Any) -> np.ndarray:
     axes = tuple(a % x.ndim for a in axes)
     keep = [a for a in range(x.ndim) if a not in axes]
     moved = np.transpose(x, keep + list(axes))
-    flat = moved.reshape((*moved.shape[:len(keep)], -1))
+    flat = moved.reshape((*moved.shape[: len(keep)], -1))
     return np.asarray(fn(flat, axis=-1))
+
+
+def _ties_along(x: np.ndarray, axis: Any, result: Any) -> np.ndarray:
+    """How many entries share the winning value in each reduced slice (exact ties)."""
+    x = np.asarray(x)
+    if axis is None:
+        return np.asarray(np.count_nonzero(x == np.asarray(result)))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    win = np.expand_dims(np.asarray(result), tuple(a % x.ndim for a in axes))
+    if win.ndim != x.ndim:  # keepdims=True already kept them
+        win = np.asarray(result)
+    return np.count_nonzero(x == win, axis=axes)
 
 
 class Tracked(np.ndarray):
@@ -98,7 +109,9 @@ class Tracked(np.ndarray):
         name = ufunc.__name__
         if method == "__call__":
             if ufunc in _WINNER:
-                _record(name, _WINNER[ufunc](inputs[0], inputs[1]))
+                # three states: an exact tie is a branch of its own, so a difference
+                # from a tie matches neither side and is not judged one-sidedly
+                _record(name, np.sign(np.subtract(inputs[0], inputs[1])).astype(np.int8))
             elif ufunc in _COMPARISONS:
                 _record(name, result)
             elif ufunc in _SIGNS:
@@ -109,11 +122,17 @@ class Tracked(np.ndarray):
                 x, lo, hi = ([*list(inputs), None, None])[:3]
                 lo = -np.inf if lo is None else lo
                 hi = np.inf if hi is None else hi
-                _record(name, (np.less(x, lo).astype(np.int8) - np.greater(x, hi)))
+                # below, at the lower bound, inside, at the upper bound, above
+                side = np.sign(np.subtract(x, lo)).astype(np.int8) + np.sign(
+                    np.subtract(x, hi)
+                ).astype(np.int8)
+                _record(name, side)
         elif method in ("reduce", "accumulate", "reduceat") and ufunc in _WINNER:
             if method == "reduce":
                 fn = np.argmax if ufunc in (np.maximum, np.fmax) else np.argmin
-                _record(name + ".reduce", _arg_along(inputs[0], kwargs.get("axis", 0), fn))
+                axis = kwargs.get("axis", 0)
+                _record(name + ".reduce", _arg_along(inputs[0], axis, fn))
+                _record(name + ".ties", _ties_along(inputs[0], axis, result))
             else:
                 _record(f"{name}.{method}", result)
 
