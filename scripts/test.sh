@@ -4,6 +4,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 if [ -f mkdocs.yml ]; then
-  .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$(mktemp -d)" 2>&1 | grep -vE "^INFO" || true
+  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$(mktemp -d)" >/dev/null 2>&1
 fi
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
