@@ -33,7 +33,9 @@ from ._tree import child_name, iter_leaves, map_leaves
 _NO_GRAD = (
     "gradcheck: f works on NumPy arrays, so pass grad=: a callable with f's signature "
     "returning the gradients (a tuple with one entry per positional argument, None for "
-    "non-floating ones; with params=, a dict keyed like params)"
+    "non-floating ones; with params=, a dict keyed like params). If f is a PyTorch or "
+    "JAX function, pass its inputs as tensors or jax arrays: the analytic gradient then "
+    "comes from autograd or jax.grad"
 )
 
 
