@@ -14,7 +14,21 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DirectionResult:
-    """The directional check of a block: analytic v·g against the difference along v."""
+    """The directional check of a block: analytic v·g against the difference along v.
+
+    v is a seeded random unit vector over all of the block's coordinates, so the
+    direction covers every coordinate in two evaluations.
+
+    Attributes:
+        analytic: v·g, from the analytic gradient.
+        numeric: (f(x + h v) - f(x - h v)) / 2h.
+        rel_error: |analytic - numeric| / max(|analytic|, |numeric|).
+        step: the step h used (smaller than eps after kink retries).
+        kink_crossed: whether the difference crossed a kink at every step tried.
+        within_noise: whether the disagreement is within float64 round-off.
+        tier: the tier of this comparison (HAPPY when within noise).
+        one_sided: a crossing rescued by a one-sided difference on the center's side.
+    """
 
     analytic: float
     numeric: float
@@ -38,6 +52,25 @@ class BlockResult:
 
     The arrays hold one entry per checked coordinate; `indices` gives each one's
     position in the block (a tuple, the multi-index).
+
+    Attributes:
+        name: the block's name: ``args[0]``, ``args[1]['W1']``, ``fc1.weight``, ``W1``.
+        shape: the block's shape.
+        dtype: the user's dtype (the check itself ran in float64).
+        indices: the multi-index of each checked coordinate.
+        analytic: the analytic gradient at each checked coordinate (float64).
+        numeric: the centered difference at each checked coordinate (float64).
+        rel_error: |analytic - numeric| / max(|analytic|, |numeric|), 0 where both are 0.
+        kink_crossed: whether the coordinate's difference crossed a kink at every step.
+        step: the step h used for each coordinate.
+        within_noise: whether the disagreement is within float64 round-off (judged HAPPY).
+        tier: the worst tier of the coordinates and direction that count.
+        passed: whether `tier` is no worse than the check's tolerance.
+        one_sided: kink-crossed coordinates rescued by a one-sided difference (they count).
+        direction: the directional check of the block (None for 1-element blocks or
+            ``mode="coords"``).
+        localized: coordinates found by bisection after the direction failed (they are
+            also in `indices`).
     """
 
     name: str
@@ -142,6 +175,27 @@ class Result:
     term when f returned a mapping. `passed` is false when any block, in the total or
     in any term, is worse than `tolerance`; `tier` and `max_rel_error` are the worst
     over the total and the terms.
+
+    Attributes:
+        passed: whether every block, in the total and in each term, met the tolerance.
+        tier: the worst tier over the total and the terms.
+        max_rel_error: the worst relative error that counts (see
+            `BlockResult.max_rel_error`).
+        tolerance: the worst tier that passes.
+        blocks: one `BlockResult` per checked block, for the total loss.
+        terms: one `Result` per named term (empty unless f returned a mapping).
+        kinks_crossed: coordinates and directions whose difference crossed a kink.
+        evaluations: calls of f, the analytic pass and burn-in included.
+        warnings: what the check noticed: float32 inputs, tiny gradients, a dominating
+            term, a burn-in that did not lower the loss.
+        kinks_present: whether winner tracking saw any max-like decision.
+        framework: "numpy", "torch" or "jax".
+        term: the term this result is for (None for the total).
+        options: the resolved options of the check.
+        seconds: wall time of the check.
+        burn_in_losses: the loss before each burn-in step and at the checked point.
+        sweep: step-size sweep rows ``(block, index, {h: rel_error})``.
+        scale: the power of two the loss was multiplied by (``scale="auto"``).
     """
 
     passed: bool

@@ -16,6 +16,12 @@ class Tier(enum.IntEnum):
 
     Ordered: ``Tier.HAPPY < Tier.OK < Tier.UNCOMFORTABLE < Tier.WRONG``, so the worst
     of several tiers is their `max`.
+
+    Attributes:
+        HAPPY: relative error < 1e-7.
+        OK: < 1e-4: fine for objectives with kinks, too high for smooth ones.
+        UNCOMFORTABLE: < 1e-2.
+        WRONG: >= 1e-2: the gradient is probably wrong.
     """
 
     HAPPY = 0  #: relative error < 1e-7
