@@ -24,7 +24,7 @@ Nothing here is imported until a torch check runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,16 +67,23 @@ def _any_float(*xs: Any) -> bool:
     return any(_is_float(x) for x in xs)
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """The tensors in an aten op's arguments or outputs (flat, lists and tuples)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors in an aten op's arguments or outputs (flat, lists and tuples), in order.
+
+    Called several times for every op f runs: a loop over a stack, not a recursive
+    generator, which costs several times more.
+    """
+    found: list[torch.Tensor] = []
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+    return found
 
 
 _POSITIONS: dict[Any, dict[str, tuple[int, bool, Any]]] = {}
@@ -451,7 +458,7 @@ def promote(func: Any, args: tuple, kwargs: dict, device: torch.device | None) -
     arguments torch wants on the CPU). Arguments the op writes to (in place, ``out=``)
     are left alone.
     """
-    tensors = list(_tensors((args, kwargs)))
+    tensors = _tensors((args, kwargs))
     floats = [t for t in tensors if t.is_floating_point()]
     if not floats:
         return args, kwargs
@@ -509,17 +516,38 @@ class WinnerTracker(TorchDispatchMode):
         watch_precision: bool = False,
         promote: bool = False,
         device: torch.device | None = None,
+        guard: frozenset[int] = frozenset(),
+        measure: bool = False,
+        batched: bool = False,
+        watch: dict[int, int] | None = None,
     ):
         super().__init__()
         self.recorder = recorder
         self.watch_precision = watch_precision
         self.promote = promote
         self.device = device
+        #: storage addresses f must not read (see `Leak`)
+        self.guard = guard
+        #: with `measure`: the bytes of every tensor the ops returned (a bound on memory)
+        self.measure = measure
+        self.bytes_out = 0
+        #: with `measure`: the bytes each op returned, in order, and for each storage
+        #: address in `watch` (a block's), the index of the first op that read it
+        self.op_bytes: list[int] = []
+        self.first_use: dict[int, int] = {}
+        self._watch_storage = watch or {}
         self.lowered: dict[str, str] = {}
+        #: ``(op, shape, dtype)`` of each decision, in order, once `finish()` has run
+        self.layout: list[tuple[str, tuple[int, ...], torch.dtype]] = []
         self._pending: list[tuple[str, torch.Tensor]] = []
+        #: f runs under vmap: `_hints` keeps, per decision, what `finish_batched` needs
+        self.batched = batched
+        self._hints: list[tuple[bool, torch.Tensor | None]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.guard:
+            _check_guard(func, args, kwargs, self.guard)
         if self.promote:
             args, kwargs = promote(func, args, kwargs, self.device)
         rule = _RULES.get(func.overloadpacket) if self.recorder is not None else None
@@ -531,9 +559,30 @@ class WinnerTracker(TorchDispatchMode):
             decision = rule.fn(func, args, kwargs, out)
         if decision is not None:
             self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
+            if self.batched:
+                self._hints.append(_hint(func, args, kwargs, out))
         if self.watch_precision:
             self._watch(func, args, kwargs, out)
+        if self.measure:
+            self._measure(args, kwargs, out)
         return out
+
+    def _measure(self, args: tuple, kwargs: dict, out: Any) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in _tensors(out))
+        self.bytes_out += nbytes
+        if self._watch_storage:
+            for t in _tensors((args, kwargs)):
+                block = self._watch_storage.get(_address(t))
+                if block is not None and block not in self.first_use:
+                    self.first_use[block] = len(self.op_bytes)
+        self.op_bytes.append(nbytes)
+
+    def bytes_after(self) -> dict[int, int]:
+        """For each watched block: the bytes f's ops returned from its first use on."""
+        suffix = [0] * (len(self.op_bytes) + 1)
+        for i in range(len(self.op_bytes) - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + self.op_bytes[i]
+        return {block: suffix[i] for block, i in self.first_use.items()}
 
     def _watch(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         if func.overloadpacket.__name__ in _SHAPE_ONLY:
@@ -548,7 +597,166 @@ class WinnerTracker(TorchDispatchMode):
 
     def finish(self) -> None:
         """Feed the recorded decisions, in order, into the recorder."""
+        self.layout = [(op, tuple(d.shape), d.dtype) for op, d in self._pending]
         if self.recorder is not None:
             for op, decision in self._pending:
                 self.recorder.record(op, decision_bytes(decision))
         self._pending.clear()
+
+    def finish_batched(
+        self, batch: int, layout: Sequence[tuple[str, tuple[int, ...], torch.dtype]]
+    ) -> list[SignatureRecorder] | None:
+        """Split the decisions of a vmapped evaluation into one recorder per batch element.
+
+        Under ``torch.func.vmap`` this mode sits below the batching layer, so it sees the
+        physical tensors: a decision computed from batched values carries the batch as an
+        extra dimension, one computed from values every element shares has none. `layout`
+        is the ``(op, shape, dtype)`` sequence of an unbatched evaluation of the same f
+        (`self.layout` after `finish()`). Each decision must match it: the same op and
+        dtype, and a physical shape that is the logical one (shared by every element), or
+        the logical one with `batch` inserted at one position, or, for the few ops whose
+        batching rule folds the batch into their first dimension or flattens each
+        element (`_FOLDED`), that folded shape. The caller chooses `batch` so that it is
+        none of the logical sizes, which makes the position of the batch unambiguous.
+        An op without a batching rule is run by vmap once per element: its decisions
+        then come as `batch` consecutive logical ones, in element order. A full
+        ``max``/``min``/``median`` reduction (a mask of the winners unbatched) reaches
+        this mode as a reduction along one flattened dim, whose winners' mask is kept
+        for it. The mode must have been created with ``batched=True``.
+        Element i's recorder then receives exactly the bytes an unbatched evaluation of
+        element i would record, so its digest equals that evaluation's signature.
+        Returns None when a decision does not fit (the caller evaluates point by point).
+        """
+        pending, self._pending = self._pending, []
+        hints, self._hints = self._hints, []
+        if self.recorder is None or len(hints) != len(pending):
+            return None
+        recorders = [SignatureRecorder() for _ in range(batch)]
+        j = 0
+        for op0, shape0, dtype0 in layout:
+            if j >= len(pending):
+                return None
+            op, decision = pending[j]
+            looped, mask = hints[j]
+            if op != op0:
+                return None
+            run = pending[j : j + batch]
+            if (
+                looped
+                and len(run) == batch
+                and all(o == op and tuple(d.shape) == shape0 and d.dtype == dtype0 for o, d in run)
+            ):
+                # no batching rule: vmap called the op once per element, in order
+                for recorder, (_, d) in zip(recorders, run, strict=True):
+                    recorder.record(op, decision_bytes(d))
+                j += batch
+                continue
+            if decision.dtype != dtype0 and mask is not None and dtype0 == torch.bool:
+                # a full max/min/median reduction, which vmap runs along a flattened dim
+                if tuple(mask.shape) != (batch, math.prod(shape0)):
+                    return None
+                decision = mask.reshape(batch, *shape0)
+            if decision.dtype != dtype0:
+                return None
+            rows = _batch_rows(op, decision.detach(), shape0, batch)
+            if rows is None:
+                return None
+            if isinstance(rows, bytes):
+                for recorder in recorders:
+                    recorder.record(op, rows)
+            else:
+                for recorder, data in zip(recorders, rows, strict=True):
+                    recorder.record(op, data)
+            j += 1
+        return recorders if j == len(pending) else None
+
+
+class Leak(RuntimeError):
+    """f read a tensor that a batched evaluation replaces (it holds the unperturbed values)."""
+
+
+def _address(t: torch.Tensor) -> int:
+    """The address of a tensor's storage (0 where it has none that can be read)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return 0
+
+
+def _check_guard(func: Any, args: tuple, kwargs: dict, guard: frozenset[int]) -> None:
+    for t in _tensors((args, kwargs)):
+        address = _address(t)
+        if address and address in guard:
+            raise Leak(
+                f"f reads a checked tensor through {func} without going through the "
+                "substituted module parameter, argument or params entry (a tensor captured "
+                "by a closure, or aliasing another block)"
+            )
+
+
+#: decisions whose batching rule folds the batch into the first dimension (batch-major:
+#: (B*N, ...) for a logical (N, ...)) or flattens each element ((B, N*M*...)); checked
+#: against the unbatched decisions of distinct elements in tests/torch/test_torch_batched.py
+_FOLDED = frozenset(
+    {
+        "max_pool1d_with_indices",
+        "max_pool2d_with_indices",
+        "max_pool3d_with_indices",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "fractional_max_pool2d",
+        "smooth_l1_loss",
+        "huber_loss",
+    }
+)
+
+_UNBATCHED: dict[Any, bool] = {}
+
+#: reductions along a dim whose full-reduction form records the mask of the winners
+_FULL_REDUCTIONS = frozenset({aten.max.dim, aten.min.dim, aten.median.dim, aten.nanmedian.dim})
+
+
+def _hint(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple[bool, torch.Tensor | None]:
+    """(whether vmap runs `func` once per element, the winners' mask of a dim reduction)."""
+    looped = _UNBATCHED.get(func)
+    if looped is None:
+        try:
+            looped = not torch._C._dispatch_has_kernel_for_dispatch_key(
+                func.name(), "FuncTorchBatched"
+            )
+        except (AttributeError, RuntimeError, TypeError):
+            looped = False  # unknown: a per-element run is then not recognised
+        _UNBATCHED[func] = looped
+    mask = None
+    if func in _FULL_REDUCTIONS and _is_float(args[0]):
+        dim = _arg(func, args, kwargs, "dim")
+        values = out[0] if _arg(func, args, kwargs, "keepdim") else out[0].unsqueeze(dim)
+        mask = args[0] == values
+    return looped, mask
+
+
+def _batch_rows(
+    op: str, decision: torch.Tensor, shape: tuple[int, ...], batch: int
+) -> bytes | list[bytes] | None:
+    """The bytes of each element's decision (bytes: one value every element shares)."""
+    physical = tuple(decision.shape)
+    if physical == shape:
+        return decision_bytes(decision)
+    rows: torch.Tensor | None = None
+    if len(physical) == len(shape) + 1:
+        at = [p for p in range(len(physical)) if physical[p] == batch]
+        if len(at) == 1 and physical[: at[0]] + physical[at[0] + 1 :] == shape:
+            rows = decision.movedim(at[0], 0)
+    elif op in _FOLDED and decision.numel() == batch * math.prod(shape) and shape:
+        folded = physical == (batch * shape[0], *shape[1:])
+        flat = physical == (batch, math.prod(shape))
+        if folded or flat:
+            rows = decision.reshape(batch, *shape)
+    if rows is None:
+        return None
+    header = np.asarray(shape, dtype=np.int64).tobytes() + str(decision.dtype).encode()
+    array = rows.contiguous().cpu().numpy().reshape(batch, -1)
+    if array.dtype == np.bool_:
+        array = np.packbits(array, axis=1)
+    return [header + row.tobytes() for row in array]
