@@ -389,7 +389,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         terms=terms,
         kinks_crossed=total.kinks_crossed,
         evaluations=counter.count,
-        warnings=tuple(dict.fromkeys(warnings)),
+        warnings=tuple(dict.fromkeys(w.removeprefix("gradcheck: ") for w in warnings)),
         kinks_present=kinks_present,
         framework=framework,
         term=None,

@@ -13,7 +13,7 @@ from ._tree import iter_leaves
 
 
 def _framework_of(leaf: Any) -> str | None:
-    """"torch" or "jax" for their arrays (and torch modules), else None.
+    """Name "torch" or "jax" for their arrays (and torch modules), else None.
 
     Only frameworks the user has imported already are asked: a leaf of a framework
     that is not in `sys.modules` cannot exist.
