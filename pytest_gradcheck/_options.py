@@ -56,7 +56,10 @@ CLI: dict[str, tuple[str, str]] = {
     "mode": ("mode", "'coords', 'directions' or 'both' (default)"),
     "burn_in_lr": ("burn-in-lr", "step size of the burn-in's SGD (default 1e-2)"),
     "scale": ("scale", "'auto' rescales the loss when gradients are tiny"),
-    "sweep": ("h-sweep", "add a step-size sweep table for the worst coordinates"),
+    "sweep": (
+        "h-sweep",
+        "add a step-size sweep table (h = 1e-1 ... 1e-10) for the worst coordinates",
+    ),
     "dominance": ("dominance", "term-dominance warning ratio (default 100)"),
     "batch": ("batch", "evaluate perturbed points as a vmap batch where possible (default on)"),
 }

@@ -309,10 +309,29 @@ def section_lines(report: SessionReport, detail: str, width: int = 80) -> list[l
                             _tier(b["tier"]),
                         ]
                     )
+        lines.extend(_sweep_lines(check))
     s = report.summary()
     counts = ", ".join(f"{n} {t}" for t, n in s["tiers"].items() if n)
     lines.append([(f"{s['checks']} check(s) in {s['tests']} test(s): {counts}", _NO_MARKUP)])
     return lines
+
+
+def _sweep_lines(check: Mapping[str, Any]) -> list[list[Segment]]:
+    """The step-size sweep of a check (``sweep=True``, ``--gradcheck-h-sweep``), if any."""
+    rows = check.get("sweep") or []
+    if not rows:
+        return []
+    steps = sorted({float(h) for row in rows for h in row["rel_error"]}, reverse=True)
+    head = f"    {'h-sweep':<20} " + " ".join(f"{h:>8.0e}" for h in steps)
+    out: list[list[Segment]] = [[(head, _NO_MARKUP)]]
+    for row in rows:
+        errors = {float(h): e for h, e in row["rel_error"].items()}
+        where = f"{row['block']}[{', '.join(str(i) for i in row['index'])}]"
+        cells = " ".join(
+            f"{errors[h]:>8.1e}" if errors.get(h) is not None else f"{'-':>8}" for h in steps
+        )
+        out.append([(f"    {_fit(where, 20):<20} {cells}", _NO_MARKUP)])
+    return out
 
 
 def plain_lines(lines: list[list[Segment]]) -> list[str]:

@@ -61,8 +61,10 @@ class _State:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradcheck", "gradient checks (pytest-gradcheck)")
     for name, (flag, help_text) in CLI.items():
+        # --gradcheck-h-sweep is a plain switch (a value would swallow a test path)
+        bare = {"action": "store_const", "const": "on"} if name == "sweep" else {}
         group.addoption(
-            f"--gradcheck-{flag}", dest=f"gradcheck_{name}", default=None, help=help_text
+            f"--gradcheck-{flag}", dest=f"gradcheck_{name}", default=None, help=help_text, **bare
         )
         parser.addini(f"gradcheck_{name}", help=f"gradcheck: {help_text}", default=None)
     extra = {
