@@ -371,7 +371,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     _dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
     _active_range_warnings(specs, grad, scale, warnings)
 
-    if not all(r.passed for r in results.values()):
+    mostly_excluded = _excluded_warnings(results[TOTAL], warnings)
+    if mostly_excluded or not all(r.passed for r in results.values()):
         _check_deterministic(counter, grad.center)
     sweep_rows = _sweep(counter, specs, results[TOTAL], scale) if opts.sweep else ()
 
@@ -602,6 +603,31 @@ def _dominance_warnings(
                 f"{small!r} ({top / second:.3g}x): an error in {small!r} would hide in the "
                 f"total; check the terms on their own (Result.terms)"
             )
+
+
+def _excluded_warnings(total: Result, warnings: list[str]) -> bool:
+    """Warn about blocks that kink exclusions left (nearly) unchecked.
+
+    Returns whether more than half of some block's comparisons were excluded: random
+    decisions (a mask drawn from a generator the check cannot reset) look like kinks
+    crossed everywhere, so such a check is then tested for determinism too.
+    """
+    suspicious = False
+    for block in total.blocks:
+        counted = int(block.counted.sum())
+        total_n = len(block.indices)
+        if block.direction is not None:
+            counted += int(block.direction.counted)
+            total_n += 1
+        if total_n and total_n - counted > total_n / 2:
+            suspicious = True
+        if total_n and counted == 0:
+            warnings.append(
+                f"block {block.name!r} was not checked: all {total_n} of its comparisons "
+                "crossed a kink and were excluded; check at another point (another seed or "
+                "fewer datapoints) or with a smaller eps"
+            )
+    return suspicious
 
 
 def _check_deterministic(counter: _Counter, center: Evaluation) -> None:

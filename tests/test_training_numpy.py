@@ -197,3 +197,10 @@ def test_eps_auto_scales_the_step_with_the_coordinate():
     assert steps[0] == steps[1] < steps[2]
     assert steps[2] == pytest.approx(steps[1] * 30.0)
     assert r.passed and r.tier is Tier.HAPPY
+
+
+def test_a_block_whose_comparisons_are_all_excluded_is_reported_unchecked():
+    x = np.array([0.0])  # |x| exactly at its kink: the tie matches neither side
+    r = gradcheck(lambda x: np.abs(x).sum(), x, grad=lambda x: (np.sign(x),))
+    assert r.passed and r.kinks_crossed == 1
+    assert any("'args[0]' was not checked" in w for w in r.warnings)

@@ -24,9 +24,11 @@ annotate the block. They render as nothing on the site.
 - ``<!-- output -->`` above a ```text block: the block is what the page's previous
   python block prints (a script's standard output, then the message of the exception
   it is expected to raise; for a test file, a part of pytest's output), compared line
-  by line with runs of whitespace collapsed. ``GRADCHECK_DOCS_UPDATE=1 pytest
-  tests/docs`` rewrites a script's ```text block with what it prints now (run it
-  without xdist, then read the diff).
+  by line with runs of whitespace collapsed (an empty block matches only an empty
+  output). ``GRADCHECK_DOCS_UPDATE=1 pytest tests/docs`` rewrites a script's ```text
+  block with what it prints now: each rewrite re-reads the page and finds its block
+  again, so a page with several stale blocks is fixed in one run. Run it without
+  xdist (a worker refuses), then read the diff.
 
 Anything else in such a comment is an error, so a misspelt annotation cannot make a
 block silently pass.
@@ -67,12 +69,15 @@ class Block:
     lang: str
     code: str
     notes: dict[str, str] = field(default_factory=dict)
+    end: int = 0  # 1-based line of the closing fence (len(lines) + 1 if it is missing)
+    ordinal: int = 0  # position among the page's fenced blocks, from 0
     previous: Block | None = None  # the page's previous python block
     output: Block | None = None  # the ```text block marked <!-- output --> after it
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page
+        return f"{page}:{self.line}"
 
     @property
     def is_test_file(self) -> bool:
@@ -107,7 +112,8 @@ def parse(page: Path) -> list[Block]:
         ):
             end += 1
         body = [ln[len(indent) :] if ln.startswith(indent) else ln for ln in lines[i + 1 : end]]
-        blocks.append(Block(page, i + 1, lang, textwrap.dedent("\n".join(body)) + "\n", notes))
+        code = textwrap.dedent("\n".join(body)) + "\n"
+        blocks.append(Block(page, i + 1, lang, code, notes, end=end + 1, ordinal=len(blocks)))
         i = end + 1
     python: Block | None = None
     for b in blocks:
@@ -152,9 +158,10 @@ def _check_output(block: Block, printed: str) -> None:
         return
     want, got = _normalise(block.output.code), _normalise(printed)
     n = len(want)
-    found = any(got[k : k + n] == want for k in range(len(got) - n + 1))
+    # an empty ```text block matches only an empty output (not everything)
+    found = any(got[k : k + n] == want for k in range(len(got) - n + 1)) if want else not got
     if not found and os.environ.get(UPDATE) and not block.is_test_file:
-        _update_output(block.output, printed)
+        update_output(block, printed)
         return
     assert found, (
         f"{block.output.where}: the ```text block is not what {block.where} prints.\n"
@@ -162,16 +169,34 @@ def _check_output(block: Block, printed: str) -> None:
     )
 
 
-def _update_output(output: Block, printed: str) -> None:
-    """Write what a script printed into its ```text block (GRADCHECK_DOCS_UPDATE=1)."""
-    text = output.page.read_text()
-    lines = text.splitlines(keepends=True)
+def update_output(block: Block, printed: str) -> None:
+    """Write what a script printed into its ```text block (GRADCHECK_DOCS_UPDATE=1).
+
+    `block` was parsed when this module was collected; an earlier rewrite of the same
+    page may have moved or resized everything after it since. So the page is read and
+    parsed again, and the block found by its ordinal among the page's fenced blocks
+    (a rewrite changes what is inside a ```text block, never how many blocks there
+    are), checked by its code, and its output block replaced between the fences of
+    the fresh parse.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        raise RuntimeError(f"{UPDATE}=1 rewrites pages: run it without xdist (-p no:xdist)")
+    fresh = parse(block.page)
+    now = fresh[block.ordinal] if block.ordinal < len(fresh) else None
+    if now is None or now.lang != block.lang or now.code != block.code or now.output is None:
+        raise RuntimeError(f"{block.where}: the page changed under the update; run it again")
+    output = now.output
+    lines = block.page.read_text().splitlines(keepends=True)
+    if output.end > len(lines):
+        raise RuntimeError(f"{output.where}: the ```text block has no closing fence")
     fence = lines[output.line - 1]
     indent = fence[: len(fence) - len(fence.lstrip())]
-    end = output.line + len(output.code.rstrip("\n").splitlines())
+    marker = fence.strip()[:3]
     new = [indent + line + "\n" if line else "\n" for line in printed.rstrip().splitlines()]
-    lines[output.line : end] = new
-    output.page.write_text("".join(lines))
+    if any(line.strip().startswith(marker) for line in new):
+        raise RuntimeError(f"{output.where}: the output holds a fence line; not rewritten")
+    lines[output.line : output.end - 1] = new  # between the opening and the closing fence
+    block.page.write_text("".join(lines))
 
 
 def _requires(block: Block) -> None:
@@ -299,3 +324,111 @@ def test_docs_have_examples() -> None:
     """The parser finds the examples (a broken fence regex would find none)."""
     assert len(BLOCKS) >= 20
     assert {b.page.name for b in BLOCKS} >= {"index.md", "numpy.md", "README.md"}
+
+
+UPDATE_PAGE = """\
+# A page
+
+```python
+print("no output block")
+```
+
+```python
+print("first", "line")
+print("second line")
+print("third line")
+```
+
+Some prose.
+
+<!-- output -->
+```text
+old
+```
+
+```python
+print("one line")
+```
+
+More prose.
+
+<!-- output -->
+```text
+old 1
+old 2
+old 3
+old 4
+```
+
+```python
+print("up to date")
+```
+
+<!-- output -->
+```text
+up to date
+```
+
+```python
+print("was empty")
+```
+
+<!-- output -->
+```text
+```
+
+The end.
+"""
+
+
+def test_update_rewrites_every_output_block_of_a_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRADCHECK_DOCS_UPDATE=1 on a page with several output blocks of changing lengths.
+
+    The blocks are parsed once, as at collection; the first rewrite makes its block 2
+    lines longer and moves everything below it, the second makes its block 3 lines
+    shorter, the last fills an empty one. Each must land between its own fences, the
+    rest of the page untouched.
+    """
+    page = tmp_path / "page.md"
+    page.write_text(UPDATE_PAGE)
+    scripts = [b for b in parse(page) if b.lang == "python"]
+    assert [b.output is not None for b in scripts] == [False, True, True, True, True]
+    monkeypatch.setenv(UPDATE, "1")
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    for block in scripts:
+        _check_output(block, _run_script(block, {}))
+    expected = UPDATE_PAGE.replace(
+        "```text\nold\n```", "```text\nfirst line\nsecond line\nthird line\n```"
+    ).replace("```text\nold 1\nold 2\nold 3\nold 4\n```", "```text\none line\n```")
+    expected = expected.replace("```text\n```", "```text\nwas empty\n```")
+    assert page.read_text() == expected
+    # a second pass finds every block up to date and changes nothing
+    monkeypatch.delenv(UPDATE)
+    for block in (b for b in parse(page) if b.lang == "python"):
+        _check_output(block, _run_script(block, {}))
+    assert page.read_text() == expected
+
+
+def test_update_refuses_a_page_changed_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    page = tmp_path / "page.md"
+    page.write_text('```python\nprint("a")\n```\n\n<!-- output -->\n```text\nb\n```\n')
+    (block,) = (b for b in parse(page) if b.lang == "python")
+    page.write_text('```python\nprint("c")\n```\n\n<!-- output -->\n```text\nb\n```\n')
+    with pytest.raises(RuntimeError, match="changed under the update"):
+        update_output(block, "a\n")
+
+
+def test_update_refuses_under_xdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers would rewrite the same page at once: the update runs serially only."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    page = tmp_path / "page.md"
+    page.write_text('```python\nprint("a")\n```\n\n<!-- output -->\n```text\nb\n```\n')
+    (block,) = (b for b in parse(page) if b.lang == "python")
+    with pytest.raises(RuntimeError, match="without xdist"):
+        update_output(block, "a\n")
+    assert "```text\nb\n```" in page.read_text()

@@ -109,3 +109,17 @@ def test_tiny_loss_warns_and_scale_auto_checks_cleanly():
     scaled = gradcheck(lambda x: torch.tanh(x).pow(2).sum() / 1e12, x, scale="auto")
     assert scaled.passed and scaled.tier is Tier.HAPPY and scaled.scale > 1e9
     assert not any("tiny gradients" in w for w in scaled.warnings)
+
+
+def test_a_private_generator_is_reported_even_when_its_mask_looks_like_kinks():
+    """`rand(...) < p` from a private generator changes at every evaluation: the tracker
+    sees branches flip everywhere, so the check tests determinism instead of passing."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, dtype=torch.float64)
+
+    def f(x):
+        mask = (torch.rand(x.shape, generator=gen, dtype=x.dtype) < 0.5) / 0.5
+        return torch.tanh(x * mask).sum()
+
+    with pytest.raises(ValueError, match="not deterministic"):
+        gradcheck(f, x)
