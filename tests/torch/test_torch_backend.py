@@ -18,15 +18,6 @@ from pytest_gradcheck.backends.torch import TorchBackend  # noqa: E402
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: one intra-op thread is faster and steadier than several on a busy box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def backend(f, *args, params=None, seed=0, device=None, wrt=None):
     return TorchBackend(f, args, params, None, Settings(seed=seed, device=device, wrt=wrt))
 

@@ -27,14 +27,6 @@ from pytest_gradcheck.backends.torch import TorchBackend  # noqa: E402
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def counts(monkeypatch):
     """``(batched, looped, fallback reasons)`` of every backend a check closes, in order."""

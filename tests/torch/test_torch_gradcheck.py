@@ -16,15 +16,6 @@ from pytest_gradcheck import GradcheckError, Tier, gradcheck  # noqa: E402
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: one intra-op thread is faster and steadier than several on a busy box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def failing_blocks(result):
     return {b.name for b in result.blocks if not b.passed}
 
