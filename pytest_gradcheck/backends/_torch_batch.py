@@ -35,6 +35,9 @@ BATCH_BYTES = 256 * 2**20
 #: less than this (small models: fewer calls; larger ones keep a batch per block, so the
 #: work upstream of the perturbed block is shared by the batch)
 CALL_BYTES = 2 * 2**20
+#: on the fast path (no dispatch mode), batches of at most this many points are left
+#: to the loop: measured on one CPU thread, f called once per point costs less there
+FAST_LOOP_POINTS = 8
 #: groups that fail to batch, with none succeeding, before batching is off for a check
 GIVE_UP = 2
 #: the warning vmap gives for an op without a batching rule (it then loops internally)
@@ -114,6 +117,34 @@ def _walk(
             yield from _walk(v, child_name(name, i), obj, i)
 
 
+#: index arrays already found to cover a whole block in order: ``id -> (array, size)``
+#: (the engine reuses one ``np.arange`` for both points of a direction and its retries;
+#: the array is held, so its id cannot be reused while it is here)
+_WHOLE: dict[int, tuple[Any, int]] = {}
+_WHOLE_MAX = 64
+
+
+def whole(flat_indices: Any, m: int) -> bool:
+    """Whether `flat_indices` is ``0, 1, ..., m - 1`` (a delta over the whole block).
+
+    Checked once per index array (an O(m) comparison), then remembered by identity.
+    """
+    cached = _WHOLE.get(id(flat_indices))
+    if cached is not None and cached[0] is flat_indices:
+        return cached[1] == m
+    if m <= 1 or np.size(flat_indices) != m:
+        return False
+    idx = np.asarray(flat_indices).reshape(-1)
+    if not np.issubdtype(idx.dtype, np.integer) or idx[0] != 0 or idx[-1] != m - 1:
+        return False
+    if not bool(np.all(np.diff(idx) == 1)):
+        return False
+    if len(_WHOLE) >= _WHOLE_MAX:
+        _WHOLE.clear()
+    _WHOLE[id(flat_indices)] = (flat_indices, m)
+    return True
+
+
 def stack(
     base: torch.Tensor, shape: tuple[int, ...], block: int, points: Sequence[Point], n: int
 ) -> torch.Tensor:
@@ -121,28 +152,43 @@ def stack(
 
     Each row is the base point plus the point's deltas for this block, added at their
     flat indices exactly as the unbatched evaluation adds them (one float64 addition):
-    a delta over the whole block in order (a direction) as one dense addition, the
-    others (coordinates) gathered into one scatter-add.
+    a delta over the whole block in order (a direction) as one dense addition written
+    straight into its row, the others (coordinates) gathered into one scatter-add.
     """
     m = base.numel()
     out = _uninitialized((n, m), base)
-    out.copy_(base.expand(n, m))
     device = base.device
     rows, cols, vals = [], [], []
+    written = [False] * n
     for r, point in enumerate(points):
         for index, flat_indices, values in point.deltas:
             if index != block:
+                continue
+            if not written[r] and whole(flat_indices, m):
+                val = np.asarray(values, dtype=np.float64).reshape(-1)
+                if val.size != m:
+                    val = np.broadcast_to(val, (m,))
+                torch.add(base, torch.as_tensor(val, device=device), out=out[r])
+                written[r] = True
                 continue
             idx = np.asarray(flat_indices, dtype=np.int64).reshape(-1)
             val = np.asarray(values, dtype=np.float64).reshape(-1)
             if val.size != idx.size:
                 val = np.broadcast_to(val, idx.shape).reshape(-1)
-            if idx.size == m and m > 1 and bool(np.all(idx == np.arange(m))):
-                out[r].add_(torch.as_tensor(val, device=device))
-                continue
             rows.append(np.full(idx.size, r, dtype=np.int64))
             cols.append(idx)
             vals.append(val)
+    # the rows no dense delta wrote start from the base values
+    start = 0
+    while start < n:
+        if written[start]:
+            start += 1
+            continue
+        stop = start
+        while stop < n and not written[stop]:
+            stop += 1
+        out[start:stop].copy_(base.expand(stop - start, m))
+        start = stop
     if rows:
         out.index_put_(
             (

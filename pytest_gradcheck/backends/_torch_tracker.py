@@ -446,7 +446,13 @@ def _schema_info(func: Any) -> tuple[frozenset[str], tuple[str, ...]]:
 _CPU_ARGUMENTS = frozenset({"lengths", "batch_sizes"})
 
 
-def promote(func: Any, args: tuple, kwargs: dict, device: torch.device | None) -> tuple:
+def promote(
+    func: Any,
+    args: tuple,
+    kwargs: dict,
+    device: torch.device | None,
+    tensors: list[torch.Tensor] | None = None,
+) -> tuple:
     """Bring the tensors an op reads to float64 and to the check's device.
 
     f reads the check's blocks in float64 (on the check's device), but it may also
@@ -458,7 +464,8 @@ def promote(func: Any, args: tuple, kwargs: dict, device: torch.device | None) -
     arguments torch wants on the CPU). Arguments the op writes to (in place, ``out=``)
     are left alone.
     """
-    tensors = _tensors((args, kwargs))
+    if tensors is None:
+        tensors = _tensors((args, kwargs))
     floats = [t for t in tensors if t.is_floating_point()]
     if not floats:
         return args, kwargs
@@ -543,13 +550,22 @@ class WinnerTracker(TorchDispatchMode):
         #: f runs under vmap: `_hints` keeps, per decision, what `finish_batched` needs
         self.batched = batched
         self._hints: list[tuple[bool, torch.Tensor | None]] = []
+        #: whether `promote` had to cast or move an input of some op (f then needs this
+        #: mode to run at all: the backend's fast path is off)
+        self.fixed = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        # the tensors an op reads, found once for the guard, promotion and the watches
+        inputs = _tensors((args, kwargs)) if self.guard or self.promote else None
         if self.guard:
-            _check_guard(func, args, kwargs, self.guard)
+            _check_guard(func, inputs, self.guard)
         if self.promote:
-            args, kwargs = promote(func, args, kwargs, self.device)
+            new_args, new_kwargs = promote(func, args, kwargs, self.device, inputs)
+            if new_args is not args or new_kwargs is not kwargs:
+                self.fixed = True
+                args, kwargs = new_args, new_kwargs
+                inputs = None
         rule = _RULES.get(func.overloadpacket) if self.recorder is not None else None
         decision = None
         if rule is not None and rule.before:
@@ -561,17 +577,21 @@ class WinnerTracker(TorchDispatchMode):
             self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
             if self.batched:
                 self._hints.append(_hint(func, args, kwargs, out))
-        if self.watch_precision:
-            self._watch(func, args, kwargs, out)
-        if self.measure:
-            self._measure(args, kwargs, out)
+        if self.watch_precision or self.measure:
+            if inputs is None:
+                inputs = _tensors((args, kwargs))
+            outputs = _tensors(out)
+            if self.watch_precision:
+                self._watch(func, inputs, outputs)
+            if self.measure:
+                self._measure(inputs, outputs)
         return out
 
-    def _measure(self, args: tuple, kwargs: dict, out: Any) -> None:
-        nbytes = sum(t.numel() * t.element_size() for t in _tensors(out))
+    def _measure(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in outputs)
         self.bytes_out += nbytes
         if self._watch_storage:
-            for t in _tensors((args, kwargs)):
+            for t in inputs:
                 block = self._watch_storage.get(_address(t))
                 if block is not None and block not in self.first_use:
                     self.first_use[block] = len(self.op_bytes)
@@ -584,12 +604,12 @@ class WinnerTracker(TorchDispatchMode):
             suffix[i] = suffix[i + 1] + self.op_bytes[i]
         return {block: suffix[i] for block, i in self.first_use.items()}
 
-    def _watch(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+    def _watch(self, func: Any, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         if func.overloadpacket.__name__ in _SHAPE_ONLY:
             return
-        if not any(t.dtype == torch.float64 for t in _tensors((args, kwargs))):
+        if not any(t.dtype == torch.float64 for t in inputs):
             return
-        for t in _tensors(out):
+        for t in outputs:
             if t.dtype in LOW_PRECISION:
                 name = str(func.overloadpacket).removeprefix("aten.")
                 self.lowered.setdefault(name, str(t.dtype).removeprefix("torch."))
@@ -683,8 +703,8 @@ def _address(t: torch.Tensor) -> int:
         return 0
 
 
-def _check_guard(func: Any, args: tuple, kwargs: dict, guard: frozenset[int]) -> None:
-    for t in _tensors((args, kwargs)):
+def _check_guard(func: Any, inputs: list[torch.Tensor], guard: frozenset[int]) -> None:
+    for t in inputs:
         address = _address(t)
         if address and address in guard:
             raise Leak(

@@ -93,6 +93,7 @@ loop reuses one copy in cache; the gain there is the other groups' shared work.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -121,6 +122,8 @@ from ._torch_tracker import WinnerTracker
 from ._tree import iter_leaves, map_leaves
 
 _F64 = torch.float64
+#: the signature of an evaluation without decisions (what the tracker gives for one)
+_EMPTY_SIGNATURE = SignatureRecorder().digest()
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -408,6 +411,11 @@ class TorchBackend:
         self.batched_points = 0
         self.looped_points = 0
         self._last_mode: WinnerTracker | None = None
+        # the fast path (see `_fast`): set by every `gradient` from its forward pass
+        self._clean = False  # the dispatch mode fixed nothing up (no cast, no move)
+        self._clean_tracked = False  # ... and the pass was tracked and saw no decision
+        #: points evaluated without the dispatch mode (for tests and benchmarks)
+        self.fast_points = 0
 
         self._rng = GlobalRng(settings.seed)  # validates the seed; saves random and numpy
         self._device = _resolve_device(settings.device)
@@ -632,6 +640,8 @@ class TorchBackend:
             gradient = self._gradient(mode, recorder)
         finally:
             self._repair(versions)  # after the backward passes, which may need f's writes
+        self._clean = not mode.fixed
+        self._clean_tracked = self._clean and recorder is not None and not mode.layout
         layout = list(mode.layout) if track else None
         self._reference = _Reference(gradient.center, layout, mode.bytes_out, mode.bytes_after())
         return gradient
@@ -726,6 +736,25 @@ class TorchBackend:
                 results[i] = self._evaluate_point(point, track)
         return [r for r in results if r is not None]
 
+    def _fast(self, track: bool) -> bool:
+        """Whether f can run without the dispatch mode (the fast path).
+
+        True when the forward pass of the last `gradient` needed no fix-up from the mode
+        (no input cast to float64, none moved to the check's device) and, for a tracked
+        evaluation, that pass was tracked and recorded no decision: f's ops then have no
+        max-like decision to record, and an evaluation's signature is the empty one, equal
+        to the checked point's. (A later point taking a branch the checked point did not,
+        through Python control flow on values, is the same risk as with the mode: the
+        mode sees aten ops, not Python branches.) Any decision at the checked point keeps
+        the mode for every evaluation.
+        """
+        return self._clean and (self._clean_tracked or not track)
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether tracked evaluations currently take the fast path (see `_fast`)."""
+        return self._fast(True)
+
     def _evaluate_point(self, point: Point, track: bool) -> Evaluation:
         touched = self._apply(point)
         try:
@@ -747,6 +776,7 @@ class TorchBackend:
                 block.base += torch.as_tensor(delta, device=block.base.device)
                 block.flat().copy_(block.base)
         self._reference = None  # the checked point moved
+        self._clean = self._clean_tracked = False  # until the next `gradient`
 
     def close(self) -> None:
         """Put back every swapped storage, buffer, flag and RNG state. Safe to call twice."""
@@ -837,12 +867,12 @@ class TorchBackend:
                     buffer.module._buffers[buffer.name] = buffer.obj
                 buffer.work.copy_(buffer.start)
 
-    def _forward(self, grad_enabled: bool, mode: WinnerTracker) -> Any:
-        """One call of f from the seeded RNGs and the starting buffers."""
+    def _forward(self, grad_enabled: bool, mode: WinnerTracker | None) -> Any:
+        """One call of f from the seeded RNGs and the starting buffers (mode None: plain)."""
         self._reseed()
         self._reset_buffers()
         try:
-            with torch.set_grad_enabled(grad_enabled), mode:
+            with torch.set_grad_enabled(grad_enabled), mode or contextlib.nullcontext():
                 return self.f(*self._args)
         except RuntimeError as err:
             if _MISMATCH.search(str(err)):
@@ -970,26 +1000,54 @@ class TorchBackend:
             "(.float(), .half(), dtype=) inside f for the check"
         )
 
-    def _apply(self, point: Point) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        touched = []
+    def _apply(self, point: Point) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """Add a point's deltas to the blocks in place (a direction: one dense addition)."""
+        touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
         with torch.no_grad():
             for index, flat_indices, values in point.deltas:
                 block = self._blocks[index]
                 device = block.base.device
+                flat = block.flat()
+                m = flat.numel()
+                if tb.whole(flat_indices, m):
+                    val = np.asarray(values, dtype=np.float64).reshape(-1)
+                    if val.size != m:
+                        val = np.broadcast_to(val, (m,))
+                    touched.append((flat, None, block.base))
+                    flat.add_(torch.as_tensor(val, device=device))
+                    continue
                 idx = torch.as_tensor(np.asarray(flat_indices, dtype=np.int64), device=device)
                 val = torch.as_tensor(np.asarray(values, dtype=np.float64), device=device)
-                flat = block.flat()
                 touched.append((flat, idx, block.base))
                 flat.index_put_((idx,), val, accumulate=True)
         return touched
 
-    def _undo(self, touched: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    def _undo(self, touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
         with torch.no_grad():
             for flat, idx, base in reversed(touched):
-                flat.index_put_((idx,), base[idx])  # write back the saved base values
+                if idx is None:
+                    flat.copy_(base)
+                else:
+                    flat.index_put_((idx,), base[idx])  # write back the saved base values
 
     def _evaluate_once(self, track: bool, measure: bool = False) -> Evaluation:
+        fast = not measure and self._fast(track)
+
         def attempt(grad_enabled: bool) -> Evaluation:
+            if fast:  # no dispatch mode: f runs at full speed (see `_fast`)
+                versions = self._versions()
+                try:
+                    out = self._forward(grad_enabled, None)
+                finally:
+                    self._repair(versions)
+                total, terms = self._reduce(out)
+                self.fast_points += 1
+                return Evaluation(
+                    float(total.detach().item()),
+                    {k: float(v.detach().item()) for k, v in terms.items()},
+                    _EMPTY_SIGNATURE if track else None,
+                    0,
+                )
             recorder = SignatureRecorder() if track else None
             watch = self._watch() if measure else None
             mode = self._mode(recorder, watch_precision=False, measure=measure, watch=watch)
@@ -1051,8 +1109,11 @@ class TorchBackend:
         if not eligible:
             return
         reference = self._reference_for(track)
+        # without the dispatch mode, f called point by point beats a vmapped call (its
+        # fixed cost) for a few points: a direction pass's
+        few = tb.FAST_LOOP_POINTS if self._fast(track) else 1
         for key, members, parts in self._merge(eligible, reference):
-            if len(members) < 2:
+            if len(members) <= few:
                 continue
             done = self._run_group(key, members, points, track, reference, results, len(parts) == 1)
             if not done and len(parts) > 1:
@@ -1175,9 +1236,18 @@ class TorchBackend:
         while n in sizes:  # the batch size must be unambiguous: pad with checked points
             n += 1
         inputs = [tb.stack(self._blocks[b].base, self._blocks[b].shape, b, points, n) for b in key]
-        guard = frozenset(self._storage(self._blocks[b].tensor) for b in key)
-        recorder = SignatureRecorder() if track else None
-        mode = self._mode(recorder, False, guard=guard - {0}, batched=True)
+        guard = frozenset(self._storage(self._blocks[b].tensor) for b in key) - {0}
+        fast = self._fast(track)
+        recorder = SignatureRecorder() if track and not fast else None
+        mode: Any
+        if not fast:
+            mode = self._mode(recorder, False, guard=guard, batched=True)
+        elif all(slot.kind == "arg" for b in key for slot in self._slots[b]):
+            # f reads these blocks only through its arguments (the check's own copies,
+            # which nothing else holds): nothing to guard, no dispatch mode at all
+            mode = contextlib.nullcontext()
+        else:  # a closure may hold the user's tensor: keep only the guard (see `Leak`)
+            mode = WinnerTracker(None, guard=guard)
         call = self._batched_call(key)
         versions = self._versions()
         self._reseed()
@@ -1199,8 +1269,8 @@ class TorchBackend:
             fail(key, track, "its output under vmap is not a batch of losses")
             return None
         totals, terms = values
-        recorders = mode.finish_batched(n, reference.layout or []) if track else None
-        if track and recorders is None:
+        recorders = mode.finish_batched(n, reference.layout or []) if recorder is not None else None
+        if recorder is not None and recorders is None:
             fail(key, True, "its decisions could not be split per point")
             return None
         center = reference.evaluation
@@ -1217,6 +1287,13 @@ class TorchBackend:
                 return None
         self._batch_worked = True
         self.batched_points += len(points)
+        if fast:
+            self.fast_points += len(points)
+            signature = _EMPTY_SIGNATURE if track else None
+            return [
+                Evaluation(totals[r], {k: v[r] for k, v in terms.items()}, signature, 0)
+                for r in range(p)
+            ]
         return [
             Evaluation(
                 totals[r],
