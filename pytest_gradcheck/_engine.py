@@ -316,19 +316,16 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         if p is None or v is None or not p.usable():
             continue
         for loss in losses:
-            a = float(v @ analytic(loss, b))
-            n, floor = p.quotient(loss)
-            n *= scale
-            if _verdict(a, n, floor * scale) <= tolerance:
+            g = analytic(loss, b)
+            if _pair_tier(p, float(v @ g), loss, scale) <= tolerance:
                 continue
             if any(
-                _verdict(float(analytic(loss, b)[i]), q * scale, fl * scale) > tolerance
+                _pair_tier(pp, float(g[i]), loss, scale) > tolerance
                 for i, pp in zip(coord_index[b], coord_pairs[b], strict=True)
                 if pp.usable()
-                for q, fl in [pp.quotient(loss)]
             ):
-                continue
-            spot = _bisect(counter, b, v, p, analytic(loss, b), loss, scale)
+                continue  # a sampled coordinate already shows the error
+            spot = _bisect(counter, b, v, p, g, loss, scale)
             if (
                 spot is not None
                 and spot not in coord_index[b]
@@ -412,11 +409,16 @@ def _fails(
     """Whether a (kink-free) comparison is worse than the tolerance for some loss."""
     if pair.crossed() or pair.half is not None:
         return False
-    for a, loss in zip(analytic, losses, strict=True):
-        n, floor = pair.quotient(loss)
-        if _verdict(a, n * scale, floor * scale) > tolerance:
-            return True
-    return False
+    return any(
+        _pair_tier(pair, a, loss, scale) > tolerance
+        for a, loss in zip(analytic, losses, strict=True)
+    )
+
+
+def _pair_tier(pair: _Pair, analytic: float, loss: str | None, scale: float) -> Tier:
+    """The tier of one pair's numeric value against an analytic value, for one loss."""
+    n, floor = pair.quotient(loss)
+    return _verdict(analytic, n * scale, floor * scale)
 
 
 def _verdict(a: float, n: float, floor: float) -> Tier:

@@ -11,7 +11,6 @@ straddles a kink.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 
 class SignatureRecorder:
@@ -36,19 +35,6 @@ class SignatureRecorder:
 
 #: The step divisors tried, in order, when a difference crosses a kink.
 RETRY_DIVISORS: tuple[float, ...] = (10.0, 100.0)
-
-
-@dataclass(frozen=True)
-class KinkPolicy:
-    """How crossings are handled: `track` retries with smaller steps, then excludes."""
-
-    track: bool
-
-    @classmethod
-    def from_option(cls, kinks: str) -> KinkPolicy:
-        if kinks not in ("track", "off"):
-            raise ValueError(f"gradcheck: kinks must be 'track' or 'off', got {kinks!r}")
-        return cls(track=kinks == "track")
 
 
 def crossed(plus: bytes | None, minus: bytes | None) -> bool:

@@ -171,7 +171,24 @@ def check_gradient_array(name: str, g: Any, shape: tuple[int, ...], term: str | 
     return flat
 
 
-def reduce_output(out: Any) -> str:
+def reduce_output(out: Any, expected: str | None = None) -> str:
+    """Classify a loss value: "scalar", "terms" or "array".
+
+    `expected` is the kind an earlier evaluation of the same check returned: f must
+    return the same kind everywhere. An empty mapping is rejected.
+    """
+    kind = _output_kind(out)
+    if expected is not None and kind != expected:
+        raise TypeError(
+            f"gradcheck: f returned a {kind} at one point and a {expected} at another; "
+            "it must return the same kind of loss everywhere"
+        )
+    if kind == "terms" and not out:
+        raise ValueError("gradcheck: f returned an empty mapping; return at least one named term")
+    return kind
+
+
+def _output_kind(out: Any) -> str:
     """Classify a loss value: "scalar", "terms" or "array"."""
     if isinstance(out, Mapping):
         return "terms"

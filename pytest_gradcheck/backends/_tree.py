@@ -46,8 +46,3 @@ def map_leaves(obj: Any, prefix: str, fn: Callable[[str, Any], Any]) -> Any:
     if isinstance(obj, list):
         return [map_leaves(v, child_name(prefix, i), fn) for i, v in enumerate(obj)]
     return fn(prefix, obj)
-
-
-def args_names(n: int) -> list[str]:
-    """The names of the positional arguments: ``args[0]``, ``args[1]``, ..."""
-    return [f"args[{i}]" for i in range(n)]
