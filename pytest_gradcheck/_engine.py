@@ -19,7 +19,7 @@ from ._kinks import RETRY_DIVISORS, crossed
 from ._options import Options
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import direction, sample_coordinates
-from ._steps import TINY, noise_floor, steps, value_floor
+from ._steps import TINY, absmax, noise_floor, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
 
@@ -89,7 +89,7 @@ def _value(ev: Evaluation, term: str | None) -> float:
 
 def _pair(
     block: int,
-    indices: np.ndarray,
+    indices: np.ndarray | range,
     delta: np.ndarray,
     h: float,
     value_floor: Mapping[str | None, float],
@@ -256,9 +256,15 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     scale = _scale(grad, opts, warnings)
     losses: list[str | None] = [TOTAL, *term_names]
 
+    scaled: dict[tuple[str | None, int], np.ndarray] = {}
+
     def analytic(loss: str | None, b: int) -> np.ndarray:
-        g = grad.total[b] if loss is None else grad.terms[loss][b]
-        return g * scale
+        """The gradient of one loss in one block, times `scale` (computed once; read-only)."""
+        g = scaled.get((loss, b))
+        if g is None:
+            g = grad.total[b] if loss is None else grad.terms[loss][b]
+            g = scaled[(loss, b)] = g if scale == 1.0 else g * scale
+        return g
 
     # coordinates of every block, then one direction per block
     coord_pairs: list[list[_Pair]] = []
@@ -287,7 +293,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             v = direction(spec.name, spec.size, opts.seed)
             hd = float(steps(opts.eps, np.array([np.sqrt(np.mean(base[b] ** 2))]))[0])
             dirs.append(v)
-            dir_pairs.append(_pair(b, np.arange(spec.size), v, hd, vf))
+            dir_pairs.append(_pair(b, range(spec.size), v, hd, vf))
         else:
             dirs.append(None)
             dir_pairs.append(None)
@@ -541,7 +547,7 @@ def _scale(grad: Gradient, opts: Options, warnings: list[str]) -> float:
     """The loss factor for scale="auto": a power of two bringing max |g| near 1."""
     if opts.scale != "auto":
         return 1.0
-    largest = max((float(np.max(np.abs(g))) for g in grad.total if g.size), default=0.0)
+    largest = max((absmax(g) for g in grad.total), default=0.0)
     if largest == 0.0:
         return 1.0
     k = -round(math.log2(largest))
@@ -658,7 +664,7 @@ def _active_range_warnings(
 ) -> None:
     """Warn where a block's gradients are all tiny (outside the active range)."""
     for b, spec in enumerate(specs):
-        largest = float(np.max(np.abs(grad.total[b]))) * scale if spec.size else 0.0
+        largest = absmax(grad.total[b]) * scale
         if 0.0 < largest <= TINY:
             warnings.append(
                 f"block {spec.name!r} has tiny gradients (largest |g| = {largest:.2e}, "

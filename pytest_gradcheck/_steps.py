@@ -40,6 +40,11 @@ def value_floor(gradient: np.ndarray, values: np.ndarray) -> float:
     """
     if gradient.size == 0:
         return 0.0
-    g = float(np.max(np.abs(gradient)))
-    x = max(1.0, float(np.max(np.abs(values)))) if values.size else 1.0
-    return NOISE_ULPS * EPS64 * g * x
+    return NOISE_ULPS * EPS64 * absmax(gradient) * max(1.0, absmax(values))
+
+
+def absmax(a: np.ndarray) -> float:
+    """max |a| (0 for an empty array), without the temporary array that np.abs makes."""
+    if a.size == 0:
+        return 0.0
+    return max(float(np.max(a)), -float(np.min(a)))

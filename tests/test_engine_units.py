@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pytest_gradcheck import GradcheckError, Tier, gradcheck
-from pytest_gradcheck._sampling import sample_coordinates
+from pytest_gradcheck._sampling import direction, sample_coordinates
+from pytest_gradcheck.backends._base import whole
 from pytest_gradcheck._tiers import relative_error
 
 # -- tiers ---------------------------------------------------------------------------
@@ -147,6 +148,31 @@ def test_the_sample_is_reproducible_from_the_seed():
     assert len(others) == 5
     # each block has its own sample
     assert tuple(sample_coordinates("V", 10_000, [g], 10, seed=4)) != tuple(a)
+
+
+def test_the_direction_is_a_reproducible_unit_vector_weighing_every_entry():
+    v = direction("W", 10_000, seed=4)
+    assert v.shape == (10_000,)
+    assert math.isclose(float(v @ v), 1.0, rel_tol=1e-12)
+    np.testing.assert_array_equal(v, direction("W", 10_000, seed=4))
+    assert not np.array_equal(v, direction("V", 10_000, seed=4))
+    assert not np.array_equal(v, direction("W", 10_000, seed=5))
+    # every entry weighs at least half of any other (magnitudes in [0.5, 1) before
+    # normalising), so no entry hides behind a near-zero weight; both signs occur
+    a = np.abs(v)
+    assert a.min() >= 0.5 * a.max()
+    assert 0.45 < float(np.mean(v > 0)) < 0.55
+    # continuous magnitudes: v . g does not cancel for a gradient of equal entries
+    for size in (2, 3, 4, 10):
+        assert abs(float(direction("b", size, seed=0) @ np.ones(size))) > 1e-3
+
+
+def test_only_a_range_of_the_block_size_is_a_whole_block():
+    assert whole(range(5), 5)
+    assert not whole(range(4), 5)
+    assert not whole(range(1, 6), 5)
+    assert not whole(range(0, 10, 2), 5)
+    assert not whole(np.arange(5), 5)  # an array is always scattered indices
 
 
 def _big_and_tiny(seed=0, **options):

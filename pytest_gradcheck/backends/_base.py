@@ -38,10 +38,22 @@ class Point:
     """A point near the base point.
 
     `deltas` holds ``(block index, flat indices, values)`` triples: the values are
-    added to the base point at those flat indices of that block (float64).
+    added to the base point at those flat indices of that block (float64). The flat
+    indices are an integer array, or a ``range``: ``range(size)`` is the whole block
+    in order (a direction), which a backend can add as one dense array without
+    looking at the indices (see `whole`).
     """
 
-    deltas: tuple[tuple[int, np.ndarray, np.ndarray], ...]
+    deltas: tuple[tuple[int, np.ndarray | range, np.ndarray], ...]
+
+
+def whole(flat_indices: np.ndarray | range, size: int) -> bool:
+    """Whether `flat_indices` covers a block of `size` entries whole and in order.
+
+    Only a ``range`` says so (an O(1) test); an index array is always treated as
+    scattered indices, which gives the same values, more slowly.
+    """
+    return isinstance(flat_indices, range) and flat_indices == range(size)
 
 
 @dataclass(frozen=True)

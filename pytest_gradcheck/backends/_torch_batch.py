@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import Point
+from ._base import Point, whole
 from ._tree import child_name
 
 #: most rows (points and reference rows) in one vmapped call
@@ -115,34 +115,6 @@ def _walk(
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             yield from _walk(v, child_name(name, i), obj, i)
-
-
-#: index arrays already found to cover a whole block in order: ``id -> (array, size)``
-#: (the engine reuses one ``np.arange`` for both points of a direction and its retries;
-#: the array is held, so its id cannot be reused while it is here)
-_WHOLE: dict[int, tuple[Any, int]] = {}
-_WHOLE_MAX = 64
-
-
-def whole(flat_indices: Any, m: int) -> bool:
-    """Whether `flat_indices` is ``0, 1, ..., m - 1`` (a delta over the whole block).
-
-    Checked once per index array (an O(m) comparison), then remembered by identity.
-    """
-    cached = _WHOLE.get(id(flat_indices))
-    if cached is not None and cached[0] is flat_indices:
-        return cached[1] == m
-    if m <= 1 or np.size(flat_indices) != m:
-        return False
-    idx = np.asarray(flat_indices).reshape(-1)
-    if not np.issubdtype(idx.dtype, np.integer) or idx[0] != 0 or idx[-1] != m - 1:
-        return False
-    if not bool(np.all(np.diff(idx) == 1)):
-        return False
-    if len(_WHOLE) >= _WHOLE_MAX:
-        _WHOLE.clear()
-    _WHOLE[id(flat_indices)] = (flat_indices, m)
-    return True
 
 
 def stack(

@@ -24,6 +24,7 @@ from ._base import (
     projection_weights,
     reduce_output,
     select_blocks,
+    whole,
 )
 from ._numpy_tracker import track as track_value
 from ._numpy_tracker import tracking
@@ -184,7 +185,10 @@ class NumpyBackend:
         if point is not None:
             for b, idx, delta in point.deltas:
                 flat = values[b].reshape(-1)
-                flat[idx] += delta
+                if whole(idx, flat.size):
+                    flat += delta
+                else:
+                    flat[idx] += delta
         n_args = len(self._arg_base)
         arg_values = dict(zip(list(self._arg_base), values[:n_args], strict=True))
         for slot, value in zip(self._slots, values[n_args:], strict=True):

@@ -116,6 +116,7 @@ from ._base import (
     projection_weights,
     reduce_output,
     select_blocks,
+    whole,
 )
 from ._rng import GlobalRng
 from ._torch_tracker import WinnerTracker
@@ -359,6 +360,29 @@ def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
             leaves.add(id(variable))
         stack.extend(next_node for next_node, _ in node.next_functions)
     return [id(t) in leaves if t.grad_fn is None else t.grad_fn in seen for t in inputs]
+
+
+def _only_torch_nodes(loss: torch.Tensor) -> bool:
+    """Whether every node of the autograd graph of `loss` is one of torch's own.
+
+    A Python backward (a custom ``autograd.Function``, which module backward hooks and
+    ``torch.library`` custom ops are built on) can compute in any precision; torch's
+    own derivative formulas compute in the dtypes of the forward pass.
+    """
+    seen: set[Any] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if isinstance(node, _PYTHON_NODE):
+            return False
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return True
+
+
+_PYTHON_NODE = torch.autograd.function.BackwardCFunction
 
 
 class TorchBackend:
@@ -681,7 +705,12 @@ class TorchBackend:
                 "it (.item(), .detach(), .numpy(), torch.no_grad) or does not use the blocks; "
                 "return the loss as a tensor computed from the inputs"
             )
-        watch = self._mode(None, watch_precision=True)
+        # the backward passes run under a precision watch too, unless they cannot lower
+        # precision: the forward pass needed no fix-up, lowered nothing, and its graph
+        # holds only torch's own derivative formulas (the watch costs a Python call per
+        # op, as much as the whole backward pass of a small model)
+        plain = not mode.fixed and not mode.lowered and _only_torch_nodes(total)
+        watch = None if plain else self._mode(None, watch_precision=True)
         grads = self._backward(total, inputs, watch, None)
         grads = list(grads)
         if any(g is None for g in grads):
@@ -718,7 +747,8 @@ class TorchBackend:
                 else check_gradient_array(b.name, g.detach().cpu().numpy(), b.shape, name)
                 for b, g in zip(self._blocks, gs, strict=True)
             )
-        self._note_precision(watch)
+        if watch is not None:
+            self._note_precision(watch)
         return Gradient(center, total_grads, term_grads)
 
     def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
@@ -943,10 +973,14 @@ class TorchBackend:
         return (out * w).sum(), {}
 
     def _backward(
-        self, loss: torch.Tensor, inputs: list[torch.Tensor], watch: WinnerTracker, term: Any
+        self,
+        loss: torch.Tensor,
+        inputs: list[torch.Tensor],
+        watch: WinnerTracker | None,
+        term: Any,
     ) -> Sequence[torch.Tensor | None]:
         try:
-            with watch:
+            with watch or contextlib.nullcontext():
                 return torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
         except RuntimeError as err:
             culprits = self._failing_blocks(loss, inputs, str(err))
@@ -998,7 +1032,7 @@ class TorchBackend:
                 device = block.base.device
                 flat = block.flat()
                 m = flat.numel()
-                if tb.whole(flat_indices, m):
+                if whole(flat_indices, m):
                     val = np.asarray(values, dtype=np.float64).reshape(-1)
                     if val.size != m:
                         val = np.broadcast_to(val, (m,))

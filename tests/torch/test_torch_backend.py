@@ -350,6 +350,29 @@ def test_lower_precision_inside_f_is_warned():
     assert not any("lower precision" in w for w in b.warnings)
     b.close()
 
+
+class _Float32Backward(torch.autograd.Function):
+    """exp whose backward computes in float32: the forward graph alone looks clean."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.exp()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return (g.float() * x.float().exp()).double()
+
+
+def test_lower_precision_inside_a_custom_backward_is_warned():
+    # the forward pass is float64 throughout: only watching the backward finds it
+    x = torch.randn(5, dtype=torch.float64)
+    b = backend(lambda x: _Float32Backward.apply(x).sum(), x)
+    b.gradient(False)
+    assert any("lower precision inside" in w and "float32" in w for w in b.warnings), b.warnings
+    b.close()
+
     # autocast leaves float64 tensors alone: nothing is lowered
     def under_autocast(x):
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -190,6 +190,9 @@ def probe_points(b: TorchBackend, steps=(1e-5, 0.3)) -> list[Point]:
                 for sign in (1.0, -1.0):
                     points.append(Point(((i, np.array([flat]), np.array([sign * h])),)))
         v = gen.standard_normal(spec.size)
+        # a direction as the engine sends it (a range: one dense addition) and as
+        # scattered indices: both must give the same values
+        points.append(Point(((i, range(spec.size), 0.1 * v),)))
         points.append(Point(((i, np.arange(spec.size), 0.1 * v),)))
     return points
 
