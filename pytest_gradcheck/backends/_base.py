@@ -56,6 +56,14 @@ def whole(flat_indices: np.ndarray | range, size: int) -> bool:
     return isinstance(flat_indices, range) and flat_indices == range(size)
 
 
+def index_array(flat_indices: np.ndarray | range) -> np.ndarray:
+    """The flat indices as a 1-d int64 array (a ``range`` converted without a Python loop)."""
+    if isinstance(flat_indices, range):
+        r = flat_indices
+        return np.arange(r.start, r.stop, r.step, dtype=np.int64)
+    return np.asarray(flat_indices, dtype=np.int64).reshape(-1)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """The loss at one point: the total, the named terms, the winner signature."""

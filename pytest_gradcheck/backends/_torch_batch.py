@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import Point, whole
+from ._base import Point, index_array, whole
 from ._tree import child_name
 
 #: most rows (points and reference rows) in one vmapped call
@@ -143,7 +143,7 @@ def stack(
                 torch.add(base, torch.as_tensor(val, device=device), out=out[r])
                 written[r] = True
                 continue
-            idx = np.asarray(flat_indices, dtype=np.int64).reshape(-1)
+            idx = index_array(flat_indices)
             val = np.asarray(values, dtype=np.float64).reshape(-1)
             if val.size != idx.size:
                 val = np.broadcast_to(val, idx.shape).reshape(-1)

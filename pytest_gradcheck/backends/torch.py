@@ -113,6 +113,7 @@ from ._base import (
     Settings,
     check_finite_loss,
     check_gradient_array,
+    index_array,
     projection_weights,
     reduce_output,
     select_blocks,
@@ -360,6 +361,11 @@ def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
             leaves.add(id(variable))
         stack.extend(next_node for next_node, _ in node.next_functions)
     return [id(t) in leaves if t.grad_fn is None else t.grad_fn in seen for t in inputs]
+
+
+def _count(flat_indices: np.ndarray | range) -> int:
+    """How many indices a delta has (a range is not turned into an array for it)."""
+    return len(flat_indices) if isinstance(flat_indices, range) else int(np.size(flat_indices))
 
 
 def _only_torch_nodes(loss: torch.Tensor) -> bool:
@@ -1039,7 +1045,7 @@ class TorchBackend:
                     touched.append((flat, None, block.base))
                     flat.add_(torch.as_tensor(val, device=device))
                     continue
-                idx = torch.as_tensor(np.asarray(flat_indices, dtype=np.int64), device=device)
+                idx = torch.as_tensor(index_array(flat_indices), device=device)
                 val = torch.as_tensor(np.asarray(values, dtype=np.float64), device=device)
                 touched.append((flat, idx, block.base))
                 flat.index_put_((idx,), val, accumulate=True)
@@ -1116,9 +1122,14 @@ class TorchBackend:
         """
         if self._eval_with_grad or self._gave_up():
             return
+        # without the dispatch mode, f called point by point beats a vmapped call (its
+        # fixed cost) for a few points: a direction pass's
+        few = tb.FAST_LOOP_POINTS if self._fast(track) else 1
+        if len(points) <= few:
+            return
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, point in enumerate(points):
-            key = tuple(sorted({b for b, idx, _ in point.deltas if np.size(idx)}))
+            key = tuple(sorted({b for b, idx, _ in point.deltas if _count(idx)}))
             if key:
                 groups.setdefault(key, []).append(i)
         eligible = []
@@ -1132,9 +1143,6 @@ class TorchBackend:
         if not eligible:
             return
         reference = self._reference_for(track)
-        # without the dispatch mode, f called point by point beats a vmapped call (its
-        # fixed cost) for a few points: a direction pass's
-        few = tb.FAST_LOOP_POINTS if self._fast(track) else 1
         for key, members, parts in self._merge(eligible, reference):
             if len(members) <= few:
                 continue
