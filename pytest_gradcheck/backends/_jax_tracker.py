@@ -41,11 +41,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# jaxpr_as_fun is re-exported for the backend, which evaluates the untracked jaxpr
+# jaxpr_as_fun evaluates open jaxprs where jax.core.eval_jaxpr is missing
 try:
     from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
 except ImportError:  # pragma: no cover - older releases
-    from jax.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun  # type: ignore  # noqa: F401
+    from jax.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun  # type: ignore
+
+try:  # a public evaluator of open jaxprs (consts passed apart)
+    from jax.core import eval_jaxpr as _eval_jaxpr
+except ImportError:  # pragma: no cover - releases without it
+    _eval_jaxpr = None
 
 try:  # DropVar lives in jax.extend.core in current releases
     from jax.extend.core import DropVar
@@ -853,27 +858,194 @@ class Interpreter:
         return list(carry)
 
 
-def make_tracked(
-    closed: ClosedJaxpr, in_taint: Sequence[bool]
-) -> tuple[Callable[..., tuple[list, jax.Array]], list[str]]:
-    """Turn `closed` into ``fn(*inputs) -> (outputs, site hashes)``.
+def make_tracked(jaxpr: Jaxpr, in_taint: Sequence[bool]) -> Callable[..., tuple[list, jax.Array]]:
+    """Turn the open `jaxpr` into ``fn(consts, *inputs) -> (outputs, site hashes)``.
 
-    The site hashes are a uint64 vector, one entry per decision site; the returned
-    list is filled with the sites' names when `fn` is traced (the same on every trace).
-    Every output of `closed` counts as live. `fn` is pure JAX: jit and vmap it.
+    The site hashes are a uint64 vector, one entry per decision site, in an order
+    fixed by the jaxpr and `in_taint` alone (`site_names` gives the names). The
+    consts are arguments, not captured: a compiled `fn` serves any const values.
+    Every output counts as live. `fn` is pure JAX: jit and vmap it.
     """
-    interp = Interpreter()
-    names: list[str] = []
-    n_out = len(closed.jaxpr.outvars)
+    n_out = len(jaxpr.outvars)
 
-    def fn(*inputs: Any) -> tuple[list, jax.Array]:
+    def fn(consts: Sequence[Any], *inputs: Any) -> tuple[list, jax.Array]:
         sites = _Sites()
-        outs = interp.run(closed.jaxpr, closed.consts, inputs, in_taint, (True,) * n_out, sites, "")
-        names[:] = sites.names
+        interp = Interpreter()
+        outs = interp.run(jaxpr, consts, inputs, in_taint, (True,) * n_out, sites, "")
         hashes = jnp.stack(sites.values) if sites.values else jnp.zeros((0,), jnp.uint64)
         return outs, hashes
 
-    return fn, names
+    return fn
+
+
+def site_names(
+    jaxpr: Jaxpr, in_taint: Sequence[bool], consts: Sequence[Any], inputs: Sequence[Any]
+) -> list[str]:
+    """The names of the decision sites of ``make_tracked(jaxpr, in_taint)``, in order.
+
+    Found by tracing it abstractly (no compile); `consts` and `inputs` may be arrays
+    or ``jax.ShapeDtypeStruct``s.
+    """
+    names: list[str] = []
+    n_out = len(jaxpr.outvars)
+
+    def fn(consts: Sequence[Any], *inputs: Any) -> int:
+        sites = _Sites()
+        Interpreter().run(jaxpr, consts, inputs, in_taint, (True,) * n_out, sites, "")
+        names[:] = sites.names
+        return 0
+
+    jax.eval_shape(fn, list(consts), *inputs)
+    return names
+
+
+def eval_open(jaxpr: Jaxpr, consts: Sequence[Any], *args: Any) -> list:
+    """Evaluate an open jaxpr at the given consts and inputs (which may be tracers)."""
+    if _eval_jaxpr is not None:
+        return list(_eval_jaxpr(jaxpr, list(consts), *args))
+    return list(jaxpr_as_fun(ClosedJaxpr(jaxpr, list(consts)))(*args))  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+#: parameters of custom_jvp/custom_vjp calls that hold the user's rules. XLA never
+#: sees them: such a call is lowered from its primal ``call_jaxpr`` alone, and the
+#: rules only matter when the jaxpr is differentiated.
+_RULE_PARAMS = frozenset(
+    {"jvp_jaxpr_fun", "jvp_jaxpr_thunk", "jvp", "fwd_jaxpr_thunk", "fwd", "bwd", "out_trees"}
+)
+#: NumPy arrays up to this size are compared by content; a program holding a larger
+#: one is never reused (its contents may change in place between checks)
+_CONTENT_BYTES = 4 << 20
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+
+
+def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
+    """What makes the code XLA generates for evaluating `jaxpr`: ``(key, keep, rules)``.
+
+    `key` is hashable and equal for two jaxprs only when evaluating them (without
+    differentiating) generates the same program, for any values of the constvars,
+    which are inputs of the program, not part of it. It holds ``str(jaxpr)`` (wiring,
+    types, literal values) and everything the printed form leaves out or abbreviates,
+    found by walking every equation, sub-jaxprs included: the wiring again, each
+    variable's type, literals by content, the primitive objects, the equation
+    contexts and every parameter. A parameter that is a plain value counts by its
+    ``repr``, a NumPy array or scalar by its content (a NumPy array too large to
+    compare makes the key equal to no other, since it may be changed in place), a
+    jaxpr by its own walk, and any other object (the consts of inner closed jaxprs,
+    callbacks, shardings, ...) as itself where it is hashable (functions are equal
+    only to themselves) or by identity where it is not (JAX arrays are immutable):
+    `keep` holds those objects, so that their ids stay theirs while the key lives.
+
+    The user's rules of custom_jvp/custom_vjp calls (`_RULE_PARAMS`) are left out:
+    XLA lowers such a call from its primal function, so the rules only matter for a
+    jaxpr that is differentiated, whose program must then be keyed on the jaxpr of the
+    derivative instead. `rules` says whether such parameters were left out.
+    """
+    items: list[Any] = []
+    keep: list[Any] = []
+    found = [False]
+
+    def value(x: Any) -> None:
+        if isinstance(x, _PLAIN):
+            items.append((type(x).__name__, repr(x)))
+            return
+        if isinstance(x, (np.ndarray, np.generic)):
+            if x.dtype != object and x.nbytes <= _CONTENT_BYTES:
+                items.append(("nd", type(x).__name__, x.dtype.str, x.shape, x.tobytes()))
+                return
+            if isinstance(x, np.ndarray):
+                # mutable in place, not compared by content: equal to no other key
+                items.append(("never", object()))
+                return
+        try:
+            hash(x)
+        except Exception:
+            keep.append(x)
+            items.append(("id", id(x)))
+        else:
+            items.append(x)
+
+    def param(x: Any) -> None:
+        if isinstance(x, Jaxpr):
+            walk(x)
+        elif isinstance(x, ClosedJaxpr):
+            walk(x.jaxpr)
+            items.append(("consts", len(x.consts)))
+            for c in x.consts:
+                value(c)
+        elif isinstance(x, (tuple, list)):
+            items.append((type(x).__name__, len(x)))
+            for y in x:
+                param(y)
+        elif isinstance(x, dict):
+            items.append(("dict", len(x)))
+            for k, y in x.items():
+                param(k)
+                param(y)
+        else:
+            value(x)
+
+    def literal(v: Any) -> None:
+        try:
+            lit = np.asarray(v.val)
+        except Exception:  # an extended dtype (PRNG keys): the object itself
+            lit = None
+        if lit is None or lit.dtype == object:
+            value(v.val)
+        else:
+            items.append(("lit", lit.dtype.str, lit.shape, lit.tobytes()))
+        value(getattr(v, "aval", None))
+
+    def walk(j: Jaxpr) -> None:
+        index: dict[Any, int] = {}
+
+        def define(vs: Sequence[Any]) -> None:
+            for v in vs:
+                value(getattr(v, "aval", None))
+                if _is_var(v):
+                    index[v] = len(index)
+                else:
+                    items.append(("drop",))
+
+        def use(vs: Sequence[Any]) -> None:
+            for v in vs:
+                if isinstance(v, Literal):
+                    literal(v)
+                else:
+                    items.append(("var", index.get(v, -1)))
+
+        items.append(("jaxpr", len(j.constvars), len(j.invars), len(j.eqns)))
+        define(j.constvars)
+        define(j.invars)
+        for eqn in j.eqns:
+            value(eqn.primitive)
+            use(eqn.invars)
+            value(getattr(eqn, "ctx", None))
+            custom = eqn.primitive.name in CUSTOM_CALLS
+            for k, x in eqn.params.items():
+                items.append(("param", k))
+                if custom and k in _RULE_PARAMS and not isinstance(x, _PLAIN):
+                    found[0] = True
+                    continue
+                param(x)
+            define(eqn.outvars)
+        items.append(("out", len(j.outvars)))
+        use(j.outvars)
+
+    walk(jaxpr)
+    return (str(jaxpr), tuple(items)), keep, found[0]
+
+
+def safe_fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
+    """`fingerprint`, or where the jaxpr holds something it cannot walk, a key equal
+    to no other (the programs are then compiled for this check alone, as they would
+    be without the reuse), with `rules` set so that nothing is differentiated under it.
+    """
+    try:
+        return fingerprint(jaxpr)
+    except Exception:
+        return ("never", object()), [], True
 
 
 def live_inputs(closed: ClosedJaxpr, out_live: Sequence[bool]) -> tuple[bool, ...]:

@@ -24,6 +24,17 @@ How a check runs:
   array values), everything runs eagerly and winner tracking is off.
 * Winner tracking evaluates the jaxpr through `_jax_tracker`, which returns a hash
   of every max-like decision beside the loss, inside the same jit and vmap.
+* Compiled programs outlive the check, in JAX's own jit cache: the programs are
+  module-level jitted functions whose static argument is a `_Program`, hashed and
+  compared on the jaxpr's structure (`_jax_tracker.fingerprint`: its printed form
+  plus every parameter and literal, by value, or by identity where only identity is
+  safe). The arrays `f` captures are arguments, not constants of the program. So a
+  second check of the same computation at the same shapes compiles nothing, and any
+  difference in the computation (a literal, a custom rule) compiles anew. JAX's key
+  adds the argument types, the static flags and the x64/precision/device context.
+  The evaluation programs are keyed without the custom_jvp/custom_vjp rules, which
+  XLA never sees there; the gradient of an `f` with such rules is traced first and
+  its program keyed on the jaxpr of that trace, which contains the rules' code.
 * `params` dict or list entries are replaced by the perturbed values only while `f`
   is being traced (or called eagerly), and the very same objects are put back after.
 """
@@ -50,11 +61,21 @@ from ._base import (
     Settings,
     check_finite_loss,
     check_gradient_array,
+    index_array,
     projection_weights,
     reduce_output,
     select_blocks,
+    whole,
 )
-from ._jax_tracker import CUSTOM_CALLS, input_dependencies, jaxpr_as_fun, live_inputs, make_tracked
+from ._jax_tracker import (
+    CUSTOM_CALLS,
+    eval_open,
+    input_dependencies,
+    live_inputs,
+    make_tracked,
+    safe_fingerprint,
+    site_names,
+)
 from ._rng import GlobalRng
 
 #: errors that mean `f` needs concrete values (Python control flow on array values)
@@ -153,6 +174,120 @@ def _resolve_device(device: Any) -> Any:
             f"{platform.upper()} device(s)"
         )
     return devices[i]
+
+
+class _Program:
+    """A jaxpr to compile: the static argument of the module-level jitted functions.
+
+    Hashed and compared on the jaxpr's `fingerprint` (and the number of blocks, which
+    sets the taint of the tracker), so that JAX's own jit cache gives back the
+    compiled program of an earlier check of the same computation at the same shapes
+    and settings. The values of the jaxpr's constvars are not part of it: they are
+    arguments of the programs.
+    """
+
+    __slots__ = ("_hash", "_keep", "_key", "jaxpr", "n_blocks", "rules")
+
+    def __init__(self, jaxpr: Any, n_blocks: int) -> None:
+        key, keep, rules = safe_fingerprint(jaxpr)
+        self.jaxpr = jaxpr
+        self.n_blocks = n_blocks
+        #: whether the jaxpr holds custom_jvp/custom_vjp rules, which the key leaves
+        #: out (see `fingerprint`): then it must not be differentiated inside a program
+        self.rules = rules
+        self._key = (n_blocks, key)
+        self._keep = keep  # the objects the key names by id
+        self._hash = hash(self._key)
+
+    @property
+    def taint(self) -> list[bool]:
+        n = len(self.jaxpr.invars)
+        return [True] * self.n_blocks + [False] * (n - self.n_blocks)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, _Program) or other._hash != self._hash:
+            return False
+        try:
+            return bool(self._key == other._key)
+        except Exception:  # an object in the key that cannot be compared
+            return False
+
+
+def _vjps(fn: Callable[..., tuple], blocks: list) -> tuple:
+    """The outputs, the gradient of the total and the gradient of each term."""
+    outs, vjp = jax.vjp(fn, *blocks)
+    zeros = [jnp.zeros_like(o) for o in outs]
+
+    def cotangent(k: int) -> tuple:
+        ct = list(zeros)
+        ct[k] = jnp.ones_like(outs[k])
+        return tuple(ct)
+
+    g_total = list(vjp(cotangent(0)))
+    g_terms = [list(vjp(cotangent(k))) for k in range(1, len(outs))]
+    return list(outs), g_total, g_terms
+
+
+def _grad_body(program: _Program, track: bool, consts: list, blocks: list, dyns: list) -> tuple:
+    """The gradient program; with `track`, also the base point's decisions."""
+    grads = _vjps(lambda *bl: tuple(eval_open(program.jaxpr, consts, *bl, *dyns)), blocks)
+    if track:
+        hashes = make_tracked(program.jaxpr, program.taint)(consts, *blocks, *dyns)[1]
+    else:
+        hashes = jnp.zeros((0,), jnp.uint64)
+    return (*grads, hashes)
+
+
+def _point_body(
+    program: _Program, track: bool, consts: list, base: list, idx: list, val: list, dyns: list
+) -> tuple:
+    """f at one point: the base blocks plus deltas (whole, or at indices)."""
+    blocks = [
+        b + v if i is None else b.at[i].add(v) for b, i, v in zip(base, idx, val, strict=False)
+    ]
+    if track:
+        outs, hashes = make_tracked(program.jaxpr, program.taint)(consts, *blocks, *dyns)
+    else:
+        outs = eval_open(program.jaxpr, consts, *blocks, *dyns)
+        hashes = jnp.zeros((0,), jnp.uint64)
+    return jnp.stack([jnp.asarray(o, jnp.float64) for o in outs]), hashes
+
+
+def _batched_body(
+    program: _Program, track: bool, consts: list, base: list, idx: list, val: list, dyns: list
+) -> tuple:
+    """`_point_body` at a batch of points (idx and val have a leading points axis)."""
+    point = functools.partial(_point_body, program, track)
+    return jax.vmap(point, in_axes=(None, None, 0, 0, None))(consts, base, idx, val, dyns)
+
+
+def _eval_body(program: _Program, consts: list, args: tuple) -> list:
+    """A traced jaxpr (the gradient program of an f with custom rules)."""
+    return eval_open(program.jaxpr, consts, *jax.tree_util.tree_leaves(args))
+
+
+def _jitted(fn: Callable, n_static: int) -> tuple[Callable, Callable]:
+    """`fn` jitted with its leading static arguments: (default, quick compile)."""
+    static = tuple(range(n_static))
+    return (
+        jax.jit(fn, static_argnums=static),
+        jax.jit(fn, static_argnums=static, compiler_options=_QUICK_COMPILE),
+    )
+
+
+# The compiled programs live in the caches of these jitted functions, keyed by JAX
+# on the `_Program` (the computation), the static flags, the arguments' types and
+# shardings, and the x64/precision/device context: a check of a computation already
+# compiled, at the same shapes and settings, compiles nothing. Index 1: quick compile.
+_GRAD = _jitted(_grad_body, 2)
+_BATCHED = _jitted(_batched_body, 2)
+_SINGLE = _jitted(_point_body, 2)
+_EVAL = _jitted(_eval_body, 1)
 
 
 class JaxBackend:
@@ -395,26 +530,62 @@ class JaxBackend:
         self._n_out = 1 + len(self._term_names)
         if self._mode == "jit":
             closed = self._closed_jaxpr
-            self._fun = jaxpr_as_fun(closed)
-            n_blocks = len(self._base_dev)
-            taint = [True] * n_blocks + [False] * len(self._dyn_vals)
-            self._tracked, self._site_names = make_tracked(closed, taint)
+            # the closure's arrays are arguments of the programs, not baked into them
+            self._consts = [self._place_const(c) for c in closed.consts]
+            self._program = _Program(closed.jaxpr, len(self._base_dev))
+            self._site_names: list[str] | None = None  # found when first needed
+            self._grad_traced: dict[bool, tuple] = {}
             per_point = sum(_nbytes(v) for v in closed.jaxpr.invars) + sum(
                 _nbytes(v) for eqn in closed.jaxpr.eqns for v in eqn.outvars
             )
             chunk = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(per_point, 1)))
             self._chunk = 1 << (chunk.bit_length() - 1)
             self._dense = sum(b.size for b in self._base_np) <= _DENSE_COORDINATES
-            jit = self._jit(per_point)
-            self._grad_jit = {t: jit(self._grad_impl(t)) for t in (False, True)}
-            self._batched = {
-                t: jit(jax.vmap(self._point_fn(t), in_axes=(None, 0, 0, None)))
-                for t in (False, True)
-            }
-            self._single = {t: jit(self._point_fn(t)) for t in (False, True)}
+            self._quick = int(self._quick_compile(per_point))
 
-    def _jit(self, per_point: int) -> Callable[[Callable], Callable]:
-        """jax.jit, with a quick (unoptimised) XLA compile for small functions on CPU.
+    def _place_const(self, value: Any) -> Any:
+        """A const of the traced jaxpr, on the check's device, as a program argument."""
+        if self._device is not None:
+            return jax.device_put(value, self._device)
+        if isinstance(value, jax.Array):
+            return value
+        return jax.device_put(value)
+
+    def _names(self) -> list[str]:
+        """The decision sites of the tracked programs, in the order of their hashes."""
+        if self._site_names is None:
+            program = self._program
+            self._site_names = site_names(
+                program.jaxpr, program.taint, self._consts, [*self._base_dev, *self._dyn_vals]
+            )
+        return self._site_names
+
+    def _grad_jit(self, track: bool) -> tuple:
+        """Run the gradient program: (outs, g_total, g_terms, hashes) on the device.
+
+        Without custom rules, the program is keyed on f's jaxpr. With them, the key
+        leaves the rules out (`fingerprint`), so the gradient is traced here first, the
+        rules with it, and its program is keyed on the jaxpr of that trace.
+        """
+        program = self._program
+        if not program.rules:
+            return _GRAD[self._quick](program, track, self._consts, self._base_dev, self._dyn_vals)
+        if track not in self._grad_traced:
+            body = functools.partial(_grad_body, program, track)
+            closed, shape = jax.make_jaxpr(body, return_shape=True)(
+                self._consts, self._base_dev, self._dyn_vals
+            )
+            self._grad_traced[track] = (
+                _Program(closed.jaxpr, 0),
+                list(closed.consts),
+                jax.tree_util.tree_structure(shape),
+            )
+        traced, consts, tree = self._grad_traced[track]
+        flat = _EVAL[self._quick](traced, consts, (self._consts, self._base_dev, self._dyn_vals))
+        return jax.tree_util.tree_unflatten(tree, flat)
+
+    def _quick_compile(self, per_point: int) -> bool:
+        """Whether to compile quickly (unoptimised XLA): small functions on CPU.
 
         A check of a small function spends nearly all its time compiling (two or three
         programs per check; JAX's threefry PRNG alone takes a second at the default
@@ -427,9 +598,7 @@ class JaxBackend:
             arrays = self._base_dev + [d for d in self._dyn_vals if isinstance(d, jax.Array)]
             platforms = {dev.platform for a in arrays for dev in a.devices()}
             platform = platforms.pop() if len(platforms) == 1 else jax.default_backend()
-        if platform != "cpu" or per_point > _QUICK_COMPILE_BYTES:
-            return jax.jit
-        return functools.partial(jax.jit, compiler_options=_QUICK_COMPILE)
+        return platform == "cpu" and per_point <= _QUICK_COMPILE_BYTES
 
     # ------------------------------------------------------------------ protocol
     def blocks(self) -> list[BlockSpec]:
@@ -450,7 +619,7 @@ class JaxBackend:
             self._rng.reseed()
             try:
                 if self._mode == "jit":
-                    result = self._grad_jit[track](self._base_dev, self._dyn_vals)
+                    result = self._grad_jit(track)
                 else:
                     result = self._grad_eager(self._base_dev, self._dyn_vals)
                 outs, g_total, g_terms, hashes = jax.device_get(result)
@@ -478,7 +647,7 @@ class JaxBackend:
             }
             signature, decisions = None, 0
             if track and self._mode == "jit":
-                signature, decisions = self._signature(hashes)
+                signature, decisions = self._signature(self._names(), hashes)
             center = Evaluation(loss=loss, terms=terms, signature=signature, decisions=decisions)
             return Gradient(center=center, total=total, terms=term_grads)
 
@@ -516,33 +685,9 @@ class JaxBackend:
     def _name(self, b: int) -> str:
         return self._leaves[self._block_leaves[b]].name
 
-    def _grad_impl(self, track: bool) -> Callable:
-        """The jitted gradient program; with `track`, also the base point's decisions."""
-
-        def fn(blocks: list, dyns: list) -> tuple:
-            grads = self._vjps(lambda *bl: tuple(self._fun(*bl, *dyns)), blocks)
-            hashes = self._tracked(*blocks, *dyns)[1] if track else jnp.zeros((0,), jnp.uint64)
-            return (*grads, hashes)
-
-        return fn
-
     def _grad_eager(self, blocks: list, dyns: list) -> tuple:
-        grads = self._vjps(lambda *bl: tuple(self._raw(list(bl), dyns)), blocks)
+        grads = _vjps(lambda *bl: tuple(self._raw(list(bl), dyns)), blocks)
         return (*grads, np.zeros(0, np.uint64))
-
-    def _vjps(self, fn: Callable[..., tuple], blocks: list) -> tuple:
-        """The outputs, the gradient of the total and the gradient of each term."""
-        outs, vjp = jax.vjp(fn, *blocks)
-        zeros = [jnp.zeros_like(o) for o in outs]
-
-        def cotangent(k: int) -> tuple:
-            ct = list(zeros)
-            ct[k] = jnp.ones_like(outs[k])
-            return tuple(ct)
-
-        g_total = list(vjp(cotangent(0)))
-        g_terms = [list(vjp(cotangent(k))) for k in range(1, len(outs))]
-        return list(outs), g_total, g_terms
 
     def _check_receives_gradient(self) -> None:
         live = live_inputs(self._closed_jaxpr, [True] + [False] * (self._n_out - 1))
@@ -607,67 +752,57 @@ class JaxBackend:
         )
 
     # ------------------------------------------------------------------ evaluation helpers
-    def _point_fn(self, track: bool) -> Callable:
-        def fn(base: list, idx: list, val: list, dyns: list) -> tuple:
-            blocks = [
-                b + v if i is None else b.at[i].add(v)
-                for b, i, v in zip(base, idx, val, strict=False)
-            ]
-            if track:
-                outs, hashes = self._tracked(*blocks, *dyns)
-            else:
-                outs, hashes = self._fun(*blocks, *dyns), jnp.zeros((0,), jnp.uint64)
-            return jnp.stack([jnp.asarray(o, jnp.float64) for o in outs]), hashes
-
-        return fn
-
     def _encode(self, points: Sequence[Point]) -> tuple[list, list[np.ndarray]]:
         """Per block, the deltas of every point: (points, K) flat indices and values.
 
         The indices are None where the values cover the whole block (dense). Padding
-        values are -0.0, since ``x + (-0.0) == x`` for every x, -0.0 included.
+        values are -0.0, since ``x + (-0.0) == x`` for every x, -0.0 included. A delta
+        over a whole block (`whole`: a direction) is added as one dense row.
         """
         n_blocks = len(self._base_np)
-        per: list[list[tuple[list, list]]] = [[([], []) for _ in points] for _ in range(n_blocks)]
+        # per block and point: the (flat indices or None for the whole block, values)
+        per: list[list[list[tuple[np.ndarray | None, np.ndarray]]]] = [
+            [[] for _ in points] for _ in range(n_blocks)
+        ]
         for p, point in enumerate(points):
             for b, indices, values in point.deltas:
                 if not 0 <= b < n_blocks:
                     raise IndexError(f"gradcheck: point names block {b}; there are {n_blocks}")
-                ind = np.asarray(indices, dtype=np.int64).reshape(-1)
-                val = np.broadcast_to(np.asarray(values, dtype=np.float64), ind.shape)
                 size = self._base_np[b].size
+                values = np.asarray(values, dtype=np.float64)
+                if whole(indices, size):
+                    per[b][p].append((None, np.broadcast_to(values.reshape(-1), (size,))))
+                    continue
+                ind = index_array(indices)
                 if ind.size and (ind.min() < 0 or ind.max() >= size):
                     raise IndexError(
                         f"gradcheck: flat index out of range for block {self._name(b)!r} "
                         f"of {size} entries"
                     )
-                per[b][p][0].append(ind)
-                per[b][p][1].append(val)
+                per[b][p].append((ind, np.broadcast_to(values, ind.shape)))
         idx_arrays, val_arrays = [], []
         for b in range(n_blocks):
-            rows = [
-                (
-                    np.concatenate(i) if i else np.zeros(0, np.int64),
-                    np.concatenate(v) if v else np.zeros(0),
-                )
-                for i, v in per[b]
-            ]
+            size = self._base_np[b].size
             # every shape compiles a program: small blocks always travel whole (one
             # shape), large ones as one index (coordinates) or whole (directions)
-            most = max([r[0].size for r in rows] + [1])
-            size = self._base_np[b].size
+            most = max([sum(size if i is None else i.size for i, _ in row) for row in per[b]] + [1])
             if self._dense or most > 1:
                 dense = np.full((len(points), size), -0.0)
-                for p, (i, v) in enumerate(rows):
-                    np.add.at(dense[p], i, v)
+                for p, row in enumerate(per[b]):
+                    for i, v in row:
+                        if i is None:
+                            dense[p] += v
+                        else:
+                            np.add.at(dense[p], i, v)
                 idx_arrays.append(None)
                 val_arrays.append(dense)
                 continue
             idx = np.zeros((len(points), 1), np.int32 if size < 2**31 else np.int64)
             val = np.full((len(points), 1), -0.0)
-            for p, (i, v) in enumerate(rows):
-                idx[p, : i.size] = i
-                val[p, : v.size] = v
+            for p, row in enumerate(per[b]):
+                for i, v in row:  # at most one entry in all (most <= 1)
+                    idx[p, : i.size] = i
+                    val[p, : v.size] = v
             idx_arrays.append(idx)
             val_arrays.append(val)
         return idx_arrays, val_arrays
@@ -677,8 +812,9 @@ class JaxBackend:
             return [self._eager_point(point) for point in points]
         idx, val = self._encode(points)
         n = len(points)
+        names = self._names() if track else []
         outs = np.zeros((n, self._n_out))
-        hashes = np.zeros((n, len(self._site_names) if track else 0), np.uint64)
+        hashes = np.zeros((n, len(names)), np.uint64)
         start = 0
         while start < n:
             stop = min(n, start + self._chunk)
@@ -689,11 +825,6 @@ class JaxBackend:
             )
             outs[start:stop] = o
             if track:
-                hashes = (
-                    hashes
-                    if hashes.shape[1] == h.shape[1]
-                    else np.zeros((n, h.shape[1]), np.uint64)
-                )
                 hashes[start:stop] = h
             start = stop
         results = []
@@ -702,14 +833,21 @@ class JaxBackend:
             terms = {name: float(outs[p, 1 + k]) for k, name in enumerate(self._term_names)}
             signature, decisions = None, 0
             if track:
-                signature, decisions = self._signature(hashes[p])
+                signature, decisions = self._signature(names, hashes[p])
             results.append(Evaluation(loss, terms, signature, decisions))
         return results
 
-    def _signature(self, hashes: np.ndarray) -> tuple[bytes, int]:
+    @staticmethod
+    def _signature(names: list[str], hashes: np.ndarray) -> tuple[bytes, int]:
         """The digest and count of the decision sites of one evaluation."""
+        hashes = np.asarray(hashes, np.uint64)
+        if hashes.shape != (len(names),):
+            raise RuntimeError(
+                f"gradcheck: internal error: {hashes.shape} decision hashes for "
+                f"{len(names)} decision sites"
+            )
         recorder = SignatureRecorder()
-        for name, value in zip(self._site_names, np.asarray(hashes, np.uint64), strict=False):
+        for name, value in zip(names, hashes, strict=True):
             recorder.record(name, int(value).to_bytes(8, "little"))
         return recorder.digest(), recorder.count
 
@@ -723,7 +861,9 @@ class JaxBackend:
             pidx = [None if a is None else np.pad(a, ((0, pad), (0, 0))) for a in idx]
             pval = [np.pad(a, ((0, pad), (0, 0)), constant_values=-0.0) for a in val]
             try:
-                o, h = self._batched[track](self._base_dev, pidx, pval, self._dyn_vals)
+                o, h = _BATCHED[self._quick](
+                    self._program, track, self._consts, self._base_dev, pidx, pval, self._dyn_vals
+                )
                 o, h = jax.device_get((o, h))
                 self._vmap_ok[track] = True
                 return np.asarray(o)[:rows], np.asarray(h)[:rows]
@@ -738,7 +878,10 @@ class JaxBackend:
         outs, hashes = [], []
         for r in range(rows):
             self._rng.reseed()
-            o, h = self._single[track](
+            o, h = _SINGLE[self._quick](
+                self._program,
+                track,
+                self._consts,
                 self._base_dev,
                 [None if a is None else a[r] for a in idx],
                 [a[r] for a in val],
@@ -752,11 +895,11 @@ class JaxBackend:
     def _eager_point(self, point: Point) -> Evaluation:
         blocks = [b.copy() for b in self._base_np]
         for b, indices, values in point.deltas:
-            np.add.at(
-                blocks[b],
-                np.asarray(indices, dtype=np.int64).reshape(-1),
-                np.asarray(values, dtype=np.float64),
-            )
+            values = np.asarray(values, dtype=np.float64)
+            if whole(indices, blocks[b].size):
+                blocks[b] += values.reshape(blocks[b].shape)
+            else:
+                np.add.at(blocks[b], index_array(indices), values)
         dev = [jax.device_put(x, d.sharding) for x, d in zip(blocks, self._base_dev, strict=False)]
         outs = [float(o) for o in self._raw(dev, self._dyn_vals)]
         return Evaluation(outs[0], dict(zip(self._term_names, outs[1:], strict=False)), None, 0)
