@@ -19,7 +19,7 @@ from ._kinks import RETRY_DIVISORS, crossed
 from ._options import Options
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import direction, sample_coordinates
-from ._steps import TINY, absmax, noise_floor, steps, value_floor
+from ._steps import TINY, absmax, measured_noise, noise_floor, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
 
@@ -29,6 +29,22 @@ SWEEP_STEPS: tuple[float, ...] = tuple(10.0**-k for k in range(1, 11))
 SWEEP_COORDINATES = 3
 
 TOTAL = None  # the key of the total loss among the per-loss arrays
+
+#: the wide step of a failing comparison's confirmation, as a multiple of its step:
+#: round-off of f divided by 8, truncation (O(h^2)) multiplied by 64
+WIDE = 8.0
+#: a comparison still failing by less than NOISE_PLAUSIBLE (relative) after the
+#: half and the wide step may be round-off of f: f's noise is then measured from f
+#: at x + k h u, k = -NOISE_REACH .. NOISE_REACH (see `_steps.measured_noise`), and a
+#: measured noise r allows a centered difference at step h an error of
+#: NOISE_SIGMAS * r / h (two round-offs of f divided by 2h: r / h when bounded by r)
+NOISE_PLAUSIBLE = 1e-2
+NOISE_REACH = 4
+NOISE_SIGMAS = 2.0
+#: measured noise excuses a disagreement only where it limits the comparison to
+#: better than this (relative): a check that cannot resolve errors of 1e-4 (f computed
+#: in float32 inside, say) is no evidence that the gradient is right
+NOISE_USABLE = 1e-4
 
 
 @dataclass
@@ -42,6 +58,13 @@ class _Pair:
     minus: Evaluation | None = None
     #: the same difference at step/2, for Richardson extrapolation (see `refine`)
     half: _Pair | None = None
+    #: the same difference at WIDE * step, against round-off (see `refine`)
+    wide: _Pair | None = None
+    #: per loss, the round-off of f measured along this pair's delta (`measure_noise`)
+    noise: Mapping[str | None, float] = field(default_factory=dict)
+    #: whether f was finite at both points (always, for a pair whose values are used
+    #: at all; a wide or ladder pair may leave f's domain and is then ignored)
+    finite: bool = True
     #: after a persistent crossing: (side, f at side*step/2, f at the center), see
     #: `_Counter.one_sided`
     one_sided: tuple[int, Evaluation, Evaluation] | None = None
@@ -79,8 +102,25 @@ class _Pair:
         d_half, floor_half = self.half.quotient(term)
         return (4.0 * d_half - d) / 3.0, (4.0 * floor_half + floor) / 3.0
 
+    def estimates(self, term: str | None) -> list[tuple[float, float, float, float]]:
+        """(numeric derivative, round-off floor, measured-noise floor, step) of each
+        estimate this pair has: `quotient`, and for a refined pair the wide step."""
+        r = NOISE_SIGMAS * self.noise.get(term, 0.0)
+        n, floor = self.quotient(term)
+        # the Richardson value (4 D(h/2) - D(h)) / 3 carries (4 * 2 + 1) / 3 = 3 times
+        # the round-off of D(h)
+        richardson = self.half is not None and self.one_sided is None
+        found = [(n, floor, r / self.step * (3.0 if richardson else 1.0), self.step)]
+        if self.wide is not None:
+            nw, fw = self.wide.quotient(term)
+            found.append((nw, fw, r / self.wide.step, self.wide.step))
+        return found
+
     def _floor(self, fa: float, fb: float, term: str | None) -> float:
-        return max(noise_floor(fa, fb, self.step), self.value_floor.get(term, 0.0) / self.step)
+        return max(
+            noise_floor(fa, fb, self.step),
+            self.value_floor.get(term, 0.0) / self.step,
+        )
 
 
 def _value(ev: Evaluation, term: str | None) -> float:
@@ -168,7 +208,9 @@ class _Counter:
             if ev.signature == c.signature:
                 p.one_sided = (side, ev, c)
 
-    def _evaluate(self, pairs: Sequence[_Pair]) -> None:
+    def _evaluate(self, pairs: Sequence[_Pair], strict: bool = True) -> None:
+        """Evaluate both points of each pair; a non-finite value raises, or with
+        `strict` False marks the pair as not `finite` (a step beyond f's domain)."""
         points: list[Point] = []
         for p in pairs:
             points += [p.point_plus, p.point_minus]
@@ -178,21 +220,70 @@ class _Counter:
         self.count += len(points)
         for i, p in enumerate(pairs):
             p.plus, p.minus = evals[2 * i], evals[2 * i + 1]
-            _check_finite(p.plus, "f(x + h)")
-            _check_finite(p.minus, "f(x - h)")
+            if strict:
+                _check_finite(p.plus, "f(x + h)")
+                _check_finite(p.minus, "f(x - h)")
+            else:
+                p.finite = _finite(p.plus) and _finite(p.minus)
 
     def refine(self, pairs: Sequence[_Pair]) -> None:
-        """Add a half-step evaluation to each pair (Richardson extrapolation).
+        """Add a half step (Richardson extrapolation) and a wide step to each pair.
 
-        Used on comparisons that fail: a correct gradient whose disagreement is the
-        O(h^2) truncation error of the centered formula then passes, a wrong one still
-        fails. A half step that crosses a kink is discarded.
+        Used on comparisons that fail, to confirm before condemning. A disagreement of
+        a correct gradient is the centered formula's truncation error, O(h^2), or the
+        round-off of f divided by h, O(1/h); an error of the gradient does not depend
+        on h. The Richardson value at h/2 removes the first, the difference at
+        WIDE * h divides the second by WIDE (f may lose far more than |f| suggests to
+        cancellation: log-softmax of a confident score), so a correct gradient agrees
+        with one of them and a wrong one with neither (see `_best`). A step that
+        crosses a kink is discarded.
         """
         halves = [_smaller(p, 2.0) for p in pairs]
+        wides = [_smaller(p, 1.0 / WIDE) for p in pairs]
         self._evaluate(halves)
-        for p, half in zip(pairs, halves, strict=True):
+        self._evaluate(wides, strict=False)  # 8h may leave f's domain: then unused
+        for p, half, wide in zip(pairs, halves, wides, strict=True):
             if not (self.track and half.crossed()):
                 p.half = half
+            if wide.finite and not (self.track and wide.crossed()):
+                p.wide = wide
+
+    def measure_noise(self, pairs: Sequence[_Pair], losses: Sequence[str | None]) -> None:
+        """Measure the round-off of f along each pair's delta (`measured_noise`).
+
+        f is evaluated at x + k h u for k = -NOISE_REACH .. NOISE_REACH, at the pair's
+        own spacing: the round-off that matters is the one at the pair's points (at a
+        finer spacing f's rounding falls on a regular pattern that hides it). The
+        pair's f(x +- h u) are reused; the checked point is evaluated again like the
+        others (its first value came from the gradient pass, which may round
+        differently). The pair's estimates then allow the measured noise in their
+        floors (see `estimates`, `_best`). A line that leaves f's domain or crosses a
+        kink measures nothing.
+        """
+        c = self.center
+        if c is None or not pairs:
+            return
+        ks = [k for k in range(-NOISE_REACH, NOISE_REACH + 1) if abs(k) != 1]
+        points = [
+            Point(tuple((b, i, d * float(k)) for b, i, d in p.point_plus.deltas))
+            for p in pairs
+            for k in ks
+        ]
+        evals = self.backend.evaluate(points, self.track)
+        self.count += len(points)
+        for j, p in enumerate(pairs):
+            assert p.plus is not None and p.minus is not None
+            got = dict(zip(ks, evals[j * len(ks) : (j + 1) * len(ks)], strict=True))
+            got[1], got[-1] = p.plus, p.minus
+            line = [got[k] for k in range(-NOISE_REACH, NOISE_REACH + 1)]
+            if not all(_finite(ev) for ev in line):
+                continue
+            if self.track and any(ev.signature != c.signature for ev in line):
+                continue
+            noise = {
+                loss: measured_noise(np.array([_value(ev, loss) for ev in line])) for loss in losses
+            }
+            p.noise = noise
 
 
 def _smaller(p: _Pair, divisor: float) -> _Pair:
@@ -202,6 +293,10 @@ def _smaller(p: _Pair, divisor: float) -> _Pair:
     return _Pair(
         shrink(p.point_plus), shrink(p.point_minus), p.step / divisor, value_floor=p.value_floor
     )
+
+
+def _finite(ev: Evaluation) -> bool:
+    return math.isfinite(ev.loss) and all(math.isfinite(v) for v in ev.terms.values())
 
 
 def _check_finite(ev: Evaluation, what: str) -> None:
@@ -299,21 +394,21 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             dir_pairs.append(None)
     counter.run([p for ps in coord_pairs for p in ps] + [p for p in dir_pairs if p is not None])
 
-    # confirm before condemning: failing comparisons get a Richardson step
-    suspects: list[_Pair] = []
+    # confirm before condemning: failing comparisons get a Richardson step, a wide step
+    # and, where round-off may explain what still fails, a measurement of f's noise
+    suspects: list[tuple[_Pair, list[float]]] = []
     for b in range(len(specs)):
         gs = [analytic(loss, b) for loss in losses]
         for i, pp in zip(coord_index[b], coord_pairs[b], strict=True):
-            if _fails(pp, [float(g[i]) for g in gs], losses, scale, tolerance):
-                suspects.append(pp)
+            values = [float(g[i]) for g in gs]
+            if _fails(pp, values, losses, scale, tolerance):
+                suspects.append((pp, values))
         dp, v = dir_pairs[b], dirs[b]
-        if (
-            dp is not None
-            and v is not None
-            and _fails(dp, [float(v @ g) for g in gs], losses, scale, tolerance)
-        ):
-            suspects.append(dp)
-    counter.refine(suspects)
+        if dp is not None and v is not None:
+            values = [float(v @ g) for g in gs]
+            if _fails(dp, values, losses, scale, tolerance):
+                suspects.append((dp, values))
+    _confirm(counter, suspects, losses, scale, tolerance)
 
     # localize directions that fail while no sampled coordinate does (bisection)
     localized: list[list[tuple[int, _Pair]]] = [[] for _ in specs]
@@ -342,7 +437,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 counter.run([pair])
                 values = [float(analytic(lo, b)[spot]) for lo in losses]
                 if _fails(pair, values, losses, scale, tolerance):
-                    counter.refine([pair])
+                    _confirm(counter, [(pair, values)], losses, scale, tolerance)
                 localized[b].append((spot, pair))
 
     results: dict[str | None, Result] = {}
@@ -373,6 +468,12 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
     _dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
     _active_range_warnings(specs, grad, scale, warnings)
+    for b, spec in enumerate(specs):
+        pairs = [*coord_pairs[b], *(pp for _, pp in localized[b])]
+        dp = dir_pairs[b]
+        if dp is not None:
+            pairs.append(dp)
+        _noise_warning(spec, pairs, results[TOTAL].blocks[b], scale, warnings)
 
     mostly_excluded = _excluded_warnings(results[TOTAL], warnings)
     if mostly_excluded or not all(r.passed for r in results.values()):
@@ -421,10 +522,66 @@ def _fails(
     )
 
 
+def _confirm(
+    counter: _Counter,
+    suspects: Sequence[tuple[_Pair, Sequence[float]]],
+    losses: Sequence[str | None],
+    scale: float,
+    tolerance: Tier,
+) -> None:
+    """Refine failing comparisons (a half step and a wide step); where some still fail
+    by less than NOISE_PLAUSIBLE, which round-off of f may explain, measure it.
+
+    The round-off of f is a property of f near x, in f's units: it is measured once
+    per block (along the block's direction when that is among the comparisons, which
+    moves every coordinate), and every such comparison of the block allows for it.
+    """
+    counter.refine([p for p, _ in suspects])
+    plausible: dict[int, list[_Pair]] = {}
+    for p, values in suspects:
+        for a, loss in zip(values, losses, strict=True):
+            n, _, _, tier = _best(p, a, loss, scale)
+            if tier > tolerance and relative_error(a, n) < NOISE_PLAUSIBLE:
+                plausible.setdefault(p.point_plus.deltas[0][0], []).append(p)
+                break
+    lines = [max(ps, key=lambda p: _support(p)) for ps in plausible.values()]
+    counter.measure_noise(lines, losses)
+    for line, ps in zip(lines, plausible.values(), strict=True):
+        for p in ps:
+            p.noise = line.noise
+
+
+def _support(p: _Pair) -> int:
+    """How many coordinates a pair moves."""
+    _, indices, _ = p.point_plus.deltas[0]
+    return len(indices) if isinstance(indices, range) else int(np.size(indices))
+
+
 def _pair_tier(pair: _Pair, analytic: float, loss: str | None, scale: float) -> Tier:
     """The tier of one pair's numeric value against an analytic value, for one loss."""
-    n, floor = pair.quotient(loss)
-    return _verdict(analytic, n * scale, floor * scale)
+    return _best(pair, analytic, loss, scale)[3]
+
+
+def _best(
+    pair: _Pair, analytic: float, loss: str | None, scale: float
+) -> tuple[float, float, float, Tier]:
+    """(numeric, floor, step, tier) of the pair's estimate that agrees best with `analytic`.
+
+    An unrefined pair has one estimate. A refined one (see `_Counter.refine`) also has
+    the Richardson value and the wide-step difference: a correct gradient agrees with
+    the one whose error (truncation or round-off) is small, while an error of the
+    gradient shows in every one of them. Ties go to the first.
+    """
+    best: tuple[float, float, float, Tier] | None = None
+    for n, floor, noise, step in pair.estimates(loss):
+        n, floor, noise = n * scale, floor * scale, noise * scale
+        if noise <= NOISE_USABLE * max(abs(analytic), abs(n)):
+            floor = max(floor, noise)
+        tier = _verdict(analytic, n, floor)
+        if best is None or tier < best[3]:
+            best = (n, floor, step, tier)
+    assert best is not None
+    return best
 
 
 def _verdict(a: float, n: float, floor: float) -> Tier:
@@ -455,8 +612,7 @@ def _block_result(
     kink = np.zeros(k, dtype=bool)
     one_sided = np.zeros(k, dtype=bool)
     for j, p in enumerate(pairs):
-        n, fl = p.quotient(loss)
-        numeric[j], floor[j], step[j] = n * scale, fl * scale, p.step
+        numeric[j], floor[j], step[j], _ = _best(p, float(analytic[j]), loss, scale)
         kink[j], one_sided[j] = p.crossed(), p.one_sided is not None
     rel = np.array([relative_error(a, n) for a, n in zip(analytic, numeric, strict=True)])
     within = np.abs(analytic - numeric) <= floor
@@ -467,17 +623,16 @@ def _block_result(
     ]
     d = None
     if dpair is not None and v is not None:
-        n, fl = dpair.quotient(loss)
         a = float(v @ g)
-        n, fl = n * scale, fl * scale
+        n, fl, h, tier = _best(dpair, a, loss, scale)
         d = DirectionResult(
             analytic=a,
             numeric=n,
             rel_error=relative_error(a, n),
-            step=dpair.step,
+            step=h,
             kink_crossed=dpair.crossed(),
             within_noise=abs(a - n) <= fl,
-            tier=_verdict(a, n, fl),
+            tier=tier,
             one_sided=dpair.one_sided is not None,
         )
         if dpair.usable():
@@ -611,6 +766,34 @@ def _dominance_warnings(
                 f"{small!r} ({top / second:.3g}x): an error in {small!r} would hide in the "
                 f"total; check the terms on their own (Result.terms)"
             )
+
+
+def _noise_warning(
+    spec: BlockSpec, pairs: Sequence[_Pair], block: BlockResult, scale: float, warnings: list[str]
+) -> None:
+    """Say where f's round-off was measured, what it hides, and what became of it."""
+    measured = [p for p in pairs if p.noise]
+    if not measured:
+        return
+    worst = max(measured, key=lambda p: p.noise.get(TOTAL, 0.0) / p.step)
+    limit = NOISE_SIGMAS * worst.noise.get(TOTAL, 0.0) / worst.step * scale
+    judged = int(np.count_nonzero(block.within_noise))
+    if block.direction is not None and block.direction.within_noise:
+        judged += 1
+    verdict = (
+        f"{judged} comparison(s) there were judged within noise"
+        if block.passed
+        else f"where that exceeds {NOISE_USABLE:g} of the values compared, a disagreement "
+        "is not excused: the check cannot tell a correct gradient there"
+    )
+    warnings.append(
+        f"f loses precision to round-off in block {spec.name!r} (f is far smaller than "
+        "values it is computed from, or is computed in low precision): measured along "
+        f"{len(measured)} comparison(s), it hides gradient errors below about "
+        f"{limit:.2g} (absolute) at h={worst.step:.2g}; {verdict}. A larger eps lowers "
+        "this limit in proportion (and raises the truncation error); computing f without "
+        "the cancellation, in float64, removes it"
+    )
 
 
 def _excluded_warnings(total: Result, warnings: list[str]) -> bool:

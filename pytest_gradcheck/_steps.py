@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: float64 machine epsilon
@@ -48,3 +50,43 @@ def absmax(a: np.ndarray) -> float:
     if a.size == 0:
         return 0.0
     return max(float(np.max(a)), -float(np.min(a)))
+
+
+def measured_noise(values: np.ndarray) -> float:
+    """How far round-off moves f, from f at equally spaced points along a line.
+
+    Two readings of the same values; the larger is returned:
+
+    * random round-off, after Moré and Wild's ECnoise ("Estimating computational
+      noise", SIAM J. Sci. Comput. 33, 2011): once the spacing d makes f's smooth part
+      negligible in them (d^k f^(k); from the 4th order on, for a check's step), the
+      k-th differences of the values are those of the round-off, whose mean square
+      is its variance times (2k)! / (k!)^2. The median over the orders whose
+      differences change sign (noise does, a smooth part does not);
+    * round-off in whole quanta: f = 11 - 10.99999 lands on the lattice of the ulps of
+      11, whatever |f| is. The differences of the values are then multiples of that
+      quantum; the largest power of two dividing all of them measures it (half of it
+      bounds the round-off). Without cancellation this is an ulp of |f| or so.
+
+    0.0 when neither shows anything: f is exact along the line.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    d = v
+    rms: list[float] = []
+    for k in range(1, v.size - 1):
+        d = np.diff(d)
+        if k >= 4 and bool(np.any(d[:-1] * d[1:] < 0)):
+            gamma = math.factorial(k) ** 2 / math.factorial(2 * k)
+            rms.append(math.sqrt(gamma * float(np.mean(d * d))))
+    random_part = float(np.median(rms)) if rms else 0.0
+    steps_ = np.abs(v[1:] - v[0])
+    steps_ = steps_[steps_ > 0]
+    quantum = 0.0
+    if steps_.size:
+        # the largest power of two dividing every difference: the smallest of their
+        # lowest set bits (frexp's mantissa times 2**53 is an integer for doubles)
+        mantissa, exponent = np.frexp(steps_)
+        ints = (mantissa * 2.0**53).astype(np.int64)
+        low = ints & -ints
+        quantum = float(np.min(np.ldexp(low.astype(np.float64), exponent - 53)))
+    return max(random_part, quantum / 2.0)

@@ -9,8 +9,9 @@ import pytest
 
 from pytest_gradcheck import GradcheckError, Tier, gradcheck
 from pytest_gradcheck._sampling import direction, sample_coordinates
-from pytest_gradcheck.backends._base import whole
+from pytest_gradcheck._steps import measured_noise
 from pytest_gradcheck._tiers import relative_error
+from pytest_gradcheck.backends._base import whole
 
 # -- tiers ---------------------------------------------------------------------------
 
@@ -340,11 +341,15 @@ def test_bisection_localizes_a_single_wrong_entry_the_sample_misses():
     assert block.numeric[j] == pytest.approx(x[k], rel=1e-7)
     assert block.rel_error[j] == pytest.approx(0.01 / 1.01, rel=1e-6)
     assert block.tier is Tier.UNCOMFORTABLE
-    # about 2 evaluations per halving, plus a few to confirm (and one more evaluation
-    # of the center, spent by every failing check to rule out a non-deterministic f)
+    # about 2 evaluations per halving, plus a few to confirm: for the direction and for
+    # the localized entry (2 for its own pair), a pair at h/2 and one at 8h and, as
+    # both disagree by less than 1% (round-off could be the cause), 7 evaluations that
+    # measure f's noise (at most: once per block and pass); and one more evaluation of
+    # the center, spent by every failing check to rule out a non-deterministic f
     extra = result.evaluations - baseline.evaluations
     levels = math.log2(N_BIG)
-    assert 2 * math.floor(levels) <= extra <= 2 * math.ceil(levels) + 7
+    confirm = 4 + 7
+    assert 2 * math.floor(levels) <= extra <= 2 * math.ceil(levels) + confirm + 2 + confirm + 1
     with pytest.raises(GradcheckError, match=str(k)):
         gradcheck(f, x, grad=grad, samples_per_block=SAMPLES)
 
@@ -376,8 +381,9 @@ def test_richardson_passes_a_correct_gradient_with_a_large_truncation_error():
     assert result.tier is Tier.HAPPY
     (block,) = result.blocks
     np.testing.assert_allclose(block.numeric, 3 * x**2, rtol=1e-9)
-    # every coordinate failed at h and was confirmed with one more pair at h/2
-    assert result.evaluations == 1 + 2 * 5 + 2 * 5
+    # every coordinate failed at h and was confirmed with a pair at h/2 and one at 8h
+    assert result.evaluations == 1 + 2 * 5 + 4 * 5
+    np.testing.assert_allclose(block.step, 1e-5)  # judged on the Richardson value
 
 
 def test_richardson_still_fails_a_wrong_gradient():
@@ -387,3 +393,103 @@ def test_richardson_still_fails_a_wrong_gradient():
     (block,) = info.value.result.blocks
     assert block.tier is Tier.UNCOMFORTABLE
     np.testing.assert_allclose(block.rel_error, 0.01 / 1.01, rtol=1e-6)
+
+
+# -- round-off that |f| does not show: the wide step and the measured noise -----------
+
+
+def _confident_softmax(top, wrong=1.0):
+    """Cross-entropy of one confident row: f ~ 3 exp(-(top + 4)) is computed as
+    top - (top + f), so it carries the round-off of `top`, far more than |f| suggests."""
+    scores = np.array([[top, -4.0, -4.0, -4.0]])
+
+    def f(s):
+        log_probs = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+        return -log_probs[0, 0]
+
+    def grad(s):
+        p = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
+        p[0, 0] -= 1.0
+        return wrong * p
+
+    return f, scores, grad
+
+
+def _plain_error(f, s, g, h):
+    """The worst relative error of plain centered differences at step h."""
+    units = np.eye(s.size).reshape(s.size, *s.shape)
+    numeric = [(f(s + h * e) - f(s - h * e)) / (2 * h) for e in units]
+    return max(relative_error(a, n) for a, n in zip(g.reshape(-1), numeric, strict=True))
+
+
+def test_round_off_a_wide_step_resolves_passes():
+    f, s, grad = _confident_softmax(6.0)
+    g = grad(s)
+    assert _plain_error(f, s, g, 1e-5) > 1e-7  # plain differences miss the happy tier
+    assert _plain_error(f, s, g, 8e-5) < 1e-7  # ... by round-off: 8h agrees
+    result = gradcheck(f, s, grad=grad, tolerance=Tier.HAPPY)
+    assert result.passed, result
+    assert result.tier is Tier.HAPPY
+    assert not any("round-off" in w for w in result.warnings)
+
+
+def test_round_off_beyond_the_wide_step_is_measured_judged_as_noise_and_said():
+    f, s, grad = _confident_softmax(11.0)
+    g = grad(s)
+    assert _plain_error(f, s, g, 1e-5) > 1e-5
+    assert _plain_error(f, s, g, 8e-5) > 1e-6  # round-off beyond the wide step too
+    result = gradcheck(f, s, grad=grad, tolerance=Tier.HAPPY)
+    assert result.passed, result
+    (block,) = result.blocks
+    assert block.within_noise.all()  # judged against the measured noise of f
+    (warning,) = [w for w in result.warnings if "round-off" in w]
+    assert "'args[0]'" in warning and "within noise" in warning and "eps" in warning
+    # each failing comparison is confirmed with 4 evaluations; then 7 more, once for the
+    # block, measure the noise of f along its direction
+    assert result.evaluations == 1 + 2 * 4 + 2 + 5 * 4 + 7
+
+
+@pytest.mark.parametrize("top", [6.0, 9.0])
+def test_a_wrong_gradient_still_fails_where_f_is_noisy(top):
+    f, s, grad = _confident_softmax(top, wrong=1.001)
+    result = gradcheck(f, s, grad=grad, raise_on_fail=False)
+    assert not result.passed
+    (block,) = result.blocks
+    assert block.tier is Tier.UNCOMFORTABLE  # relative error 1e-3
+    assert not block.within_noise.all()
+    assert float(np.max(block.rel_error)) == pytest.approx(1e-3, rel=0.05)
+
+
+def test_an_error_below_the_round_off_of_f_is_not_passed_silently():
+    # at top=11 f carries the ulps of 11 while the gradient entries are ~1e-6: an error
+    # of 1e-5 is below what centered differences at h=1e-5 resolve there. The check
+    # passes (it cannot tell) and says so, with the limit.
+    f, s, grad = _confident_softmax(11.0, wrong=1.00001)
+    result = gradcheck(f, s, grad=grad, raise_on_fail=False)
+    assert result.passed
+    (warning,) = [w for w in result.warnings if "round-off" in w]
+    assert "hides gradient errors below" in warning and "judged within noise" in warning
+
+
+def test_noise_too_large_to_resolve_1e_4_excuses_nothing():
+    # at top=13 the round-off limit is beyond 1e-4 of the values compared: a correct
+    # gradient cannot be told from a wrong one, so the disagreement stands (and the
+    # warning says why)
+    f, s, grad = _confident_softmax(13.0)
+    result = gradcheck(f, s, grad=grad, raise_on_fail=False)
+    assert not result.passed
+    (warning,) = [w for w in result.warnings if "round-off" in w]
+    assert "cannot tell a correct gradient" in warning
+
+
+def test_measured_noise_reads_quanta_and_random_round_off():
+    # values on the lattice of a quantum q (the ulps of a large intermediate)
+    q = 2.0**-40
+    assert measured_noise(1.0 + q * np.array([0, 3, 5, 6, 9, 12, 13, 15, 18])) == q / 2
+    # random round-off of standard deviation s: read within a factor of 3
+    x = 1.0 + np.arange(-4, 5) * 1e-5
+    gen = np.random.default_rng(0)
+    reads = [measured_noise(np.sin(x) + 1e-12 * gen.standard_normal(9)) for _ in range(200)]
+    assert 1e-12 / 3 < float(np.median(reads)) < 3e-12
+    # a smooth function computed in float64: about an ulp of its values
+    assert measured_noise(np.sin(x)) < 1e-15
