@@ -62,6 +62,10 @@ class _Pair:
     wide: _Pair | None = None
     #: per loss, the round-off of f measured along this pair's delta (`measure_noise`)
     noise: Mapping[str | None, float] = field(default_factory=dict)
+    #: per loss, the size of the gradient the comparison stands for (the block's
+    #: largest |g| for a coordinate, |g| for a direction): measured round-off excuses a
+    #: disagreement only where it resolves NOISE_USABLE of it
+    reference: Mapping[str | None, float] = field(default_factory=dict)
     #: whether f was finite at both points (always, for a pair whose values are used
     #: at all; a wide or ladder pair may leave f's domain and is then ignored)
     finite: bool = True
@@ -133,12 +137,14 @@ def _pair(
     delta: np.ndarray,
     h: float,
     value_floor: Mapping[str | None, float],
+    reference: Mapping[str | None, float] | None = None,
 ) -> _Pair:
     return _Pair(
         Point(((block, indices, delta * h),)),
         Point(((block, indices, -delta * h),)),
         h,
         value_floor=value_floor,
+        reference=reference or {},
     )
 
 
@@ -158,7 +164,16 @@ class _Counter:
         if not self.track:
             return
         todo = [
-            (p, _Pair(p.point_plus, p.point_minus, p.step, value_floor=p.value_floor))
+            (
+                p,
+                _Pair(
+                    p.point_plus,
+                    p.point_minus,
+                    p.step,
+                    value_floor=p.value_floor,
+                    reference=p.reference,
+                ),
+            )
             for p in pairs
             if p.crossed()
         ]
@@ -291,7 +306,11 @@ def _smaller(p: _Pair, divisor: float) -> _Pair:
         return Point(tuple((b, i, d / divisor) for b, i, d in point.deltas))
 
     return _Pair(
-        shrink(p.point_plus), shrink(p.point_minus), p.step / divisor, value_floor=p.value_floor
+        shrink(p.point_plus),
+        shrink(p.point_minus),
+        p.step / divisor,
+        value_floor=p.value_floor,
+        reference=p.reference,
     )
 
 
@@ -367,10 +386,13 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     dir_pairs: list[_Pair | None] = []
     dirs: list[np.ndarray | None] = []
     floors: list[dict[str | None, float]] = []
+    largests: list[dict[str | None, float]] = []
     for b, spec in enumerate(specs):
         raw = {None: grad.total[b], **{t: grad.terms[t][b] for t in term_names}}
         vf = {loss: value_floor(g, base[b]) for loss, g in raw.items()}
         floors.append(vf)
+        largest = {loss: absmax(g) for loss, g in raw.items()}
+        largests.append(largest)
         if opts.mode == "directions":
             idx = np.zeros(0, dtype=np.int64)
         else:
@@ -380,7 +402,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         coord_index.append(idx)
         coord_pairs.append(
             [
-                _pair(b, np.array([i]), np.ones(1), float(hi), vf)
+                _pair(b, np.array([i]), np.ones(1), float(hi), vf, largest)
                 for i, hi in zip(idx, h, strict=True)
             ]
         )
@@ -388,7 +410,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             v = direction(spec.name, spec.size, opts.seed)
             hd = float(steps(opts.eps, np.array([np.sqrt(np.mean(base[b] ** 2))]))[0])
             dirs.append(v)
-            dir_pairs.append(_pair(b, range(spec.size), v, hd, vf))
+            norms = {loss: float(np.linalg.norm(g)) for loss, g in raw.items()}
+            dir_pairs.append(_pair(b, range(spec.size), v, hd, vf, norms))
         else:
             dirs.append(None)
             dir_pairs.append(None)
@@ -433,7 +456,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 and all(spot != i for i, _ in localized[b])
             ):
                 h = float(steps(opts.eps, base[b][[spot]])[0])
-                pair = _pair(b, np.array([spot]), np.ones(1), h, floors[b])
+                pair = _pair(b, np.array([spot]), np.ones(1), h, floors[b], largests[b])
                 counter.run([pair])
                 values = [float(analytic(lo, b)[spot]) for lo in losses]
                 if _fails(pair, values, losses, scale, tolerance):
@@ -575,7 +598,9 @@ def _best(
     best: tuple[float, float, float, Tier] | None = None
     for n, floor, noise, step in pair.estimates(loss):
         n, floor, noise = n * scale, floor * scale, noise * scale
-        if noise <= NOISE_USABLE * max(abs(analytic), abs(n)):
+        if noise <= NOISE_USABLE * max(
+            abs(analytic), abs(n), pair.reference.get(loss, 0.0) * scale
+        ):
             floor = max(floor, noise)
         tier = _verdict(analytic, n, floor)
         if best is None or tier < best[3]:
@@ -730,7 +755,7 @@ def _bisect(
     n_all = whole.quotient(loss)[0] * scale
     while idx.size > 1:
         half, other = idx[: idx.size // 2], idx[idx.size // 2 :]
-        pair = _pair(b, half, v[half], whole.step, whole.value_floor)
+        pair = _pair(b, half, v[half], whole.step, whole.value_floor, whole.reference)
         counter.run([pair])
         if pair.crossed():
             return None

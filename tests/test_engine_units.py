@@ -493,3 +493,25 @@ def test_measured_noise_reads_quanta_and_random_round_off():
     assert 1e-12 / 3 < float(np.median(reads)) < 3e-12
     # a smooth function computed in float64: about an ulp of its values
     assert measured_noise(np.sin(x)) < 1e-15
+
+
+def test_round_off_is_weighed_against_the_block_not_a_small_entry():
+    # the entry for the score -5 has a gradient of 1e-7 beside 3e-5 in the same block:
+    # the round-off of f (the ulps of 11) is 1e-3 of that entry but 1e-5 of the block's
+    # scale, so it resolves the block to 1e-4 and excuses the entry (and the direction,
+    # whose v . g cancels since softmax gradients sum to zero)
+    scores, labels = np.array([[-5.0, 11.0, 0.0, 0.0]]), np.array([1])
+
+    def f(s, y):
+        log_probs = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+        return -log_probs[np.arange(len(y)), y].mean()
+
+    def grad(s, y):
+        p = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1.0
+        return p / len(y), None
+
+    result = gradcheck(f, scores, labels, grad=grad)
+    assert result.passed
+    (block,) = result.blocks
+    assert block.within_noise[0] and block.direction.within_noise
