@@ -130,7 +130,8 @@ def stack(
     m = base.numel()
     out = _uninitialized((n, m), base)
     device = base.device
-    rows, cols, vals = [], [], []
+    rows: list[int] = []  # per scattered delta: its row
+    cols, vals = [], []
     written = [False] * n
     for r, point in enumerate(points):
         for index, flat_indices, values in point.deltas:
@@ -147,7 +148,7 @@ def stack(
             val = np.asarray(values, dtype=np.float64).reshape(-1)
             if val.size != idx.size:
                 val = np.broadcast_to(val, idx.shape).reshape(-1)
-            rows.append(np.full(idx.size, r, dtype=np.int64))
+            rows.append(r)
             cols.append(idx)
             vals.append(val)
     # the rows no dense delta wrote start from the base values
@@ -162,9 +163,10 @@ def stack(
         out[start:stop].copy_(base.expand(stop - start, m))
         start = stop
     if rows:
+        sizes = [c.size for c in cols]
         out.index_put_(
             (
-                torch.as_tensor(np.concatenate(rows), device=device),
+                torch.as_tensor(np.repeat(np.asarray(rows, dtype=np.int64), sizes), device=device),
                 torch.as_tensor(np.concatenate(cols), device=device),
             ),
             torch.as_tensor(np.concatenate(vals), device=device),
