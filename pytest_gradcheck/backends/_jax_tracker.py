@@ -862,7 +862,7 @@ def make_tracked(jaxpr: Jaxpr, in_taint: Sequence[bool]) -> Callable[..., tuple[
     """Turn the open `jaxpr` into ``fn(consts, *inputs) -> (outputs, site hashes)``.
 
     The site hashes are a uint64 vector, one entry per decision site, in an order
-    fixed by the jaxpr and `in_taint` alone (`site_names` gives the names). The
+    fixed by the jaxpr and `in_taint` alone (the backend identifies sites by position). The
     consts are arguments, not captured: a compiled `fn` serves any const values.
     Every output counts as live. `fn` is pure JAX: jit and vmap it.
     """
@@ -876,27 +876,6 @@ def make_tracked(jaxpr: Jaxpr, in_taint: Sequence[bool]) -> Callable[..., tuple[
         return outs, hashes
 
     return fn
-
-
-def site_names(
-    jaxpr: Jaxpr, in_taint: Sequence[bool], consts: Sequence[Any], inputs: Sequence[Any]
-) -> list[str]:
-    """The names of the decision sites of ``make_tracked(jaxpr, in_taint)``, in order.
-
-    Found by tracing it abstractly (no compile); `consts` and `inputs` may be arrays
-    or ``jax.ShapeDtypeStruct``s.
-    """
-    names: list[str] = []
-    n_out = len(jaxpr.outvars)
-
-    def fn(consts: Sequence[Any], *inputs: Any) -> int:
-        sites = _Sites()
-        Interpreter().run(jaxpr, consts, inputs, in_taint, (True,) * n_out, sites, "")
-        names[:] = sites.names
-        return 0
-
-    jax.eval_shape(fn, list(consts), *inputs)
-    return names
 
 
 def eval_open(jaxpr: Jaxpr, consts: Sequence[Any], *args: Any) -> list:

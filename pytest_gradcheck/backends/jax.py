@@ -16,8 +16,11 @@ How a check runs:
   analytic gradient is ``jax.vjp`` of that jaxpr under ``jit`` (custom_vjp and
   custom_jvp rules included). Perturbed points are evaluated as a batch: one jitted
   ``vmap`` over the points, each point being the base vectors plus its deltas (a
-  dense add, or a scatter-add of one entry for coordinates of large blocks). Batches
-  are padded to a few fixed sizes, so a check compiles few programs; on CPU, small
+  dense add, or a scatter-add of one entry for coordinates of large blocks). A small
+  model goes as one batch; past _DENSE_COORDINATES each large block is a batch lane
+  of its own and the small blocks share one, so a point carries copies of the blocks
+  of its lane only. Batches are padded to a few fixed sizes, so a check compiles few
+  programs; on CPU, small
   functions are compiled without LLVM optimisation, since compiling is then nearly
   all the cost. Where `f` cannot be vmapped, points are evaluated one at a time with
   the same jitted function; where `f` cannot even be traced (Python control flow on
@@ -74,7 +77,6 @@ from ._jax_tracker import (
     live_inputs,
     make_tracked,
     safe_fingerprint,
-    site_names,
 )
 from ._rng import GlobalRng
 
@@ -91,7 +93,7 @@ _CHUNK_BYTES = 512 * 2**20
 #: most points evaluated in one vmapped call; a batch is padded to one of _BATCH_SIZES
 _MAX_CHUNK = 512
 #: the batch sizes compiled (each one a program): few, since compiling dominates
-_BATCH_SIZES = (8, 64, 128, 256, 512)
+_BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
 #: checks with at most this many coordinates in all send every delta as a whole block
 _DENSE_COORDINATES = 4096
 
@@ -246,9 +248,11 @@ def _grad_body(program: _Program, track: bool, consts: list, blocks: list, dyns:
 def _point_body(
     program: _Program, track: bool, consts: list, base: list, idx: list, val: list, dyns: list
 ) -> tuple:
-    """f at one point: the base blocks plus deltas (whole, or at indices)."""
+    """f at one point: the base blocks plus deltas (whole, or at indices; a block whose
+    values are None is not perturbed, and not batched under `_batched_body`)."""
     blocks = [
-        b + v if i is None else b.at[i].add(v) for b, i, v in zip(base, idx, val, strict=False)
+        b if v is None else b + v if i is None else b.at[i].add(v)
+        for b, i, v in zip(base, idx, val, strict=False)
     ]
     if track:
         outs, hashes = make_tracked(program.jaxpr, program.taint)(consts, *blocks, *dyns)
@@ -533,7 +537,8 @@ class JaxBackend:
             # the closure's arrays are arguments of the programs, not baked into them
             self._consts = [self._place_const(c) for c in closed.consts]
             self._program = _Program(closed.jaxpr, len(self._base_dev))
-            self._site_names: list[str] | None = None  # found when first needed
+            #: how many decision sites the tracked programs hash (set by the first)
+            self._n_sites: int | None = None
             self._grad_traced: dict[bool, tuple] = {}
             per_point = sum(_nbytes(v) for v in closed.jaxpr.invars) + sum(
                 _nbytes(v) for eqn in closed.jaxpr.eqns for v in eqn.outvars
@@ -550,15 +555,6 @@ class JaxBackend:
         if isinstance(value, jax.Array):
             return value
         return jax.device_put(value)
-
-    def _names(self) -> list[str]:
-        """The decision sites of the tracked programs, in the order of their hashes."""
-        if self._site_names is None:
-            program = self._program
-            self._site_names = site_names(
-                program.jaxpr, program.taint, self._consts, [*self._base_dev, *self._dyn_vals]
-            )
-        return self._site_names
 
     def _grad_jit(self, track: bool) -> tuple:
         """Run the gradient program: (outs, g_total, g_terms, hashes) on the device.
@@ -647,7 +643,7 @@ class JaxBackend:
             }
             signature, decisions = None, 0
             if track and self._mode == "jit":
-                signature, decisions = self._signature(self._names(), hashes)
+                signature, decisions = self._signature(hashes)
             center = Evaluation(loss=loss, terms=terms, signature=signature, decisions=decisions)
             return Gradient(center=center, total=total, terms=term_grads)
 
@@ -752,10 +748,13 @@ class JaxBackend:
         )
 
     # ------------------------------------------------------------------ evaluation helpers
-    def _encode(self, points: Sequence[Point]) -> tuple[list, list[np.ndarray]]:
+    def _encode(
+        self, points: Sequence[Point], batched: frozenset[int] | None = None
+    ) -> tuple[list, list[np.ndarray | None]]:
         """Per block, the deltas of every point: (points, K) flat indices and values.
 
-        The indices are None where the values cover the whole block (dense). Padding
+        The indices are None where the values cover the whole block (dense); both are
+        None for a block outside `batched` (None: all), which no point perturbs. Padding
         values are -0.0, since ``x + (-0.0) == x`` for every x, -0.0 included. A delta
         over a whole block (`whole`: a direction) is added as one dense row.
         """
@@ -780,8 +779,13 @@ class JaxBackend:
                         f"of {size} entries"
                     )
                 per[b][p].append((ind, np.broadcast_to(values, ind.shape)))
-        idx_arrays, val_arrays = [], []
+        idx_arrays: list[np.ndarray | None] = []
+        val_arrays: list[np.ndarray | None] = []
         for b in range(n_blocks):
+            if batched is not None and b not in batched:
+                idx_arrays.append(None)
+                val_arrays.append(None)
+                continue
             size = self._base_np[b].size
             # every shape compiles a program: small blocks always travel whole (one
             # shape), large ones as one index (coordinates) or whole (directions)
@@ -810,21 +814,56 @@ class JaxBackend:
     def _evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
         if self._mode == "eager":
             return [self._eager_point(point) for point in points]
-        idx, val = self._encode(points)
+        results: list[Evaluation | None] = [None] * len(points)
+        for batched, members in self._groups(points):
+            group = [points[i] for i in members]
+            evaluations = self._evaluate_group(group, batched, track)
+            for i, evaluation in zip(members, evaluations, strict=True):
+                results[i] = evaluation
+        return [r for r in results if r is not None]
+
+    def _groups(self, points: Sequence[Point]) -> list[tuple[frozenset[int] | None, list[int]]]:
+        """Points grouped by the blocks a batch of them must carry per point.
+
+        A small model goes as one group, every block batched (one program, few rows).
+        Otherwise each large block (over _DENSE_COORDINATES entries) is a lane of its
+        own and the small blocks share one: a point perturbing W1 then carries a copy of
+        W1 only, and the computation that does not depend on the batched blocks (x @ W1
+        for the points that perturb b2) is done once for the batch, not once per point.
+        """
+        if self._dense:
+            return [(None, list(range(len(points))))]
+        small = frozenset(
+            b for b, base in enumerate(self._base_np) if base.size <= _DENSE_COORDINATES
+        )
+        groups: dict[frozenset[int], list[int]] = {}
+        for p, point in enumerate(points):
+            lanes: set[int] = set()
+            for b, _, _ in point.deltas:
+                lanes |= small if b in small else {b}
+            # a point that perturbs nothing still needs a batched block to count its row
+            groups.setdefault(frozenset(lanes or small or {0}), []).append(p)
+        return sorted(groups.items(), key=lambda item: item[1][0])
+
+    def _evaluate_group(
+        self, points: Sequence[Point], batched: frozenset[int] | None, track: bool
+    ) -> list[Evaluation]:
+        idx, val = self._encode(points, batched)
         n = len(points)
-        names = self._names() if track else []
         outs = np.zeros((n, self._n_out))
-        hashes = np.zeros((n, len(names)), np.uint64)
+        hashes: np.ndarray | None = None
         start = 0
         while start < n:
             stop = min(n, start + self._chunk)
             o, h = self._run_chunk(
                 [None if a is None else a[start:stop] for a in idx],
-                [a[start:stop] for a in val],
+                [None if a is None else a[start:stop] for a in val],
                 track,
             )
             outs[start:stop] = o
             if track:
+                if hashes is None:
+                    hashes = np.zeros((n, h.shape[1]), np.uint64)
                 hashes[start:stop] = h
             start = stop
         results = []
@@ -832,34 +871,43 @@ class JaxBackend:
             loss = float(outs[p, 0])
             terms = {name: float(outs[p, 1 + k]) for k, name in enumerate(self._term_names)}
             signature, decisions = None, 0
-            if track:
-                signature, decisions = self._signature(names, hashes[p])
+            if hashes is not None:
+                signature, decisions = self._signature(hashes[p])
             results.append(Evaluation(loss, terms, signature, decisions))
         return results
 
-    @staticmethod
-    def _signature(names: list[str], hashes: np.ndarray) -> tuple[bytes, int]:
-        """The digest and count of the decision sites of one evaluation."""
-        hashes = np.asarray(hashes, np.uint64)
-        if hashes.shape != (len(names),):
+    def _signature(self, hashes: np.ndarray) -> tuple[bytes, int]:
+        """The digest and count of the decision sites of one evaluation.
+
+        Every tracked program of a check evaluates the same jaxpr through the same
+        interpreter, so its hashes come in the same site order: the position is the
+        site's identity within the check (digests are only compared within a check).
+        """
+        hashes = np.asarray(hashes, np.uint64).reshape(-1)
+        if self._n_sites is None:
+            self._n_sites = hashes.size
+        elif hashes.size != self._n_sites:
             raise RuntimeError(
-                f"gradcheck: internal error: {hashes.shape} decision hashes for "
-                f"{len(names)} decision sites"
+                f"gradcheck: internal error: {hashes.size} decision hashes where the "
+                f"check's first tracked evaluation had {self._n_sites}"
             )
         recorder = SignatureRecorder()
-        for name, value in zip(names, hashes, strict=True):
-            recorder.record(name, int(value).to_bytes(8, "little"))
+        for value in hashes:
+            recorder.record("site", int(value).to_bytes(8, "little"))
         return recorder.digest(), recorder.count
 
     def _run_chunk(self, idx: list, val: list, track: bool) -> tuple[np.ndarray, np.ndarray]:
-        rows = val[0].shape[0] if val else 1
+        rows = next((a.shape[0] for a in val if a is not None), 1)
         self._rng.reseed()
         if self._vmap_ok[track] is not False:
             size = next((b for b in _BATCH_SIZES if b >= rows), _BATCH_SIZES[-1])
             size = min(self._chunk, size)
             pad = size - rows
             pidx = [None if a is None else np.pad(a, ((0, pad), (0, 0))) for a in idx]
-            pval = [np.pad(a, ((0, pad), (0, 0)), constant_values=-0.0) for a in val]
+            pval = [
+                None if a is None else np.pad(a, ((0, pad), (0, 0)), constant_values=-0.0)
+                for a in val
+            ]
             try:
                 o, h = _BATCHED[self._quick](
                     self._program, track, self._consts, self._base_dev, pidx, pval, self._dyn_vals
@@ -884,7 +932,7 @@ class JaxBackend:
                 self._consts,
                 self._base_dev,
                 [None if a is None else a[r] for a in idx],
-                [a[r] for a in val],
+                [None if a is None else a[r] for a in val],
                 self._dyn_vals,
             )
             o, h = jax.device_get((o, h))

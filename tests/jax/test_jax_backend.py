@@ -318,6 +318,39 @@ def test_batched_and_one_at_a_time_evaluations_agree():
     assert [e.signature for e in a] == [e.signature for e in b]
 
 
+def test_a_large_model_is_batched_per_lane_and_agrees_with_the_loop():
+    """Past _DENSE_COORDINATES, a large block is a batch lane of its own and the small
+    blocks share one: points perturbing W carry copies of W only. The values, the
+    decisions and a mixed point (two lanes at once) agree with one-at-a-time evaluation."""
+    gen = np.random.default_rng(0)
+    x = jnp.asarray(gen.standard_normal((4, 80)))
+
+    def f(W, b, v):
+        return jnp.sum(jax.nn.relu(x @ W + b) @ v)
+
+    W = jnp.asarray(gen.standard_normal((80, 70)) / 9)  # 5600 entries: a lane of its own
+    b, v = jnp.asarray(gen.standard_normal(70)), jnp.asarray(gen.standard_normal(70))
+    points = [_coord(k, i, s * 1e-4) for k in range(3) for i in (0, 7, 69) for s in (1, -1)]
+    points.append(Point(((0, range(5600), np.full(5600, 1e-5)),)))  # a direction of W
+    points.append(
+        Point(((0, np.array([3]), np.array([1e-3])), (2, np.array([1]), np.array([2e-3]))))
+    )
+    results = []
+    for batch in (True, False):
+        backend = _backend(f, W, b, v, batch=batch)
+        try:
+            backend.gradient(True)
+            results.append(backend.evaluate(points, True))
+            groups = backend._groups(points)
+        finally:
+            backend.close()
+    a, c = results
+    np.testing.assert_allclose([e.loss for e in a], [e.loss for e in c], rtol=1e-13)
+    assert [e.signature for e in a] == [e.signature for e in c]
+    lanes = {batched for batched, _ in groups}
+    assert lanes == {frozenset({0}), frozenset({1, 2}), frozenset({0, 1, 2})}
+
+
 @jax.custom_vjp
 def _host_sin(x):
     # a kernel outside JAX (think FFI), with a backward rule
