@@ -1132,8 +1132,10 @@ a result, not a typo.
   function (torch: `autograd.grad` of the loss; JAX: a jitted `value_and_grad`),
   measured before and after the checks (the smaller median is kept).
   For JAX, *compile in median* is the tracing, lowering and XLA compile time inside
-  the median run, from `jax.monitoring`: our JAX backend compiles its programs anew
-  in every check, `check_grads` on a jitted f compiles only in its first call.
+  the median run, from `jax.monitoring`. Our JAX backend compiles a computation's
+  programs in its first check (the warm-up) and finds them in JAX's jit cache in the
+  later ones, as `check_grads` on a jitted f does; what remains in the median is
+  tracing f, which every check does.
 - **Threads.** torch and XLA run with one intra-op thread (`--threads 1`). On a shared
   2-core machine two threads make every parallel op wait for a core that another
   process holds: with the default two threads, `fast_mode=True` at 1e4 parameters was

@@ -93,7 +93,7 @@ _CHUNK_BYTES = 512 * 2**20
 #: most points evaluated in one vmapped call; a batch is padded to one of _BATCH_SIZES
 _MAX_CHUNK = 512
 #: the batch sizes compiled (each one a program): few, since compiling dominates
-_BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512)
+_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 #: checks with at most this many coordinates in all send every delta as a whole block
 _DENSE_COORDINATES = 4096
 
