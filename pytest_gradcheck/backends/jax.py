@@ -292,6 +292,19 @@ _GRAD = _jitted(_grad_body, 2)
 _BATCHED = _jitted(_batched_body, 2)
 _SINGLE = _jitted(_point_body, 2)
 _EVAL = _jitted(_eval_body, 1)
+_JITTED = (*_GRAD, *_BATCHED, *_SINGLE, *_EVAL)
+
+#: the most compiled programs kept between checks: past it, they are all dropped (a
+#: session checking many models or shapes, Hypothesis's random shapes, would otherwise
+#: hold every program it ever compiled, up to JAX's own limit of thousands)
+_MAX_PROGRAMS = 256
+
+
+def _bound_programs() -> None:
+    """Drop the compiled programs when they exceed _MAX_PROGRAMS (called per check)."""
+    if sum(fn._cache_size() for fn in _JITTED) > _MAX_PROGRAMS:
+        for fn in _JITTED:
+            fn.clear_cache()
 
 
 class JaxBackend:
@@ -547,6 +560,7 @@ class JaxBackend:
             self._chunk = 1 << (chunk.bit_length() - 1)
             self._dense = sum(b.size for b in self._base_np) <= _DENSE_COORDINATES
             self._quick = int(self._quick_compile(per_point))
+            _bound_programs()
 
     def _place_const(self, value: Any) -> Any:
         """A const of the traced jaxpr, on the check's device, as a program argument."""

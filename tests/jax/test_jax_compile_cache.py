@@ -445,3 +445,16 @@ def test_another_matmul_precision_compiles_its_own_program():
         backend.close()
     assert same[0] == 0
     assert other[0] > 0
+
+
+def test_the_programs_kept_between_checks_are_bounded(monkeypatch):
+    from pytest_gradcheck.backends import jax as jax_backend
+
+    def programs():
+        return sum(fn._cache_size() for fn in jax_backend._JITTED)
+
+    monkeypatch.setattr(jax_backend, "_MAX_PROGRAMS", 3)
+    for n in (3, 4, 5):  # each shape compiles programs of its own
+        gradcheck(lambda x: jnp.sum(jnp.sin(x)), jnp.linspace(0.1, 1.0, n))
+        assert programs() <= 3 + 6  # at most the bound, plus one check's programs
+    assert programs() > 0
