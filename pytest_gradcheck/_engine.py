@@ -355,7 +355,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     track = opts.kinks == "track"
     counter = _Counter(backend, track)
     specs = list(backend.blocks())
-    base = [s.values.copy() for s in specs]
+    # the backend's specs hold copies of the values; burn-in moves its own copy
+    base = [s.values.copy() for s in specs] if opts.burn_in else [s.values for s in specs]
     warnings: list[str] = list(backend.warnings)
 
     burn_losses: tuple[float, ...] = ()
@@ -428,7 +429,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         )
         if opts.mode in ("directions", "both") and spec.size > 1:
             v = direction(spec.name, spec.size, opts.seed)
-            hd = float(steps(opts.eps, np.array([np.sqrt(np.mean(base[b] ** 2))]))[0])
+            rms = float(np.sqrt(np.mean(base[b] ** 2))) if opts.eps == "auto" else 0.0
+            hd = float(steps(opts.eps, np.array([rms]))[0])
             dirs.append(v)
             norms = {loss: float(np.linalg.norm(g)) for loss, g in raw.items()}
             dir_pairs.append(_pair(b, range(spec.size), v, hd, vf, norms))
