@@ -1,6 +1,7 @@
-"""The framework-free check: burn-in, sampling, differences, kinks, terms, verdict.
+"""The framework-free check: burn-in, sampling, terms, verdict, warnings.
 
-The engine talks to a backend through `backends._base.Backend` only. Its cost is the
+The comparisons themselves (centered differences, kink retries, confirmation) are
+`_pairs`'s. The engine talks to a backend through `backends._base.Backend` only. Its cost is the
 number of evaluations of f: one analytic pass, two per checked coordinate, two per
 block's direction, plus retries at smaller steps where a kink was crossed and about
 2·log2(n) to localize a failing direction that no sampled coordinate explains.
@@ -11,15 +12,27 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._kinks import RETRY_DIVISORS, crossed
 from ._options import Options
+from ._pairs import (
+    NOISE_SIGMAS,
+    NOISE_USABLE,
+    TOTAL,
+    Counter,
+    Pair,
+    best,
+    check_finite,
+    confirm,
+    coordinate_pair,
+    fails,
+    make_pair,
+    pair_tier,
+)
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import direction, sample_coordinates
-from ._steps import TINY, absmax, measured_noise, noise_floor, steps, value_floor
+from ._steps import TINY, absmax, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
 
@@ -28,332 +41,12 @@ SWEEP_STEPS: tuple[float, ...] = tuple(10.0**-k for k in range(1, 11))
 #: how many of the worst coordinates the sweep covers
 SWEEP_COORDINATES = 3
 
-TOTAL = None  # the key of the total loss among the per-loss arrays
-
-#: the wide step of a failing comparison's confirmation, as a multiple of its step:
-#: round-off of f divided by 8, truncation (O(h^2)) multiplied by 64
-WIDE = 8.0
-#: a comparison still failing by less than NOISE_PLAUSIBLE (relative) after the
-#: half and the wide step may be round-off of f: f's noise is then measured from f
-#: at x + k h u, k = -NOISE_REACH .. NOISE_REACH (see `_steps.measured_noise`), and a
-#: measured noise r allows a centered difference at step h an error of
-#: NOISE_SIGMAS * r / h (two round-offs of f divided by 2h: r / h when bounded by r)
-NOISE_PLAUSIBLE = 1e-2
-NOISE_REACH = 4
-NOISE_SIGMAS = 2.0
-#: measured noise excuses a disagreement only where it limits the comparison to
-#: better than this (relative): a check that cannot resolve errors of 1e-4 (f computed
-#: in float32 inside, say) is no evidence that the gradient is right
-NOISE_USABLE = 1e-4
-
-
-@dataclass
-class _Pair:
-    """A centered difference in flight: where, how far, and what came back."""
-
-    point_plus: Point
-    point_minus: Point
-    step: float
-    plus: Evaluation | None = None
-    minus: Evaluation | None = None
-    #: the same difference at step/2, for Richardson extrapolation (see `refine`)
-    half: _Pair | None = None
-    #: the same difference at WIDE * step, against round-off (see `refine`)
-    wide: _Pair | None = None
-    #: per loss, the round-off of f measured along this pair's delta (`measure_noise`)
-    noise: Mapping[str | None, float] = field(default_factory=dict)
-    #: per loss, the size of the gradient the comparison stands for (the block's
-    #: largest |g| for a coordinate, |g| for a direction): measured round-off excuses a
-    #: disagreement only where it resolves NOISE_USABLE of it
-    reference: Mapping[str | None, float] = field(default_factory=dict)
-    #: whether f was finite at both points (always, for a pair whose values are used
-    #: at all; a wide or ladder pair may leave f's domain and is then ignored)
-    finite: bool = True
-    #: after a persistent crossing: (side, f at side*step/2, f at the center), see
-    #: `_Counter.one_sided`
-    one_sided: tuple[int, Evaluation, Evaluation] | None = None
-    #: per loss (None: the total), the round-off of f scaled by h that the size of the
-    #: block's values and gradients implies (see `_steps.value_floor`)
-    value_floor: Mapping[str | None, float] = field(default_factory=dict)
-
-    def crossed(self) -> bool:
-        assert self.plus is not None and self.minus is not None
-        return crossed(self.plus.signature, self.minus.signature)
-
-    def usable(self) -> bool:
-        """Whether the numeric value is exact up to truncation (no kink in the way)."""
-        return not self.crossed() or self.one_sided is not None
-
-    def quotient(self, term: str | None) -> tuple[float, float]:
-        """(numeric derivative, round-off floor) of the total (None) or one term.
-
-        Once refined, the Richardson extrapolation (4 D(h/2) - D(h)) / 3, whose
-        truncation error is O(h^4) instead of O(h^2).
-        """
-        assert self.plus is not None and self.minus is not None
-        fp = _value(self.plus, term)
-        fm = _value(self.minus, term)
-        if self.one_sided is not None:
-            side, half, center = self.one_sided
-            f_far, f_half, f_0 = (fp if side > 0 else fm), _value(half, term), _value(center, term)
-            d_far = side * (f_far - f_0) / self.step
-            d_half = side * (f_half - f_0) / (self.step / 2.0)
-            # Richardson on the one-sided quotient: O(h^2) like the centered formula
-            return 2.0 * d_half - d_far, 6.0 * self._floor(f_far, f_0, term)
-        d, floor = (fp - fm) / (2.0 * self.step), self._floor(fp, fm, term)
-        if self.half is None:
-            return d, floor
-        d_half, floor_half = self.half.quotient(term)
-        return (4.0 * d_half - d) / 3.0, (4.0 * floor_half + floor) / 3.0
-
-    def estimates(self, term: str | None) -> list[tuple[float, float, float, float]]:
-        """(numeric derivative, round-off floor, measured-noise floor, step) of each
-        estimate this pair has: `quotient`, and for a refined pair the wide step."""
-        r = NOISE_SIGMAS * self.noise.get(term, 0.0)
-        n, floor = self.quotient(term)
-        # the Richardson value (4 D(h/2) - D(h)) / 3 carries (4 * 2 + 1) / 3 = 3 times
-        # the round-off of D(h)
-        richardson = self.half is not None and self.one_sided is None
-        found = [(n, floor, r / self.step * (3.0 if richardson else 1.0), self.step)]
-        if self.wide is not None:
-            nw, fw = self.wide.quotient(term)
-            found.append((nw, fw, r / self.wide.step, self.wide.step))
-        return found
-
-    def _floor(self, fa: float, fb: float, term: str | None) -> float:
-        return max(
-            noise_floor(fa, fb, self.step),
-            self.value_floor.get(term, 0.0) / self.step,
-        )
-
-
-def _value(ev: Evaluation, term: str | None) -> float:
-    return ev.loss if term is None else ev.terms[term]
-
-
-def _pair(
-    block: int,
-    indices: np.ndarray | range,
-    delta: np.ndarray,
-    h: float,
-    value_floor: Mapping[str | None, float],
-    reference: Mapping[str | None, float] | None = None,
-) -> _Pair:
-    return _Pair(
-        Point(((block, indices, delta * h),)),
-        Point(((block, indices, -delta * h),)),
-        h,
-        value_floor=value_floor,
-        reference=reference or {},
-    )
-
-
-def _coordinate_pair(
-    block: int,
-    index: int,
-    h: float,
-    value_floor: Mapping[str | None, float],
-    reference: Mapping[str | None, float],
-) -> _Pair:
-    """`_pair` for one coordinate, built directly (a check builds many)."""
-    at = np.array([index])
-    return _Pair(
-        Point(((block, at, np.array([h])),)),
-        Point(((block, at, np.array([-h])),)),
-        h,
-        value_floor=value_floor,
-        reference=reference,
-    )
-
-
-class _Counter:
-    """Runs evaluations through the backend and counts them."""
-
-    def __init__(self, backend: Backend, track: bool) -> None:
-        self.backend = backend
-        self.track = track
-        self.count = 0
-        #: the tracked evaluation at the base point, once known
-        self.center: Evaluation | None = None
-
-    def run(self, pairs: Sequence[_Pair]) -> None:
-        """Evaluate the pairs, retrying crossings at smaller steps (kinks="track")."""
-        self._evaluate(pairs)
-        if not self.track:
-            return
-        todo = [
-            (
-                p,
-                _Pair(
-                    p.point_plus,
-                    p.point_minus,
-                    p.step,
-                    value_floor=p.value_floor,
-                    reference=p.reference,
-                ),
-            )
-            for p in pairs
-            if p.crossed()
-        ]
-        for divisor in RETRY_DIVISORS:  # relative to the original step: h/10, h/100
-            if not todo:
-                break
-            retries = [_smaller(first, divisor) for _, first in todo]
-            self._evaluate(retries)
-            still = []
-            for (original, first), retry in zip(todo, retries, strict=True):
-                original.point_plus, original.point_minus = retry.point_plus, retry.point_minus
-                original.step, original.plus, original.minus = retry.step, retry.plus, retry.minus
-                if original.crossed():
-                    still.append((original, first))
-            todo = still
-        todo = [p for p, _ in todo]
-        if todo:
-            self.one_sided(todo)
-
-    def one_sided(self, pairs: Sequence[_Pair]) -> None:
-        """Rescue persistent crossings whose center shares one side's branches.
-
-        If f(x+h) took the same branches as f(x), the kink lies on the other side and
-        the one-sided quotient from x toward x+h stays on one smooth piece (likewise
-        for x-h). A half step on that side confirms it and gives a Richardson
-        estimate. Crossings where the center matches neither side stay excluded.
-        """
-        c = self.center
-        if c is None or c.signature is None:
-            return
-        todo = []
-        for p in pairs:
-            assert p.plus is not None and p.minus is not None
-            if p.plus.signature == c.signature:
-                side, point = 1, p.point_plus
-            elif p.minus.signature == c.signature:
-                side, point = -1, p.point_minus
-            else:
-                continue
-            todo.append((p, side, Point(tuple((b, i, d / 2.0) for b, i, d in point.deltas))))
-        if not todo:
-            return
-        evals = self.backend.evaluate([t[2] for t in todo], True)
-        self.count += len(todo)
-        for (p, side, _), ev in zip(todo, evals, strict=True):
-            _check_finite(ev, "a one-sided half step")
-            if ev.signature == c.signature:
-                p.one_sided = (side, ev, c)
-
-    def _evaluate(self, pairs: Sequence[_Pair], strict: bool = True) -> None:
-        """Evaluate both points of each pair; a non-finite value raises, or with
-        `strict` False marks the pair as not `finite` (a step beyond f's domain)."""
-        points: list[Point] = []
-        for p in pairs:
-            points += [p.point_plus, p.point_minus]
-        if not points:
-            return
-        evals = self.backend.evaluate(points, self.track)
-        self.count += len(points)
-        for i, p in enumerate(pairs):
-            p.plus, p.minus = evals[2 * i], evals[2 * i + 1]
-            if strict:
-                _check_finite(p.plus, "f(x + h)")
-                _check_finite(p.minus, "f(x - h)")
-            else:
-                p.finite = _finite(p.plus) and _finite(p.minus)
-
-    def refine(self, pairs: Sequence[_Pair]) -> None:
-        """Add a half step (Richardson extrapolation) and a wide step to each pair.
-
-        Used on comparisons that fail, to confirm before condemning. A disagreement of
-        a correct gradient is the centered formula's truncation error, O(h^2), or the
-        round-off of f divided by h, O(1/h); an error of the gradient does not depend
-        on h. The Richardson value at h/2 removes the first, the difference at
-        WIDE * h divides the second by WIDE (f may lose far more than |f| suggests to
-        cancellation: log-softmax of a confident score), so a correct gradient agrees
-        with one of them and a wrong one with neither (see `_best`). A step that
-        crosses a kink is discarded.
-        """
-        halves = [_smaller(p, 2.0) for p in pairs]
-        wides = [_smaller(p, 1.0 / WIDE) for p in pairs]
-        self._evaluate(halves)
-        self._evaluate(wides, strict=False)  # 8h may leave f's domain: then unused
-        for p, half, wide in zip(pairs, halves, wides, strict=True):
-            if not (self.track and half.crossed()):
-                p.half = half
-            if wide.finite and not (self.track and wide.crossed()):
-                p.wide = wide
-
-    def measure_noise(self, pairs: Sequence[_Pair], losses: Sequence[str | None]) -> None:
-        """Measure the round-off of f along each pair's delta (`measured_noise`).
-
-        f is evaluated at x + k h u for k = -NOISE_REACH .. NOISE_REACH, at the pair's
-        own spacing: the round-off that matters is the one at the pair's points (at a
-        finer spacing f's rounding falls on a regular pattern that hides it). The
-        pair's f(x +- h u) are reused; the checked point is evaluated again like the
-        others (its first value came from the gradient pass, which may round
-        differently). The pair's estimates then allow the measured noise in their
-        floors (see `estimates`, `_best`). A line that leaves f's domain or crosses a
-        kink measures nothing.
-        """
-        c = self.center
-        if c is None or not pairs:
-            return
-        ks = [k for k in range(-NOISE_REACH, NOISE_REACH + 1) if abs(k) != 1]
-        points = [
-            Point(tuple((b, i, d * float(k)) for b, i, d in p.point_plus.deltas))
-            for p in pairs
-            for k in ks
-        ]
-        evals = self.backend.evaluate(points, self.track)
-        self.count += len(points)
-        for j, p in enumerate(pairs):
-            assert p.plus is not None and p.minus is not None
-            got = dict(zip(ks, evals[j * len(ks) : (j + 1) * len(ks)], strict=True))
-            got[1], got[-1] = p.plus, p.minus
-            line = [got[k] for k in range(-NOISE_REACH, NOISE_REACH + 1)]
-            if not all(_finite(ev) for ev in line):
-                continue
-            if self.track and any(ev.signature != c.signature for ev in line):
-                continue
-            noise = {
-                loss: measured_noise(np.array([_value(ev, loss) for ev in line])) for loss in losses
-            }
-            p.noise = noise
-
-
-def _smaller(p: _Pair, divisor: float) -> _Pair:
-    def shrink(point: Point) -> Point:
-        return Point(tuple((b, i, d / divisor) for b, i, d in point.deltas))
-
-    return _Pair(
-        shrink(p.point_plus),
-        shrink(p.point_minus),
-        p.step / divisor,
-        value_floor=p.value_floor,
-        reference=p.reference,
-    )
-
-
-def _finite(ev: Evaluation) -> bool:
-    return math.isfinite(ev.loss) and all(math.isfinite(v) for v in ev.terms.values())
-
-
-def _check_finite(ev: Evaluation, what: str) -> None:
-    if _finite(ev):
-        return
-    values = {**{f"term {k!r}": v for k, v in ev.terms.items()}, "the loss": ev.loss}
-    for name, value in values.items():
-        if not math.isfinite(value):
-            raise ValueError(
-                f"gradcheck: {name} is {value} at {what}; the loss must be finite near the "
-                "checked point (look for a log of zero, a division by zero or an overflow, "
-                "or use a smaller eps)"
-            )
-
 
 def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     """Check the backend's function with the given options and return the Result."""
     started = time.perf_counter()
     track = opts.kinks == "track"
-    counter = _Counter(backend, track)
+    counter = Counter(backend, track)
     specs = list(backend.blocks())
     # the backend's specs hold copies of the values; burn-in moves its own copy
     base = [s.values.copy() for s in specs] if opts.burn_in else [s.values for s in specs]
@@ -367,7 +60,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     grad = backend.gradient(track)
     counter.count += 1
     counter.center = grad.center
-    _check_finite(grad.center, "the checked point")
+    check_finite(grad.center, "the checked point")
     term_names = tuple(grad.terms)
     # a tracked center without a signature means the backend could not track this f
     # (e.g. JAX eager fallback): kinks are then possible, not absent
@@ -402,9 +95,9 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         return g
 
     # coordinates of every block, then one direction per block
-    coord_pairs: list[list[_Pair]] = []
+    coord_pairs: list[list[Pair]] = []
     coord_index: list[np.ndarray] = []
-    dir_pairs: list[_Pair | None] = []
+    dir_pairs: list[Pair | None] = []
     dirs: list[np.ndarray | None] = []
     floors: list[dict[str | None, float]] = []
     largests: list[dict[str | None, float]] = []
@@ -423,7 +116,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         coord_index.append(idx)
         coord_pairs.append(
             [
-                _coordinate_pair(b, int(i), float(hi), vf, largest)
+                coordinate_pair(b, int(i), float(hi), vf, largest)
                 for i, hi in zip(idx, h, strict=True)
             ]
         )
@@ -433,7 +126,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             hd = float(steps(opts.eps, np.array([rms]))[0])
             dirs.append(v)
             norms = {loss: float(np.linalg.norm(g)) for loss, g in raw.items()}
-            dir_pairs.append(_pair(b, range(spec.size), v, hd, vf, norms))
+            dir_pairs.append(make_pair(b, range(spec.size), v, hd, vf, norms))
         else:
             dirs.append(None)
             dir_pairs.append(None)
@@ -441,32 +134,32 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     # confirm before condemning: failing comparisons get a Richardson step, a wide step
     # and, where round-off may explain what still fails, a measurement of f's noise
-    suspects: list[tuple[_Pair, list[float]]] = []
+    suspects: list[tuple[Pair, list[float]]] = []
     for b in range(len(specs)):
         gs = [analytic(loss, b) for loss in losses]
         for i, pp in zip(coord_index[b], coord_pairs[b], strict=True):
             values = [float(g[i]) for g in gs]
-            if _fails(pp, values, losses, scale, tolerance):
+            if fails(pp, values, losses, scale, tolerance):
                 suspects.append((pp, values))
         dp, v = dir_pairs[b], dirs[b]
         if dp is not None and v is not None:
             values = [float(v @ g) for g in gs]
-            if _fails(dp, values, losses, scale, tolerance):
+            if fails(dp, values, losses, scale, tolerance):
                 suspects.append((dp, values))
-    _confirm(counter, suspects, losses, scale, tolerance)
+    confirm(counter, suspects, losses, scale, tolerance)
 
     # localize directions that fail while no sampled coordinate does (bisection)
-    localized: list[list[tuple[int, _Pair]]] = [[] for _ in specs]
+    localized: list[list[tuple[int, Pair]]] = [[] for _ in specs]
     for b in range(len(specs)):
         p, v = dir_pairs[b], dirs[b]
         if p is None or v is None or not p.usable():
             continue
         for loss in losses:
             g = analytic(loss, b)
-            if _pair_tier(p, float(v @ g), loss, scale) <= tolerance:
+            if pair_tier(p, float(v @ g), loss, scale) <= tolerance:
                 continue
             if any(
-                _pair_tier(pp, float(g[i]), loss, scale) > tolerance
+                pair_tier(pp, float(g[i]), loss, scale) > tolerance
                 for i, pp in zip(coord_index[b], coord_pairs[b], strict=True)
                 if pp.usable()
             ):
@@ -478,11 +171,11 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 and all(spot != i for i, _ in localized[b])
             ):
                 h = float(steps(opts.eps, base[b][[spot]])[0])
-                pair = _pair(b, np.array([spot]), np.ones(1), h, floors[b], largests[b])
+                pair = make_pair(b, np.array([spot]), np.ones(1), h, floors[b], largests[b])
                 counter.run([pair])
                 values = [float(analytic(lo, b)[spot]) for lo in losses]
-                if _fails(pair, values, losses, scale, tolerance):
-                    _confirm(counter, [(pair, values)], losses, scale, tolerance)
+                if fails(pair, values, losses, scale, tolerance):
+                    confirm(counter, [(pair, values)], losses, scale, tolerance)
                 localized[b].append((spot, pair))
 
     results: dict[str | None, Result] = {}
@@ -551,105 +244,14 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     )
 
 
-def _fails(
-    pair: _Pair,
-    analytic: Sequence[float],
-    losses: Sequence[str | None],
-    scale: float,
-    tolerance: Tier,
-) -> bool:
-    """Whether a (kink-free) comparison is worse than the tolerance for some loss."""
-    if pair.crossed() or pair.half is not None:
-        return False
-    return any(
-        _pair_tier(pair, a, loss, scale) > tolerance
-        for a, loss in zip(analytic, losses, strict=True)
-    )
-
-
-def _confirm(
-    counter: _Counter,
-    suspects: Sequence[tuple[_Pair, Sequence[float]]],
-    losses: Sequence[str | None],
-    scale: float,
-    tolerance: Tier,
-) -> None:
-    """Refine failing comparisons (a half step and a wide step); where some still fail
-    by less than NOISE_PLAUSIBLE, which round-off of f may explain, measure it.
-
-    The round-off of f is a property of f near x, in f's units: it is measured once
-    per block (along the block's direction when that is among the comparisons, which
-    moves every coordinate), and every such comparison of the block allows for it.
-    """
-    counter.refine([p for p, _ in suspects])
-    plausible: dict[int, list[_Pair]] = {}
-    for p, values in suspects:
-        for a, loss in zip(values, losses, strict=True):
-            n, _, _, tier = _best(p, a, loss, scale)
-            if tier > tolerance and relative_error(a, n) < NOISE_PLAUSIBLE:
-                plausible.setdefault(p.point_plus.deltas[0][0], []).append(p)
-                break
-    lines = [max(ps, key=lambda p: _support(p)) for ps in plausible.values()]
-    counter.measure_noise(lines, losses)
-    for line, ps in zip(lines, plausible.values(), strict=True):
-        for p in ps:
-            p.noise = line.noise
-
-
-def _support(p: _Pair) -> int:
-    """How many coordinates a pair moves."""
-    _, indices, _ = p.point_plus.deltas[0]
-    return len(indices) if isinstance(indices, range) else int(np.size(indices))
-
-
-def _pair_tier(pair: _Pair, analytic: float, loss: str | None, scale: float) -> Tier:
-    """The tier of one pair's numeric value against an analytic value, for one loss."""
-    return _best(pair, analytic, loss, scale)[3]
-
-
-def _best(
-    pair: _Pair, analytic: float, loss: str | None, scale: float
-) -> tuple[float, float, float, Tier]:
-    """(numeric, floor, step, tier) of the pair's estimate that agrees best with `analytic`.
-
-    An unrefined pair has one estimate. A refined one (see `_Counter.refine`) also has
-    the Richardson value and the wide-step difference: a correct gradient agrees with
-    the one whose error (truncation or round-off) is small, while an error of the
-    gradient shows in every one of them. Ties go to the first.
-    """
-    if pair.wide is None and not pair.noise:  # one estimate: the common case, quickly
-        n, floor = pair.quotient(loss)
-        n, floor = n * scale, floor * scale
-        return n, floor, pair.step, _verdict(analytic, n, floor)
-    best: tuple[float, float, float, Tier] | None = None
-    for n, floor, noise, step in pair.estimates(loss):
-        n, floor, noise = n * scale, floor * scale, noise * scale
-        if noise <= NOISE_USABLE * max(
-            abs(analytic), abs(n), pair.reference.get(loss, 0.0) * scale
-        ):
-            floor = max(floor, noise)
-        tier = _verdict(analytic, n, floor)
-        if best is None or tier < best[3]:
-            best = (n, floor, step, tier)
-    assert best is not None
-    return best
-
-
-def _verdict(a: float, n: float, floor: float) -> Tier:
-    """The tier of one comparison; a disagreement within round-off counts as HAPPY."""
-    if abs(a - n) <= floor:
-        return Tier.HAPPY
-    return Tier.of(relative_error(a, n))
-
-
 def _block_result(
     spec: BlockSpec,
     idx: np.ndarray,
-    pairs: Sequence[_Pair],
+    pairs: Sequence[Pair],
     g: np.ndarray,
     scale: float,
     tolerance: Tier,
-    dpair: _Pair | None,
+    dpair: Pair | None,
     v: np.ndarray | None,
     localized: tuple[int, ...],
     loss: str | None,
@@ -663,7 +265,7 @@ def _block_result(
     kink = np.zeros(k, dtype=bool)
     one_sided = np.zeros(k, dtype=bool)
     for j, p in enumerate(pairs):
-        numeric[j], floor[j], step[j], _ = _best(p, float(analytic[j]), loss, scale)
+        numeric[j], floor[j], step[j], _ = best(p, float(analytic[j]), loss, scale)
         kink[j], one_sided[j] = p.crossed(), p.one_sided is not None
     rel = np.array([relative_error(a, n) for a, n in zip(analytic, numeric, strict=True)])
     within = np.abs(analytic - numeric) <= floor
@@ -675,7 +277,7 @@ def _block_result(
     d = None
     if dpair is not None and v is not None:
         a = float(v @ g)
-        n, fl, h, tier = _best(dpair, a, loss, scale)
+        n, fl, h, tier = best(dpair, a, loss, scale)
         d = DirectionResult(
             analytic=a,
             numeric=n,
@@ -722,7 +324,7 @@ def _burn_in(
     losses = []
     for step in range(opts.burn_in):
         g = backend.gradient(False)
-        _check_finite(g.center, f"burn-in step {step}")
+        check_finite(g.center, f"burn-in step {step}")
         losses.append(g.center.loss)
         if opts.burn_in_step is not None:
             named = {s.name: g.total[b].reshape(s.shape) for b, s in enumerate(specs)}
@@ -767,10 +369,10 @@ def _scale(grad: Gradient, opts: Options, warnings: list[str]) -> float:
 
 
 def _bisect(
-    counter: _Counter,
+    counter: Counter,
     b: int,
     v: np.ndarray,
-    whole: _Pair,
+    whole: Pair,
     g: np.ndarray,
     loss: str | None,
     scale: float,
@@ -781,7 +383,7 @@ def _bisect(
     n_all = whole.quotient(loss)[0] * scale
     while idx.size > 1:
         half, other = idx[: idx.size // 2], idx[idx.size // 2 :]
-        pair = _pair(b, half, v[half], whole.step, whole.value_floor, whole.reference)
+        pair = make_pair(b, half, v[half], whole.step, whole.value_floor, whole.reference)
         counter.run([pair])
         if pair.crossed():
             return None
@@ -820,7 +422,7 @@ def _dominance_warnings(
 
 
 def _noise_warning(
-    spec: BlockSpec, pairs: Sequence[_Pair], block: BlockResult, scale: float, warnings: list[str]
+    spec: BlockSpec, pairs: Sequence[Pair], block: BlockResult, scale: float, warnings: list[str]
 ) -> None:
     """Say where f's round-off was measured, what it hides, and what became of it."""
     measured = [p for p in pairs if p.noise]
@@ -872,7 +474,7 @@ def _excluded_warnings(total: Result, warnings: list[str]) -> bool:
     return suspicious
 
 
-def _check_deterministic(counter: _Counter, center: Evaluation) -> None:
+def _check_deterministic(counter: Counter, center: Evaluation) -> None:
     """Before condemning a gradient, make sure f gives one value at one point.
 
     A function drawing from a generator the check cannot reset (a NumPy Generator or a
@@ -909,7 +511,7 @@ def _active_range_warnings(
 
 
 def _sweep(
-    counter: _Counter, specs: Sequence[BlockSpec], total: Result, scale: float
+    counter: Counter, specs: Sequence[BlockSpec], total: Result, scale: float
 ) -> tuple[tuple[str, tuple[int, ...], dict[float, float]], ...]:
     """Relative error at h = 1e-1 ... 1e-10 for the worst coordinates of the total."""
     worst: list[tuple[float, int, int, float]] = []
@@ -921,7 +523,7 @@ def _sweep(
     worst.sort(reverse=True)
     rows = []
     for _, b, flat, a in worst[:SWEEP_COORDINATES]:
-        pairs = [_pair(b, np.array([flat]), np.ones(1), h, {}) for h in SWEEP_STEPS]
+        pairs = [make_pair(b, np.array([flat]), np.ones(1), h, {}) for h in SWEEP_STEPS]
         counter._evaluate(pairs)
         row = {p.step: relative_error(a, p.quotient(None)[0] * scale) for p in pairs}
         rows.append((specs[b].name, _multi_index(flat, specs[b].shape), row))

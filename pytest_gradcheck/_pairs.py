@@ -1,0 +1,438 @@
+"""Centered differences in flight: evaluation, kink retries, confirmation, verdicts.
+
+A `Pair` is one comparison's two points and what came back; the `Counter` runs pairs
+through the backend (counting evaluations), retries kink crossings at smaller steps
+and one-sidedly, and confirms failures before the engine condemns them: a half step
+(Richardson), a wide step and, where round-off may explain what is left, a
+measurement of f's round-off. `best` and `pair_tier` judge a pair against an analytic
+value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._kinks import RETRY_DIVISORS, crossed
+from ._steps import measured_noise, noise_floor
+from ._tiers import Tier, relative_error
+from .backends._base import Backend, Evaluation, Point
+
+TOTAL = None  # the key of the total loss among the per-loss arrays
+
+#: the wide step of a failing comparison's confirmation, as a multiple of its step:
+#: round-off of f divided by 8, truncation (O(h^2)) multiplied by 64
+WIDE = 8.0
+#: a comparison still failing by less than NOISE_PLAUSIBLE (relative) after the
+#: half and the wide step may be round-off of f: f's noise is then measured from f
+#: at x + k h u, k = -NOISE_REACH .. NOISE_REACH (see `_steps.measured_noise`), and a
+#: measured noise r allows a centered difference at step h an error of
+#: NOISE_SIGMAS * r / h (two round-offs of f divided by 2h: r / h when bounded by r)
+NOISE_PLAUSIBLE = 1e-2
+NOISE_REACH = 4
+NOISE_SIGMAS = 2.0
+#: measured noise excuses a disagreement only where it limits the comparison to
+#: better than this (relative): a check that cannot resolve errors of 1e-4 (f computed
+#: in float32 inside, say) is no evidence that the gradient is right
+NOISE_USABLE = 1e-4
+
+
+@dataclass
+class Pair:
+    """A centered difference in flight: where, how far, and what came back."""
+
+    point_plus: Point
+    point_minus: Point
+    step: float
+    plus: Evaluation | None = None
+    minus: Evaluation | None = None
+    #: the same difference at step/2, for Richardson extrapolation (see `refine`)
+    half: Pair | None = None
+    #: the same difference at WIDE * step, against round-off (see `refine`)
+    wide: Pair | None = None
+    #: per loss, the round-off of f measured along this pair's delta (`measure_noise`)
+    noise: Mapping[str | None, float] = field(default_factory=dict)
+    #: per loss, the size of the gradient the comparison stands for (the block's
+    #: largest |g| for a coordinate, |g| for a direction): measured round-off excuses a
+    #: disagreement only where it resolves NOISE_USABLE of it
+    reference: Mapping[str | None, float] = field(default_factory=dict)
+    #: whether f was finite at both points (always, for a pair whose values are used
+    #: at all; a wide or ladder pair may leave f's domain and is then ignored)
+    finite: bool = True
+    #: after a persistent crossing: (side, f at side*step/2, f at the center), see
+    #: `Counter.one_sided`
+    one_sided: tuple[int, Evaluation, Evaluation] | None = None
+    #: per loss (None: the total), the round-off of f scaled by h that the size of the
+    #: block's values and gradients implies (see `_steps.value_floor`)
+    value_floor: Mapping[str | None, float] = field(default_factory=dict)
+
+    def crossed(self) -> bool:
+        assert self.plus is not None and self.minus is not None
+        return crossed(self.plus.signature, self.minus.signature)
+
+    def usable(self) -> bool:
+        """Whether the numeric value is exact up to truncation (no kink in the way)."""
+        return not self.crossed() or self.one_sided is not None
+
+    def quotient(self, term: str | None) -> tuple[float, float]:
+        """(numeric derivative, round-off floor) of the total (None) or one term.
+
+        Once refined, the Richardson extrapolation (4 D(h/2) - D(h)) / 3, whose
+        truncation error is O(h^4) instead of O(h^2).
+        """
+        assert self.plus is not None and self.minus is not None
+        fp = value_of(self.plus, term)
+        fm = value_of(self.minus, term)
+        if self.one_sided is not None:
+            side, half, center = self.one_sided
+            f_far, f_half, f_0 = (
+                (fp if side > 0 else fm),
+                value_of(half, term),
+                value_of(center, term),
+            )
+            d_far = side * (f_far - f_0) / self.step
+            d_half = side * (f_half - f_0) / (self.step / 2.0)
+            # Richardson on the one-sided quotient: O(h^2) like the centered formula
+            return 2.0 * d_half - d_far, 6.0 * self._floor(f_far, f_0, term)
+        d, floor = (fp - fm) / (2.0 * self.step), self._floor(fp, fm, term)
+        if self.half is None:
+            return d, floor
+        d_half, floor_half = self.half.quotient(term)
+        return (4.0 * d_half - d) / 3.0, (4.0 * floor_half + floor) / 3.0
+
+    def estimates(self, term: str | None) -> list[tuple[float, float, float, float]]:
+        """(numeric derivative, round-off floor, measured-noise floor, step) of each
+        estimate this pair has: `quotient`, and for a refined pair the wide step."""
+        r = NOISE_SIGMAS * self.noise.get(term, 0.0)
+        n, floor = self.quotient(term)
+        # the Richardson value (4 D(h/2) - D(h)) / 3 carries (4 * 2 + 1) / 3 = 3 times
+        # the round-off of D(h)
+        richardson = self.half is not None and self.one_sided is None
+        found = [(n, floor, r / self.step * (3.0 if richardson else 1.0), self.step)]
+        if self.wide is not None:
+            nw, fw = self.wide.quotient(term)
+            found.append((nw, fw, r / self.wide.step, self.wide.step))
+        return found
+
+    def _floor(self, fa: float, fb: float, term: str | None) -> float:
+        return max(
+            noise_floor(fa, fb, self.step),
+            self.value_floor.get(term, 0.0) / self.step,
+        )
+
+
+def value_of(ev: Evaluation, term: str | None) -> float:
+    return ev.loss if term is None else ev.terms[term]
+
+
+def make_pair(
+    block: int,
+    indices: np.ndarray | range,
+    delta: np.ndarray,
+    h: float,
+    value_floor: Mapping[str | None, float],
+    reference: Mapping[str | None, float] | None = None,
+) -> Pair:
+    return Pair(
+        Point(((block, indices, delta * h),)),
+        Point(((block, indices, -delta * h),)),
+        h,
+        value_floor=value_floor,
+        reference=reference or {},
+    )
+
+
+def coordinate_pair(
+    block: int,
+    index: int,
+    h: float,
+    value_floor: Mapping[str | None, float],
+    reference: Mapping[str | None, float],
+) -> Pair:
+    """`make_pair` for one coordinate, built directly (a check builds many)."""
+    at = np.array([index])
+    return Pair(
+        Point(((block, at, np.array([h])),)),
+        Point(((block, at, np.array([-h])),)),
+        h,
+        value_floor=value_floor,
+        reference=reference,
+    )
+
+
+class Counter:
+    """Runs evaluations through the backend and counts them."""
+
+    def __init__(self, backend: Backend, track: bool) -> None:
+        self.backend = backend
+        self.track = track
+        self.count = 0
+        #: the tracked evaluation at the base point, once known
+        self.center: Evaluation | None = None
+
+    def run(self, pairs: Sequence[Pair]) -> None:
+        """Evaluate the pairs, retrying crossings at smaller steps (kinks="track")."""
+        self._evaluate(pairs)
+        if not self.track:
+            return
+        todo = [
+            (
+                p,
+                Pair(
+                    p.point_plus,
+                    p.point_minus,
+                    p.step,
+                    value_floor=p.value_floor,
+                    reference=p.reference,
+                ),
+            )
+            for p in pairs
+            if p.crossed()
+        ]
+        for divisor in RETRY_DIVISORS:  # relative to the original step: h/10, h/100
+            if not todo:
+                break
+            retries = [smaller(first, divisor) for _, first in todo]
+            self._evaluate(retries)
+            still = []
+            for (original, first), retry in zip(todo, retries, strict=True):
+                original.point_plus, original.point_minus = retry.point_plus, retry.point_minus
+                original.step, original.plus, original.minus = retry.step, retry.plus, retry.minus
+                if original.crossed():
+                    still.append((original, first))
+            todo = still
+        todo = [p for p, _ in todo]
+        if todo:
+            self.one_sided(todo)
+
+    def one_sided(self, pairs: Sequence[Pair]) -> None:
+        """Rescue persistent crossings whose center shares one side's branches.
+
+        If f(x+h) took the same branches as f(x), the kink lies on the other side and
+        the one-sided quotient from x toward x+h stays on one smooth piece (likewise
+        for x-h). A half step on that side confirms it and gives a Richardson
+        estimate. Crossings where the center matches neither side stay excluded.
+        """
+        c = self.center
+        if c is None or c.signature is None:
+            return
+        todo = []
+        for p in pairs:
+            assert p.plus is not None and p.minus is not None
+            if p.plus.signature == c.signature:
+                side, point = 1, p.point_plus
+            elif p.minus.signature == c.signature:
+                side, point = -1, p.point_minus
+            else:
+                continue
+            todo.append((p, side, Point(tuple((b, i, d / 2.0) for b, i, d in point.deltas))))
+        if not todo:
+            return
+        evals = self.backend.evaluate([t[2] for t in todo], True)
+        self.count += len(todo)
+        for (p, side, _), ev in zip(todo, evals, strict=True):
+            check_finite(ev, "a one-sided half step")
+            if ev.signature == c.signature:
+                p.one_sided = (side, ev, c)
+
+    def _evaluate(self, pairs: Sequence[Pair], strict: bool = True) -> None:
+        """Evaluate both points of each pair; a non-finite value raises, or with
+        `strict` False marks the pair as not `finite` (a step beyond f's domain)."""
+        points: list[Point] = []
+        for p in pairs:
+            points += [p.point_plus, p.point_minus]
+        if not points:
+            return
+        evals = self.backend.evaluate(points, self.track)
+        self.count += len(points)
+        for i, p in enumerate(pairs):
+            p.plus, p.minus = evals[2 * i], evals[2 * i + 1]
+            if strict:
+                check_finite(p.plus, "f(x + h)")
+                check_finite(p.minus, "f(x - h)")
+            else:
+                p.finite = is_finite(p.plus) and is_finite(p.minus)
+
+    def refine(self, pairs: Sequence[Pair]) -> None:
+        """Add a half step (Richardson extrapolation) and a wide step to each pair.
+
+        Used on comparisons that fail, to confirm before condemning. A disagreement of
+        a correct gradient is the centered formula's truncation error, O(h^2), or the
+        round-off of f divided by h, O(1/h); an error of the gradient does not depend
+        on h. The Richardson value at h/2 removes the first, the difference at
+        WIDE * h divides the second by WIDE (f may lose far more than |f| suggests to
+        cancellation: log-softmax of a confident score), so a correct gradient agrees
+        with one of them and a wrong one with neither (see `best`). A step that
+        crosses a kink is discarded.
+        """
+        halves = [smaller(p, 2.0) for p in pairs]
+        wides = [smaller(p, 1.0 / WIDE) for p in pairs]
+        self._evaluate(halves)
+        self._evaluate(wides, strict=False)  # 8h may leave f's domain: then unused
+        for p, half, wide in zip(pairs, halves, wides, strict=True):
+            if not (self.track and half.crossed()):
+                p.half = half
+            if wide.finite and not (self.track and wide.crossed()):
+                p.wide = wide
+
+    def measure_noise(self, pairs: Sequence[Pair], losses: Sequence[str | None]) -> None:
+        """Measure the round-off of f along each pair's delta (`measured_noise`).
+
+        f is evaluated at x + k h u for k = -NOISE_REACH .. NOISE_REACH, at the pair's
+        own spacing: the round-off that matters is the one at the pair's points (at a
+        finer spacing f's rounding falls on a regular pattern that hides it). The
+        pair's f(x +- h u) are reused; the checked point is evaluated again like the
+        others (its first value came from the gradient pass, which may round
+        differently). The pair's estimates then allow the measured noise in their
+        floors (see `estimates`, `best`). A line that leaves f's domain or crosses a
+        kink measures nothing.
+        """
+        c = self.center
+        if c is None or not pairs:
+            return
+        ks = [k for k in range(-NOISE_REACH, NOISE_REACH + 1) if abs(k) != 1]
+        points = [
+            Point(tuple((b, i, d * float(k)) for b, i, d in p.point_plus.deltas))
+            for p in pairs
+            for k in ks
+        ]
+        evals = self.backend.evaluate(points, self.track)
+        self.count += len(points)
+        for j, p in enumerate(pairs):
+            assert p.plus is not None and p.minus is not None
+            got = dict(zip(ks, evals[j * len(ks) : (j + 1) * len(ks)], strict=True))
+            got[1], got[-1] = p.plus, p.minus
+            line = [got[k] for k in range(-NOISE_REACH, NOISE_REACH + 1)]
+            if not all(is_finite(ev) for ev in line):
+                continue
+            if self.track and any(ev.signature != c.signature for ev in line):
+                continue
+            noise = {
+                loss: measured_noise(np.array([value_of(ev, loss) for ev in line]))
+                for loss in losses
+            }
+            p.noise = noise
+
+
+def smaller(p: Pair, divisor: float) -> Pair:
+    def shrink(point: Point) -> Point:
+        return Point(tuple((b, i, d / divisor) for b, i, d in point.deltas))
+
+    return Pair(
+        shrink(p.point_plus),
+        shrink(p.point_minus),
+        p.step / divisor,
+        value_floor=p.value_floor,
+        reference=p.reference,
+    )
+
+
+def is_finite(ev: Evaluation) -> bool:
+    return math.isfinite(ev.loss) and all(math.isfinite(v) for v in ev.terms.values())
+
+
+def check_finite(ev: Evaluation, what: str) -> None:
+    if is_finite(ev):
+        return
+    values = {**{f"term {k!r}": v for k, v in ev.terms.items()}, "the loss": ev.loss}
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(
+                f"gradcheck: {name} is {value} at {what}; the loss must be finite near the "
+                "checked point (look for a log of zero, a division by zero or an overflow, "
+                "or use a smaller eps)"
+            )
+
+
+def fails(
+    pair: Pair,
+    analytic: Sequence[float],
+    losses: Sequence[str | None],
+    scale: float,
+    tolerance: Tier,
+) -> bool:
+    """Whether a (kink-free) comparison is worse than the tolerance for some loss."""
+    if pair.crossed() or pair.half is not None:
+        return False
+    return any(
+        pair_tier(pair, a, loss, scale) > tolerance
+        for a, loss in zip(analytic, losses, strict=True)
+    )
+
+
+def confirm(
+    counter: Counter,
+    suspects: Sequence[tuple[Pair, Sequence[float]]],
+    losses: Sequence[str | None],
+    scale: float,
+    tolerance: Tier,
+) -> None:
+    """Refine failing comparisons (a half step and a wide step); where some still fail
+    by less than NOISE_PLAUSIBLE, which round-off of f may explain, measure it.
+
+    The round-off of f is a property of f near x, in f's units: it is measured once
+    per block (along the block's direction when that is among the comparisons, which
+    moves every coordinate), and every such comparison of the block allows for it.
+    """
+    counter.refine([p for p, _ in suspects])
+    plausible: dict[int, list[Pair]] = {}
+    for p, values in suspects:
+        for a, loss in zip(values, losses, strict=True):
+            n, _, _, tier = best(p, a, loss, scale)
+            if tier > tolerance and relative_error(a, n) < NOISE_PLAUSIBLE:
+                plausible.setdefault(p.point_plus.deltas[0][0], []).append(p)
+                break
+    lines = [max(ps, key=lambda p: support(p)) for ps in plausible.values()]
+    counter.measure_noise(lines, losses)
+    for line, ps in zip(lines, plausible.values(), strict=True):
+        for p in ps:
+            p.noise = line.noise
+
+
+def support(p: Pair) -> int:
+    """How many coordinates a pair moves."""
+    _, indices, _ = p.point_plus.deltas[0]
+    return len(indices) if isinstance(indices, range) else int(np.size(indices))
+
+
+def pair_tier(pair: Pair, analytic: float, loss: str | None, scale: float) -> Tier:
+    """The tier of one pair's numeric value against an analytic value, for one loss."""
+    return best(pair, analytic, loss, scale)[3]
+
+
+def best(
+    pair: Pair, analytic: float, loss: str | None, scale: float
+) -> tuple[float, float, float, Tier]:
+    """(numeric, floor, step, tier) of the pair's estimate that agrees best with `analytic`.
+
+    An unrefined pair has one estimate. A refined one (see `Counter.refine`) also has
+    the Richardson value and the wide-step difference: a correct gradient agrees with
+    the one whose error (truncation or round-off) is small, while an error of the
+    gradient shows in every one of them. Ties go to the first.
+    """
+    if pair.wide is None and not pair.noise:  # one estimate: the common case, quickly
+        n, floor = pair.quotient(loss)
+        n, floor = n * scale, floor * scale
+        return n, floor, pair.step, verdict(analytic, n, floor)
+    best: tuple[float, float, float, Tier] | None = None
+    for n, floor, noise, step in pair.estimates(loss):
+        n, floor, noise = n * scale, floor * scale, noise * scale
+        if noise <= NOISE_USABLE * max(
+            abs(analytic), abs(n), pair.reference.get(loss, 0.0) * scale
+        ):
+            floor = max(floor, noise)
+        tier = verdict(analytic, n, floor)
+        if best is None or tier < best[3]:
+            best = (n, floor, step, tier)
+    assert best is not None
+    return best
+
+
+def verdict(a: float, n: float, floor: float) -> Tier:
+    """The tier of one comparison; a disagreement within round-off counts as HAPPY."""
+    if abs(a - n) <= floor:
+        return Tier.HAPPY
+    return Tier.of(relative_error(a, n))
