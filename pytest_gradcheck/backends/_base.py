@@ -182,8 +182,10 @@ def check_gradient_array(name: str, g: Any, shape: tuple[int, ...], term: str | 
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"gradcheck: the analytic gradient of {where} is not numeric ({arr.dtype})")
     flat = np.array(arr, dtype=np.float64).reshape(-1)
-    if math.isfinite(float(np.sum(flat))):  # one pass, no mask: all finite (a sum
-        return flat  # of finite values can overflow, so only this side is certain)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.sum(flat))
+    if math.isfinite(total):  # one pass, no mask: all finite (a sum of finite values
+        return flat  # can overflow, so only this side is certain)
     bad = ~np.isfinite(flat)
     if bad.any():
         idx = int(np.flatnonzero(bad)[0])

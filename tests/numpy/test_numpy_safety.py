@@ -588,3 +588,27 @@ def test_a_nan_term_is_named():
 def test_a_complex_loss_is_rejected_with_a_gradcheck_message():
     with pytest.raises(TypeError, match="gradcheck"):
         gradcheck(lambda x: np.sum(x) + 1j, X, grad=lambda x: (np.ones(3),))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_analytic_gradient_is_named_with_its_index(bad):
+    x = np.array([0.5, -1.0, 2.0])
+
+    def grad(x):
+        g = 2 * x
+        g[1] = bad
+        return (g,)
+
+    with pytest.raises(
+        ValueError, match=r"block 'args\[0\]' holds .* at flat index 1; gradients must be finite"
+    ):
+        gradcheck(lambda x: np.sum(x**2), x, grad=grad)
+
+
+def test_huge_finite_gradients_whose_sum_overflows_are_not_called_non_finite():
+    # the sum of the entries overflows to inf: the per-entry check must decide
+    x = np.array([1.0, 2.0])
+    result = gradcheck(
+        lambda x: 1e307 * np.sum(x**2), x, grad=lambda x: (2e307 * x,), raise_on_fail=False
+    )
+    assert result.blocks[0].analytic.tolist() == [2e307, 4e307]
