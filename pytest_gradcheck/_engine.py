@@ -125,7 +125,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             rms = float(np.sqrt(np.mean(base[b] ** 2))) if opts.eps == "auto" else 0.0
             hd = float(steps(opts.eps, np.array([rms]))[0])
             dirs.append(v)
-            norms = {loss: float(np.linalg.norm(g)) for loss, g in raw.items()}
+            with np.errstate(over="ignore"):  # |g| of huge gradients: inf, harmless
+                norms = {loss: float(np.linalg.norm(g)) for loss, g in raw.items()}
             dir_pairs.append(make_pair(b, range(spec.size), v, hd, vf, norms))
         else:
             dirs.append(None)
