@@ -332,8 +332,3 @@ def _sweep_lines(check: Mapping[str, Any]) -> list[list[Segment]]:
         )
         out.append([(f"    {_fit(where, 20):<20} {cells}", _NO_MARKUP)])
     return out
-
-
-def plain_lines(lines: list[list[Segment]]) -> list[str]:
-    """The section's lines without markup."""
-    return ["".join(text for text, _ in line) for line in lines]

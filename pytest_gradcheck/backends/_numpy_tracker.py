@@ -204,8 +204,3 @@ def track(value: Any) -> Any:
     if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
         return value.view(Tracked)
     return value
-
-
-def untrack(value: Any) -> Any:
-    """The plain ndarray behind a `Tracked` value (other values unchanged)."""
-    return value.view(np.ndarray) if isinstance(value, Tracked) else value
