@@ -19,7 +19,7 @@ import numpy as np
 from ._kinks import RETRY_DIVISORS, crossed
 from ._steps import measured_noise, noise_floor
 from ._tiers import Tier, relative_error
-from .backends._base import Backend, Evaluation, Point
+from .backends._base import Backend, Evaluation, Point, index_count
 
 TOTAL = None  # the key of the total loss among the per-loss arrays
 
@@ -238,19 +238,23 @@ class Counter:
             if ev.signature == c.signature:
                 p.one_sided = (side, ev, c)
 
-    def _evaluate(self, pairs: Sequence[Pair], strict: bool = True) -> None:
-        """Evaluate both points of each pair; a non-finite value raises, or with
-        `strict` False marks the pair as not `finite` (a step beyond f's domain)."""
+    def _evaluate(self, pairs: Sequence[Pair], lenient: Sequence[Pair] = ()) -> None:
+        """Evaluate both points of each pair of `pairs` and `lenient`, in one call.
+
+        A non-finite value raises, except in a `lenient` pair, which is then marked as
+        not `finite` (a step beyond f's domain).
+        """
+        everything = [*pairs, *lenient]
         points: list[Point] = []
-        for p in pairs:
+        for p in everything:
             points += [p.point_plus, p.point_minus]
         if not points:
             return
         evals = self.backend.evaluate(points, self.track)
         self.count += len(points)
-        for i, p in enumerate(pairs):
+        for i, p in enumerate(everything):
             p.plus, p.minus = evals[2 * i], evals[2 * i + 1]
-            if strict:
+            if i < len(pairs):
                 check_finite(p.plus, "f(x + h)")
                 check_finite(p.minus, "f(x - h)")
             else:
@@ -270,8 +274,7 @@ class Counter:
         """
         halves = [smaller(p, 2.0) for p in pairs]
         wides = [smaller(p, 1.0 / WIDE) for p in pairs]
-        self._evaluate(halves)
-        self._evaluate(wides, strict=False)  # 8h may leave f's domain: then unused
+        self._evaluate(halves, lenient=wides)  # 8h may leave f's domain: then unused
         for p, half, wide in zip(pairs, halves, wides, strict=True):
             if not (self.track and half.crossed()):
                 p.half = half
@@ -394,8 +397,7 @@ def confirm(
 
 def support(p: Pair) -> int:
     """How many coordinates a pair moves."""
-    _, indices, _ = p.point_plus.deltas[0]
-    return len(indices) if isinstance(indices, range) else int(np.size(indices))
+    return index_count(p.point_plus.deltas[0][1])
 
 
 def pair_tier(pair: Pair, analytic: float, loss: str | None, scale: float) -> Tier:

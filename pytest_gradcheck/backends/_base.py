@@ -57,6 +57,11 @@ def whole(flat_indices: np.ndarray | range, size: int) -> bool:
     return isinstance(flat_indices, range) and flat_indices == range(size)
 
 
+def index_count(flat_indices: np.ndarray | range) -> int:
+    """How many indices a delta has (a range is not turned into an array for it)."""
+    return len(flat_indices) if isinstance(flat_indices, range) else int(np.size(flat_indices))
+
+
 def index_array(flat_indices: np.ndarray | range) -> np.ndarray:
     """The flat indices as a 1-d int64 array (a ``range`` converted without a Python loop)."""
     if isinstance(flat_indices, range):

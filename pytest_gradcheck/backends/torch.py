@@ -96,7 +96,7 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,7 @@ from ._base import (
     check_finite_loss,
     check_gradient_array,
     index_array,
+    index_count,
     projection_weights,
     reduce_output,
     select_blocks,
@@ -346,26 +347,29 @@ def _detached(leaf: Any) -> Any:
     return leaf.detach() if isinstance(leaf, torch.Tensor) and leaf.requires_grad else leaf
 
 
-def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
-    """Whether each input is in the autograd graph of `loss` (a path exists to it)."""
+def _graph(loss: torch.Tensor) -> Iterator[Any]:
+    """Every node of the autograd graph of `loss`, once each (depth first)."""
     seen: set[Any] = set()
-    leaves: set[int] = set()
     stack = [loss.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
+        yield node
+        stack.extend(next_node for next_node, _ in node.next_functions)
+
+
+def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
+    """Whether each input is in the autograd graph of `loss` (a path exists to it)."""
+    nodes: set[Any] = set()
+    leaves: set[int] = set()
+    for node in _graph(loss):
+        nodes.add(node)
         variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it feeds
         if variable is not None:
             leaves.add(id(variable))
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return [id(t) in leaves if t.grad_fn is None else t.grad_fn in seen for t in inputs]
-
-
-def _count(flat_indices: np.ndarray | range) -> int:
-    """How many indices a delta has (a range is not turned into an array for it)."""
-    return len(flat_indices) if isinstance(flat_indices, range) else int(np.size(flat_indices))
+    return [id(t) in leaves if t.grad_fn is None else t.grad_fn in nodes for t in inputs]
 
 
 def _only_torch_nodes(loss: torch.Tensor) -> bool:
@@ -375,17 +379,7 @@ def _only_torch_nodes(loss: torch.Tensor) -> bool:
     ``torch.library`` custom ops are built on) can compute in any precision; torch's
     own derivative formulas compute in the dtypes of the forward pass.
     """
-    seen: set[Any] = set()
-    stack = [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        if isinstance(node, _PYTHON_NODE):
-            return False
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return True
+    return not any(isinstance(node, _PYTHON_NODE) for node in _graph(loss))
 
 
 _PYTHON_NODE = torch.autograd.function.BackwardCFunction
@@ -1129,7 +1123,7 @@ class TorchBackend:
             return
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, point in enumerate(points):
-            key = tuple(sorted({b for b, idx, _ in point.deltas if _count(idx)}))
+            key = tuple(sorted({b for b, idx, _ in point.deltas if index_count(idx)}))
             if key:
                 groups.setdefault(key, []).append(i)
         eligible = []
