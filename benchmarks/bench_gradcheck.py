@@ -250,6 +250,10 @@ def measure(
             t.done = True  # the warm-up is the measurement
         else:
             t.times, t.compiles = [], []
+    # what is alive now lives for the whole measurement: the collection before each
+    # run then walks only the young objects, and does not flush the caches
+    gc.collect()
+    gc.freeze()
 
     def wants_more(t: _Timing) -> bool:
         if t.done:
@@ -258,12 +262,15 @@ def measure(
             return True
         return sum(t.times) < args.min_time and len(t.times) < args.max_runs
 
-    while True:
-        active = [t for t in timings if wants_more(t)]
-        if not active:
-            break
-        for t in active:
-            once(t)
+    try:
+        while True:
+            active = [t for t in timings if wants_more(t)]
+            if not active:
+                break
+            for t in active:
+                once(t)
+    finally:
+        gc.unfreeze()  # the next function's objects, once this one's are garbage
 
     for t in timings:
         if t.times and not t.cell.error:
@@ -1128,6 +1135,13 @@ a result, not a typo.
   its runs add up to `--min-time` seconds, at most `--max-runs`); the median is
   reported and *runs* says how many. A check whose warm-up takes longer than `--long`
   seconds is not run again: the warm-up is its only measurement (*runs* = 1).
+  Python's garbage collector runs before every timed run, so that no collection lands
+  inside one; the objects alive after the warm-ups (the imported frameworks, the
+  functions and their data) are frozen (`gc.freeze()`) first, so that this collection
+  walks only what the last run left, as the collector does in a test suite, instead of
+  the whole heap (a full walk, some 100 MB with torch and JAX loaded, evicts the CPU
+  caches and made every check several hundred microseconds slower in earlier versions
+  of this benchmark).
   The *× fwd+bwd* column divides the median by one forward+backward pass of the same
   function (torch: `autograd.grad` of the loss; JAX: a jitted `value_and_grad`),
   measured before and after the checks (the smaller median is kept).

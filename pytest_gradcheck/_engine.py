@@ -32,7 +32,7 @@ from ._pairs import (
 )
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import direction, sample_coordinates
-from ._steps import TINY, absmax, steps, value_floor
+from ._steps import AUTO_STEP, EPS64, NOISE_ULPS, TINY, absmax, steps
 from ._tiers import Tier, default_tolerance, relative_error
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
 
@@ -103,27 +103,32 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     largests: list[dict[str | None, float]] = []
     for b, spec in enumerate(specs):
         raw = {None: grad.total[b], **{t: grad.terms[t][b] for t in term_names}}
-        vf = {loss: value_floor(g, base[b]) for loss, g in raw.items()}
-        floors.append(vf)
         largest = {loss: absmax(g) for loss, g in raw.items()}
         largests.append(largest)
+        values_max = max(1.0, absmax(base[b]))
+        vf = {loss: NOISE_ULPS * EPS64 * m * values_max for loss, m in largest.items()}
+        floors.append(vf)
         if opts.mode == "directions":
             idx = np.zeros(0, dtype=np.int64)
         else:
             grads = [grad.total[b], *(grad.terms[t][b] for t in term_names)]
             idx = sample_coordinates(spec.name, spec.size, grads, opts.samples_per_block, opts.seed)
-        h = steps(opts.eps, base[b][idx])
         coord_index.append(idx)
-        coord_pairs.append(
-            [
-                coordinate_pair(b, int(i), float(hi), vf, largest)
-                for i, hi in zip(idx, h, strict=True)
-            ]
-        )
+        if idx.size:
+            h = steps(opts.eps, base[b][idx])
+            coord_pairs.append(
+                [
+                    coordinate_pair(b, i, hi, vf, largest)
+                    for i, hi in zip(idx.tolist(), h.tolist(), strict=True)
+                ]
+            )
+        else:
+            coord_pairs.append([])
         if opts.mode in ("directions", "both") and spec.size > 1:
             v = direction(spec.name, spec.size, opts.seed)
-            rms = float(np.sqrt(np.mean(base[b] ** 2))) if opts.eps == "auto" else 0.0
-            hd = float(steps(opts.eps, np.array([rms]))[0])
+            x = base[b]
+            rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
+            hd = AUTO_STEP * max(1.0, rms) if opts.eps == "auto" else float(opts.eps)
             dirs.append(v)
             with np.errstate(over="ignore"):  # |g| of huge gradients: inf, harmless
                 norms = {loss: float(np.linalg.norm(g)) for loss, g in raw.items()}
@@ -206,7 +211,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
     _dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
-    _active_range_warnings(specs, grad, scale, warnings)
+    _active_range_warnings(specs, [m[TOTAL] for m in largests], scale, warnings)
     for b, spec in enumerate(specs):
         pairs = [*coord_pairs[b], *(pp for _, pp in localized[b])]
         dp = dir_pairs[b]
@@ -258,23 +263,22 @@ def _block_result(
     loss: str | None,
 ) -> BlockResult:
     """Compare analytic and numeric values of one block for one loss."""
-    k = len(pairs)
     analytic = np.array(g[idx], dtype=np.float64)
-    numeric = np.empty(k)
-    floor = np.empty(k)
-    step = np.empty(k)
-    kink = np.zeros(k, dtype=bool)
-    one_sided = np.zeros(k, dtype=bool)
-    for j, p in enumerate(pairs):
-        numeric[j], floor[j], step[j], _ = best(p, float(analytic[j]), loss, scale)
-        kink[j], one_sided[j] = p.crossed(), p.one_sided is not None
-    rel = np.array([relative_error(a, n) for a, n in zip(analytic, numeric, strict=True)])
-    within = np.abs(analytic - numeric) <= floor
-    tiers = [
-        Tier.HAPPY if w else Tier.of(float(r))
-        for r, w, c, o in zip(rel, within, kink, one_sided, strict=True)
-        if o or not c
-    ]
+    numerics, floors, steps_, kinks, sides, rels, tiers = [], [], [], [], [], [], []
+    for a, p in zip(analytic.tolist(), pairs, strict=True):
+        n, fl, h, _ = best(p, a, loss, scale)
+        crossed, one_sided = p.crossed(), p.one_sided is not None
+        rel = relative_error(a, n)
+        numerics.append(n)
+        floors.append(fl)
+        steps_.append(h)
+        kinks.append(crossed)
+        sides.append(one_sided)
+        rels.append(rel)
+        if one_sided or not crossed:
+            tiers.append(Tier.HAPPY if abs(a - n) <= fl else Tier.of(rel))
+    numeric = np.array(numerics, dtype=np.float64)
+    within = np.abs(analytic - numeric) <= np.array(floors, dtype=np.float64)
     d = None
     if dpair is not None and v is not None:
         a = float(v @ g)
@@ -292,7 +296,7 @@ def _block_result(
         if dpair.usable():
             tiers.append(d.tier)
     tier = max(tiers, default=Tier.HAPPY)
-    indices = tuple(_multi_index(int(i), spec.shape) for i in idx)
+    indices = _multi_indices(idx, spec.shape)
     return BlockResult(
         name=spec.name,
         shape=tuple(spec.shape),
@@ -300,16 +304,26 @@ def _block_result(
         indices=indices,
         analytic=analytic,
         numeric=numeric,
-        rel_error=rel,
-        kink_crossed=kink,
-        step=step,
+        rel_error=np.array(rels, dtype=np.float64),
+        kink_crossed=np.array(kinks, dtype=bool),
+        step=np.array(steps_, dtype=np.float64),
         within_noise=within,
-        one_sided=one_sided,
+        one_sided=np.array(sides, dtype=bool),
         tier=tier,
         passed=tier <= tolerance,
         direction=d,
-        localized=tuple(_multi_index(i, spec.shape) for i in localized),
+        localized=_multi_indices(localized, spec.shape),
     )
+
+
+def _multi_indices(flat: np.ndarray | Sequence[int], shape: tuple[int, ...]) -> tuple:
+    """`_multi_index` of many flat indices at once."""
+    if len(flat) == 0:
+        return ()
+    if not shape:
+        return tuple(() for _ in flat)
+    columns = [c.tolist() for c in np.unravel_index(np.asarray(flat, dtype=np.int64), shape)]
+    return tuple(zip(*columns, strict=True))
 
 
 def _multi_index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -497,11 +511,14 @@ def _check_deterministic(counter: Counter, center: Evaluation) -> None:
 
 
 def _active_range_warnings(
-    specs: Sequence[BlockSpec], grad: Gradient, scale: float, warnings: list[str]
+    specs: Sequence[BlockSpec], largests: Sequence[float], scale: float, warnings: list[str]
 ) -> None:
-    """Warn where a block's gradients are all tiny (outside the active range)."""
-    for b, spec in enumerate(specs):
-        largest = absmax(grad.total[b]) * scale
+    """Warn where a block's gradients are all tiny (outside the active range).
+
+    `largests` holds each block's largest |g| of the total loss (unscaled).
+    """
+    for spec, unscaled in zip(specs, largests, strict=True):
+        largest = unscaled * scale
         if 0.0 < largest <= TINY:
             warnings.append(
                 f"block {spec.name!r} has tiny gradients (largest |g| = {largest:.2e}, "

@@ -33,23 +33,11 @@ def noise_floor(f_plus: float, f_minus: float, h: float) -> float:
     return NOISE_ULPS * EPS64 * max(abs(f_plus), abs(f_minus)) / h
 
 
-def value_floor(gradient: np.ndarray, values: np.ndarray) -> float:
-    """Round-off of f implied by a block's scale, before dividing by h.
-
-    |f| alone underestimates the round-off of f when f is small next to its own
-    intermediate values (a normalisation, a cancellation): a block whose gradients reach
-    G at values of size X makes f handle quantities of at least G * max(1, X).
-    """
-    if gradient.size == 0:
-        return 0.0
-    return NOISE_ULPS * EPS64 * absmax(gradient) * max(1.0, absmax(values))
-
-
 def absmax(a: np.ndarray) -> float:
     """max |a| (0 for an empty array), without the temporary array that np.abs makes."""
     if a.size == 0:
         return 0.0
-    return max(float(np.max(a)), -float(np.min(a)))
+    return max(float(a.max()), -float(a.min()))
 
 
 def measured_noise(values: np.ndarray) -> float:

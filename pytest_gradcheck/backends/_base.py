@@ -176,29 +176,34 @@ def check_finite_loss(value: float, what: str) -> None:
 
 
 def check_gradient_array(name: str, g: Any, shape: tuple[int, ...], term: str | None) -> np.ndarray:
-    """Validate one analytic gradient block and return it flat float64."""
-    where = f"block {name!r}" + (f" of term {term!r}" if term else "")
+    """Validate one analytic gradient block and return it flat float64 (a copy)."""
     arr = np.asarray(g)
     if arr.shape != tuple(shape):
         raise ValueError(
-            f"gradcheck: the analytic gradient of {where} has shape {arr.shape}, "
+            f"gradcheck: the analytic gradient of {_where(name, term)} has shape {arr.shape}, "
             f"but the block has shape {tuple(shape)}; return one gradient per input entry"
         )
-    if not np.issubdtype(arr.dtype, np.number):
-        raise TypeError(f"gradcheck: the analytic gradient of {where} is not numeric ({arr.dtype})")
+    if arr.dtype.kind not in "iufc":  # np.number's kinds (bool and object are not numbers)
+        raise TypeError(
+            f"gradcheck: the analytic gradient of {_where(name, term)} is not numeric ({arr.dtype})"
+        )
     flat = np.array(arr, dtype=np.float64).reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
-        total = float(np.sum(flat))
+        total = float(flat.sum())
     if math.isfinite(total):  # one pass, no mask: all finite (a sum of finite values
         return flat  # can overflow, so only this side is certain)
     bad = ~np.isfinite(flat)
     if bad.any():
         idx = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"gradcheck: the analytic gradient of {where} holds {flat[idx]} at flat index "
-            f"{idx}; gradients must be finite"
+            f"gradcheck: the analytic gradient of {_where(name, term)} holds {flat[idx]} at "
+            f"flat index {idx}; gradients must be finite"
         )
     return flat
+
+
+def _where(name: str, term: str | None) -> str:
+    return f"block {name!r}" + (f" of term {term!r}" if term else "")
 
 
 def reduce_output(out: Any, expected: str | None = None) -> str:

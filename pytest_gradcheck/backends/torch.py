@@ -125,6 +125,29 @@ from ._torch_tracker import WinnerTracker
 from ._tree import iter_leaves, map_leaves
 
 _F64 = torch.float64
+
+
+class _GradMode:
+    """``torch.set_grad_enabled(mode)`` as a context, without its Python layers.
+
+    The loop enters one per evaluation (torch's costs a few microseconds, as much as
+    an op of a small model).
+    """
+
+    __slots__ = ("mode", "previous")
+
+    def __init__(self, mode: bool) -> None:
+        self.mode = mode
+        self.previous = True
+
+    def __enter__(self) -> None:
+        self.previous = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(self.mode)
+
+    def __exit__(self, *exc: object) -> None:
+        torch._C._set_grad_enabled(self.previous)
+
+
 #: the signature of an evaluation without decisions (what the tracker gives for one)
 _EMPTY_SIGNATURE = SignatureRecorder().digest()
 
@@ -464,8 +487,7 @@ class TorchBackend:
     def _float64_copy(self, t: torch.Tensor) -> torch.Tensor:
         """A contiguous float64 copy of `t` on the check's device (flat indices are C order)."""
         out = torch.empty(tuple(t.shape), dtype=_F64, device=self._place(t))
-        with torch.no_grad():
-            out.copy_(t.detach())
+        out.copy_(t.detach())  # `out` requires no grad: no graph is recorded
         return out
 
     def _param_leaves(self, params: Any) -> list[tuple[str, Any]]:
@@ -878,19 +900,21 @@ class TorchBackend:
 
     def _repair(self, versions: list[int]) -> None:
         """Put back the values of any tensor f wrote into in place (seen by its version)."""
-        with torch.no_grad():
-            for (name, t, values), before in zip(self._guards, versions, strict=True):
-                if t._version != before:
-                    t.detach().view(-1).copy_(values)
-                    if name not in self._written_seen:
-                        self._written_seen.add(name)
-                        self.warnings.append(
-                            f"gradcheck: f writes into {name!r} in place; the check put its "
-                            "values back after every call of f, so each evaluation starts "
-                            "from the same point"
-                        )
+        for (name, t, values), before in zip(self._guards, versions, strict=True):
+            if t._version == before:
+                continue
+            t.detach().view(-1).copy_(values)  # through a detached alias: no graph
+            if name not in self._written_seen:
+                self._written_seen.add(name)
+                self.warnings.append(
+                    f"gradcheck: f writes into {name!r} in place; the check put its "
+                    "values back after every call of f, so each evaluation starts "
+                    "from the same point"
+                )
 
     def _reset_buffers(self) -> None:
+        if not self._buffers:
+            return
         with torch.no_grad():
             for buffer in self._buffers:
                 if buffer.module._buffers.get(buffer.name) is not buffer.obj:
@@ -902,7 +926,10 @@ class TorchBackend:
         self._reseed()
         self._reset_buffers()
         try:
-            with torch.set_grad_enabled(grad_enabled), mode or contextlib.nullcontext():
+            if mode is None:
+                with _GradMode(grad_enabled):
+                    return self.f(*self._args)
+            with _GradMode(grad_enabled), mode:
                 return self.f(*self._args)
         except RuntimeError as err:
             if _MISMATCH.search(str(err)):
@@ -1024,34 +1051,36 @@ class TorchBackend:
         )
 
     def _apply(self, point: Point) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
-        """Add a point's deltas to the blocks in place (a direction: one dense addition)."""
+        """Add a point's deltas to the blocks in place (a direction: one dense addition).
+
+        The writes go through detached aliases of the blocks (`_Block.flat`), which
+        autograd does not record, so no ``no_grad`` context is needed.
+        """
         touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
-        with torch.no_grad():
-            for index, flat_indices, values in point.deltas:
-                block = self._blocks[index]
-                device = block.base.device
-                flat = block.flat()
-                m = flat.numel()
-                if whole(flat_indices, m):
-                    val = np.asarray(values, dtype=np.float64).reshape(-1)
-                    if val.size != m:
-                        val = np.broadcast_to(val, (m,))
-                    touched.append((flat, None, block.base))
-                    flat.add_(torch.as_tensor(val, device=device))
-                    continue
-                idx = torch.as_tensor(index_array(flat_indices), device=device)
-                val = torch.as_tensor(np.asarray(values, dtype=np.float64), device=device)
-                touched.append((flat, idx, block.base))
-                flat.index_put_((idx,), val, accumulate=True)
+        for index, flat_indices, values in point.deltas:
+            block = self._blocks[index]
+            device = block.base.device
+            flat = block.flat()
+            m = flat.numel()
+            if whole(flat_indices, m):
+                val = np.asarray(values, dtype=np.float64).reshape(-1)
+                if val.size != m:
+                    val = np.broadcast_to(val, (m,))
+                touched.append((flat, None, block.base))
+                flat.add_(torch.as_tensor(val, device=device))
+                continue
+            idx = torch.as_tensor(index_array(flat_indices), device=device)
+            val = torch.as_tensor(np.asarray(values, dtype=np.float64), device=device)
+            touched.append((flat, idx, block.base))
+            flat.index_put_((idx,), val, accumulate=True)
         return touched
 
     def _undo(self, touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
-        with torch.no_grad():
-            for flat, idx, base in reversed(touched):
-                if idx is None:
-                    flat.copy_(base)
-                else:
-                    flat.index_put_((idx,), base[idx])  # write back the saved base values
+        for flat, idx, base in reversed(touched):
+            if idx is None:
+                flat.copy_(base)
+            else:
+                flat.index_put_((idx,), base[idx])  # write back the saved base values
 
     def _evaluate_once(self, track: bool, measure: bool = False) -> Evaluation:
         fast = not measure and self._fast(track)
