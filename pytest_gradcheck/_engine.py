@@ -94,6 +94,17 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             g = scaled[(loss, b)] = g if scale == 1.0 else g * scale
         return g
 
+    projected: dict[tuple[str | None, int], float] = {}
+
+    def along(loss: str | None, b: int) -> float:
+        """v · g of block b's direction for one loss, scaled (computed once)."""
+        a = projected.get((loss, b))
+        if a is None:
+            v = dirs[b]
+            assert v is not None
+            a = projected[(loss, b)] = float(v @ analytic(loss, b))
+        return a
+
     # coordinates of every block, then one direction per block
     coord_pairs: list[list[Pair]] = []
     coord_index: list[np.ndarray] = []
@@ -149,7 +160,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 suspects.append((pp, values))
         dp, v = dir_pairs[b], dirs[b]
         if dp is not None and v is not None:
-            values = [float(v @ g) for g in gs]
+            values = [along(loss, b) for loss in losses]
             if fails(dp, values, losses, scale, tolerance):
                 suspects.append((dp, values))
     confirm(counter, suspects, losses, scale, tolerance)
@@ -162,7 +173,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             continue
         for loss in losses:
             g = analytic(loss, b)
-            if pair_tier(p, float(v @ g), loss, scale) <= tolerance:
+            if pair_tier(p, along(loss, b), loss, scale) <= tolerance:
                 continue
             if any(
                 pair_tier(pp, float(g[i]), loss, scale) > tolerance
@@ -200,7 +211,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                     scale,
                     tolerance,
                     dir_pairs[b],
-                    dirs[b],
+                    along(loss, b) if dirs[b] is not None else None,
                     tuple(i for i, _ in extra),
                     loss,
                 )
@@ -258,11 +269,14 @@ def _block_result(
     scale: float,
     tolerance: Tier,
     dpair: Pair | None,
-    v: np.ndarray | None,
+    along: float | None,
     localized: tuple[int, ...],
     loss: str | None,
 ) -> BlockResult:
-    """Compare analytic and numeric values of one block for one loss."""
+    """Compare analytic and numeric values of one block for one loss.
+
+    `along` is v · g of the block's direction for this loss (None without a direction).
+    """
     analytic = np.array(g[idx], dtype=np.float64)
     numerics, floors, steps_, kinks, sides, rels, tiers = [], [], [], [], [], [], []
     for a, p in zip(analytic.tolist(), pairs, strict=True):
@@ -278,10 +292,14 @@ def _block_result(
         if one_sided or not crossed:
             tiers.append(Tier.HAPPY if abs(a - n) <= fl else Tier.of(rel))
     numeric = np.array(numerics, dtype=np.float64)
-    within = np.abs(analytic - numeric) <= np.array(floors, dtype=np.float64)
+    within = (
+        np.abs(analytic - numeric) <= np.array(floors, dtype=np.float64)
+        if numerics
+        else np.zeros(0, dtype=bool)
+    )
     d = None
-    if dpair is not None and v is not None:
-        a = float(v @ g)
+    if dpair is not None and along is not None:
+        a = along
         n, fl, h, tier = best(dpair, a, loss, scale)
         d = DirectionResult(
             analytic=a,

@@ -136,9 +136,10 @@ def make_pair(
     value_floor: Mapping[str | None, float],
     reference: Mapping[str | None, float] | None = None,
 ) -> Pair:
+    plus = delta * h
     return Pair(
-        Point(((block, indices, delta * h),)),
-        Point(((block, indices, -delta * h),)),
+        Point(((block, indices, plus),)),
+        Point(((block, indices, -plus),)),  # -(delta h) is (-delta) h, exactly
         h,
         value_floor=value_floor,
         reference=reference or {},

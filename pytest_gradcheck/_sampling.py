@@ -42,11 +42,20 @@ def sample_coordinates(
             chosen.append(top)
     rest = samples - len(chosen)
     if rest > 0:
-        mask = np.ones(size, dtype=bool)
-        mask[chosen] = False
-        pool = np.flatnonzero(mask)
-        picked = _rng(seed, name, 1).choice(pool, size=min(rest, pool.size), replace=False)
-        chosen.extend(int(i) for i in picked)
+        # positions in the pool of the coordinates not chosen yet, drawn as
+        # ``choice(pool, ...)`` draws them, mapped to coordinates without building the
+        # pool (O(samples), not O(size))
+        pool = size - len(chosen)
+        picked = _rng(seed, name, 1).choice(pool, size=min(rest, pool), replace=False)
+        taken = sorted(chosen)
+        for position in picked.tolist():
+            index = position
+            for c in taken:  # the position-th coordinate that is not taken
+                if c <= index:
+                    index += 1
+                else:
+                    break
+            chosen.append(index)
     return np.array(sorted(chosen), dtype=np.int64)
 
 
@@ -61,8 +70,9 @@ def direction(name: str, size: int, seed: int) -> np.ndarray:
     for a gradient with equal entries). It also costs a third of a Gaussian draw.
     """
     v = _rng(seed, name, 2).random(size)
-    v -= 0.5
-    v += np.copysign(0.5, v)
+    # u < 0.5 becomes u - 1 in [-1, -0.5), u >= 0.5 stays: a sign and a magnitude in
+    # [0.5, 1) from one uniform draw (both exact in float64)
+    np.subtract(v, 1.0, out=v, where=v < 0.5)
     norm = math.sqrt(float(v @ v))
     if norm > 0:
         v *= 1.0 / norm

@@ -70,20 +70,32 @@ def _any_float(*xs: Any) -> bool:
 def _tensors(obj: Any) -> list[torch.Tensor]:
     """The tensors in an aten op's arguments or outputs (flat, lists and tuples), in order.
 
-    Called several times for every op f runs: a loop over a stack, not a recursive
-    generator, which costs several times more.
+    Called several times for every op f runs, so it is lean: an aten list argument
+    holds one type (``int[]``, ``Tensor[]``, ``Tensor?[]``...), and a list whose first
+    entry is a number (a shape, a dim list) is skipped without walking it.
     """
+    if isinstance(obj, torch.Tensor):
+        return [obj]
     found: list[torch.Tensor] = []
-    stack = [obj]
-    while stack:
-        item = stack.pop()
+    if isinstance(obj, (list, tuple)):
+        _collect(obj, found)
+    elif isinstance(obj, dict):
+        _collect(obj.values(), found)
+    return found
+
+
+def _collect(items: Any, found: list[torch.Tensor]) -> None:
+    for item in items:
         if isinstance(item, torch.Tensor):
             found.append(item)
         elif isinstance(item, (list, tuple)):
-            stack.extend(reversed(item))
+            if item and not isinstance(item[0], _NUMBERS):
+                _collect(item, found)
         elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-    return found
+            _collect(item.values(), found)
+
+
+_NUMBERS = (int, float, bool, complex)
 
 
 _POSITIONS: dict[Any, dict[str, tuple[int, bool, Any]]] = {}

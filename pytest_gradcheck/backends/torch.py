@@ -1152,12 +1152,17 @@ class TorchBackend:
             return
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, point in enumerate(points):
-            key = tuple(sorted({b for b, idx, _ in point.deltas if index_count(idx)}))
+            deltas = point.deltas
+            if len(deltas) == 1:  # nearly every point: one block, no set to build
+                b, idx, _ = deltas[0]
+                key = (b,) if index_count(idx) else ()
+            else:
+                key = tuple(sorted({b for b, idx, _ in deltas if index_count(idx)}))
             if key:
                 groups.setdefault(key, []).append(i)
         eligible = []
         for key, members in sorted(groups.items()):
-            if (key, track) in self._unbatchable:
+            if (key, track) in self._unbatchable or self._loop_is_cheaper(key):
                 continue
             if not self._substitutable(key):
                 self._cannot_batch(key, track, "a perturbed block has no place to substitute")
@@ -1178,6 +1183,15 @@ class TorchBackend:
                         )
             if self._gave_up():
                 return
+
+    def _loop_is_cheaper(self, key: tuple[int, ...]) -> bool:
+        """Whether the loop beats a batch for these blocks: large ones, on a CPU.
+
+        See `_torch_batch.LOOP_ROW_BYTES`. Not a failure: nothing is remembered.
+        """
+        if any(self._blocks[b].base.device.type != "cpu" for b in key):
+            return False
+        return 8 * sum(self._blocks[b].base.numel() for b in key) > tb.LOOP_ROW_BYTES
 
     def _substitutable(self, key: tuple[int, ...]) -> bool:
         """Whether every block has a place to substitute, none shared with another block."""
@@ -1213,6 +1227,7 @@ class TorchBackend:
                     rows <= tb.MAX_BATCH
                     and cost <= apart + tb.CALL_BYTES
                     and cost <= tb.BATCH_BYTES
+                    and not self._loop_is_cheaper(union)
                     and self._substitutable(union)
                 ):
                     merged[-1] = (union, last_members + members, [*parts, (key, members)])
@@ -1289,7 +1304,8 @@ class TorchBackend:
         n = p + 1
         while n in sizes:  # the batch size must be unambiguous: pad with checked points
             n += 1
-        inputs = [tb.stack(self._blocks[b].base, self._blocks[b].shape, b, points, n) for b in key]
+        bases = [(block.base, block.shape) for block in self._blocks]
+        inputs = tb.stacks(bases, key, points, n)
         guard = frozenset(self._storage(self._blocks[b].tensor) for b in key) - {0}
         fast = self._fast(track)
         recorder = SignatureRecorder() if track and not fast else None
