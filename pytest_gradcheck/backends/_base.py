@@ -27,7 +27,10 @@ class BlockSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    values: np.ndarray  # float64, flat, a copy of the base point
+    #: float64, flat: the base point's values, read-only. A backend may share them with
+    #: its own base point (no copy of a large block), so they hold until the base
+    #: point moves (`Backend.step`): the engine copies them before a burn-in.
+    values: np.ndarray
 
     @property
     def size(self) -> int:

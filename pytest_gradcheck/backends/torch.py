@@ -671,11 +671,17 @@ class TorchBackend:
     # ------------------------------------------------------------------ protocol
 
     def blocks(self) -> list[BlockSpec]:
-        """The checked blocks in a stable order: args first, then params."""
-        return [
-            BlockSpec(b.name, b.shape, b.dtype, b.base.detach().cpu().numpy().copy())
-            for b in self._blocks
-        ]
+        """The checked blocks in a stable order: args first, then params.
+
+        The values are a read-only view of the base point where it is on the CPU (a copy
+        of a large block costs as much as a forward pass of a small model).
+        """
+        specs = []
+        for b in self._blocks:
+            values = b.base.detach().cpu().numpy()
+            values.flags.writeable = False
+            specs.append(BlockSpec(b.name, b.shape, b.dtype, values))
+        return specs
 
     def gradient(self, track: bool) -> Gradient:
         """The analytic gradient at the base point, from one call of f with the seed reset."""

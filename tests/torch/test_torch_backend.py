@@ -249,7 +249,9 @@ def test_dict_params_keep_their_objects_and_values():
 def test_evaluate_undoes_deltas_exactly_and_step_moves_the_base():
     x = torch.randn(4, dtype=torch.float64)
     b = backend(lambda x: (x.sin() * x).sum(), x)
-    base = b.blocks()[0].values
+    values = b.blocks()[0].values
+    assert not values.flags.writeable  # a view of the base point: the engine cannot write it
+    base = values.copy()  # valid until `step` moves the base point
     b.evaluate([at(0, 1, 1e-3), Point(((0, np.array([2, 2]), np.array([0.1, 0.2])),))], False)
     assert b.blocks()[0].values.tobytes() == base.tobytes()
     # duplicate indices add up: base + 0.1 + 0.2

@@ -446,6 +446,31 @@ def test_a_failing_group_leaves_other_blocks_batched(counts, monkeypatch):
     assert_same_result(batched, gradcheck(f, W, b, batch=False))
 
 
+def test_a_large_block_on_the_cpu_is_left_to_the_loop(counts, monkeypatch):
+    """A block above LOOP_ROW_BYTES (a fresh copy per row would cost more than the loop's
+    one copy in cache) goes to the loop, not as a failure; the small block beside it is
+    still batched, and the verdict is the loop's. With the limit raised, it is batched."""
+    W = torch.randn(120, 110, dtype=torch.float64)  # 105,600 bytes per row
+    b = torch.randn(110, dtype=torch.float64)
+    x = torch.randn(3, 120, dtype=torch.float64)
+    assert 8 * W.numel() > _torch_batch.LOOP_ROW_BYTES > 8 * b.numel()
+
+    def f(W, b):
+        return torch.tanh(x @ W + b).sum()
+
+    looped = gradcheck(f, W, b)
+    nb, nl, reasons = counts[-1]
+    assert looped.passed and not reasons  # a plan, not a fallback
+    assert nl == 22 and nb == 22  # W's 10 coordinates and direction, twice each; b's batched
+    unbatched = gradcheck(f, W, b, batch=False)
+    assert_same_result(looped, unbatched)
+
+    monkeypatch.setattr(_torch_batch, "LOOP_ROW_BYTES", 2**40)
+    batched = gradcheck(f, W, b)
+    assert counts[-1][:2] == (44, 0)
+    assert_same_result(batched, unbatched)
+
+
 # ------------------------------------------------------------------- restoration
 
 
