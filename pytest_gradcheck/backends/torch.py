@@ -84,11 +84,14 @@ the user's: the blocks are not touched, dict entries are put back, buffers are r
 before every evaluation and in-place writes into other tensors are repaired as in the
 loop. The reasons are kept in `batch_fallbacks` (no warning: the results are the same).
 
-Measured on one CPU thread (ReLU MLP + cross-entropy, data of 32 rows, the default
-check, median wall time, batched over ``batch=False``): about 0.3 at 1e3 parameters,
-0.4-0.5 at 1e4, 0.5-0.6 at 1e5. At 1e5 the group of the first weight gains nothing on a
-CPU: its rows are 23 copies of a 720 KB matrix, written and read once each, while the
-loop reuses one copy in cache; the gain there is the other groups' shared work.
+Large blocks on a CPU: a group whose perturbed blocks hold more than
+`_torch_batch.LOOP_ROW_BYTES` (96 KiB) per row is left to the loop, by plan rather than
+as a failure. Each row of its batch would be a fresh copy of the block, written and read
+once from memory, while the loop perturbs one copy in place that stays in the cache:
+measured on one CPU thread (an MLP's first weight, 22 points), a 72 KB block is 1.7x
+faster batched, a 148 KB one 1.3x slower and a 774 KB one 1.5x slower. On a GPU every
+group is batched. The gain that remains at 1e5 parameters on a CPU is the other groups'
+(the work upstream of their block is done once per batch); see docs/performance.md.
 """
 
 from __future__ import annotations
