@@ -19,8 +19,9 @@ How a check runs:
   dense add, or a scatter-add of one entry for coordinates of large blocks). A small
   model goes as one batch; past _DENSE_COORDINATES each large block is a batch lane
   of its own and the small blocks share one, so a point carries copies of the blocks
-  of its lane only. Batches are padded to a few fixed sizes, so a check compiles few
-  programs; on CPU, small
+  of its lane only; on CPU a block over _LOOP_BLOCK_BYTES is evaluated one point at a
+  time instead (a copy per row costs more than the loop's one copy in cache). Batches
+  are padded to a few fixed sizes, so a check compiles few programs; on CPU, small
   functions are compiled without LLVM optimisation, since compiling is then nearly
   all the cost. Where `f` cannot be vmapped, points are evaluated one at a time with
   the same jitted function; where `f` cannot even be traced (Python control flow on
@@ -65,6 +66,7 @@ from ._base import (
     check_finite_loss,
     check_gradient_array,
     index_array,
+    index_count,
     projection_weights,
     reduce_output,
     select_blocks,
@@ -96,6 +98,12 @@ _MAX_CHUNK = 512
 _BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 #: checks with at most this many coordinates in all send every delta as a whole block
 _DENSE_COORDINATES = 4096
+#: on CPU, the points perturbing a block larger than this (bytes) are evaluated one at a
+#: time, not as a vmapped batch: each row of the batch is a fresh copy of the block,
+#: written and read once from memory, while one point at a time reuses a copy in the
+#: cache (measured on one CPU thread, an MLP's default check: at 1e6 parameters the
+#: batch of the 8 MB first weight took 3.5x the time of the loop)
+_LOOP_BLOCK_BYTES = 96 * 2**10
 
 #: on CPU, functions whose values (per point) fit in this are compiled without LLVM
 #: optimisation: compiling is most of the cost of checking them
@@ -559,7 +567,8 @@ class JaxBackend:
             chunk = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // max(per_point, 1)))
             self._chunk = 1 << (chunk.bit_length() - 1)
             self._dense = sum(b.size for b in self._base_np) <= _DENSE_COORDINATES
-            self._quick = int(self._quick_compile(per_point))
+            self._platform = self._find_platform()
+            self._quick = int(self._platform == "cpu" and per_point <= _QUICK_COMPILE_BYTES)
             _bound_programs()
 
     def _place_const(self, value: Any) -> Any:
@@ -594,21 +603,21 @@ class JaxBackend:
         flat = _EVAL[self._quick](traced, consts, (self._consts, self._base_dev, self._dyn_vals))
         return jax.tree_util.tree_unflatten(tree, flat)
 
-    def _quick_compile(self, per_point: int) -> bool:
-        """Whether to compile quickly (unoptimised XLA): small functions on CPU.
+    def _find_platform(self) -> str:
+        """The platform the check computes on ("cpu", "gpu", "tpu").
 
-        A check of a small function spends nearly all its time compiling (two or three
-        programs per check; JAX's threefry PRNG alone takes a second at the default
-        optimisation level), while running them takes microseconds. LLVM's optimisation
-        does not change IEEE results (XLA keeps fast-math off), so the values agree.
+        On CPU, small functions are compiled quickly (unoptimised XLA): a check of a
+        small function spends nearly all its time compiling (two or three programs per
+        check; JAX's threefry PRNG alone takes a second at the default optimisation
+        level), while running them takes microseconds. LLVM's optimisation does not
+        change IEEE results (XLA keeps fast-math off), so the values agree. On CPU too,
+        the points of large blocks are evaluated one at a time (`_LOOP_BLOCK_BYTES`).
         """
         if self._device is not None:
-            platform = self._device.platform
-        else:
-            arrays = self._base_dev + [d for d in self._dyn_vals if isinstance(d, jax.Array)]
-            platforms = {dev.platform for a in arrays for dev in a.devices()}
-            platform = platforms.pop() if len(platforms) == 1 else jax.default_backend()
-        return platform == "cpu" and per_point <= _QUICK_COMPILE_BYTES
+            return self._device.platform
+        arrays = self._base_dev + [d for d in self._dyn_vals if isinstance(d, jax.Array)]
+        platforms = {dev.platform for a in arrays for dev in a.devices()}
+        return platforms.pop() if len(platforms) == 1 else jax.default_backend()
 
     # ------------------------------------------------------------------ protocol
     def blocks(self) -> list[BlockSpec]:
@@ -829,38 +838,57 @@ class JaxBackend:
         if self._mode == "eager":
             return [self._eager_point(point) for point in points]
         results: list[Evaluation | None] = [None] * len(points)
-        for batched, members in self._groups(points):
+        for batched, members, loop in self._groups(points):
             group = [points[i] for i in members]
-            evaluations = self._evaluate_group(group, batched, track)
+            evaluations = self._evaluate_group(group, batched, track, loop)
             for i, evaluation in zip(members, evaluations, strict=True):
                 results[i] = evaluation
         return [r for r in results if r is not None]
 
-    def _groups(self, points: Sequence[Point]) -> list[tuple[frozenset[int] | None, list[int]]]:
+    def _groups(
+        self, points: Sequence[Point]
+    ) -> list[tuple[frozenset[int] | None, list[int], bool]]:
         """Points grouped by the blocks a batch of them must carry per point.
 
-        A small model goes as one group, every block batched (one program, few rows).
-        Otherwise each large block (over _DENSE_COORDINATES entries) is a lane of its
-        own and the small blocks share one: a point perturbing W1 then carries a copy of
-        W1 only, and the computation that does not depend on the batched blocks (x @ W1
-        for the points that perturb b2) is done once for the batch, not once per point.
+        Returns ``(batched blocks, members, loop)``. A small model goes as one group,
+        every block batched (one program, few rows). Otherwise each large block (over
+        _DENSE_COORDINATES entries) is a lane of its own and the small blocks share
+        one: a point perturbing W1 then carries a copy of W1 only, and the computation
+        that does not depend on the batched blocks (x @ W1 for the points that perturb
+        b2) is done once for the batch, not once per point. A large block's points
+        that add one entry (coordinates) and those that add the whole block
+        (directions) go apart, so that the first travel as one index each; on CPU a
+        block over _LOOP_BLOCK_BYTES is evaluated point by point (`loop`).
         """
         if self._dense:
-            return [(None, list(range(len(points))))]
+            return [(None, list(range(len(points))), False)]
         small = frozenset(
             b for b, base in enumerate(self._base_np) if base.size <= _DENSE_COORDINATES
         )
-        groups: dict[frozenset[int], list[int]] = {}
+        groups: dict[tuple[frozenset[int], bool], list[int]] = {}
         for p, point in enumerate(points):
             lanes: set[int] = set()
-            for b, _, _ in point.deltas:
+            whole_block = False
+            for b, indices, _ in point.deltas:
                 lanes |= small if b in small else {b}
+                whole_block = whole_block or index_count(indices) > 1
             # a point that perturbs nothing still needs a batched block to count its row
-            groups.setdefault(frozenset(lanes or small or {0}), []).append(p)
-        return sorted(groups.items(), key=lambda item: item[1][0])
+            key = frozenset(lanes or small or {0})
+            groups.setdefault((key, whole_block and not key <= small), []).append(p)
+        out = []
+        for (key, _), members in sorted(groups.items(), key=lambda item: item[1][0]):
+            loop = self._platform == "cpu" and any(
+                self._base_np[b].nbytes > _LOOP_BLOCK_BYTES for b in key
+            )
+            out.append((key, members, loop))
+        return out
 
     def _evaluate_group(
-        self, points: Sequence[Point], batched: frozenset[int] | None, track: bool
+        self,
+        points: Sequence[Point],
+        batched: frozenset[int] | None,
+        track: bool,
+        loop: bool = False,
     ) -> list[Evaluation]:
         idx, val = self._encode(points, batched)
         n = len(points)
@@ -873,6 +901,7 @@ class JaxBackend:
                 [None if a is None else a[start:stop] for a in idx],
                 [None if a is None else a[start:stop] for a in val],
                 track,
+                loop,
             )
             outs[start:stop] = o
             if track:
@@ -910,10 +939,14 @@ class JaxBackend:
             recorder.record("site", int(value).to_bytes(8, "little"))
         return recorder.digest(), recorder.count
 
-    def _run_chunk(self, idx: list, val: list, track: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _run_chunk(
+        self, idx: list, val: list, track: bool, loop: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluate rows of deltas: one vmapped call, or one call per row (`loop`, or
+        where vmap failed)."""
         rows = next((a.shape[0] for a in val if a is not None), 1)
         self._rng.reseed()
-        if self._vmap_ok[track] is not False:
+        if not loop and self._vmap_ok[track] is not False:
             size = next((b for b in _BATCH_SIZES if b >= rows), _BATCH_SIZES[-1])
             size = min(self._chunk, size)
             pad = size - rows

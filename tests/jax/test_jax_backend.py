@@ -11,6 +11,7 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
+from pytest_gradcheck.backends import jax as jax_backend  # noqa: E402
 from pytest_gradcheck.backends._base import Point, Settings, projection_weights  # noqa: E402
 from pytest_gradcheck.backends.jax import JaxBackend  # noqa: E402
 
@@ -347,8 +348,49 @@ def test_a_large_model_is_batched_per_lane_and_agrees_with_the_loop():
     a, c = results
     np.testing.assert_allclose([e.loss for e in a], [e.loss for e in c], rtol=1e-13)
     assert [e.signature for e in a] == [e.signature for e in c]
-    lanes = {batched for batched, _ in groups}
+    lanes = {batched for batched, _, _ in groups}
     assert lanes == {frozenset({0}), frozenset({1, 2}), frozenset({0, 1, 2})}
+    # W's coordinates and its direction travel apart (one index each vs the whole block)
+    w_groups = [members for batched, members, _ in groups if batched == frozenset({0})]
+    assert sorted(map(len, w_groups)) == [1, 6]
+    assert not any(loop for _, _, loop in groups)  # W (45 KB) is small enough to batch
+
+
+def test_a_large_block_on_the_cpu_is_evaluated_point_by_point(monkeypatch):
+    """A block over _LOOP_BLOCK_BYTES is evaluated one point at a time on CPU (a batch
+    would copy it per row); the values are those of the batch and of batch=False."""
+    gen = np.random.default_rng(1)
+    x = jnp.asarray(gen.standard_normal((3, 120)))
+
+    def f(W, b):
+        return jnp.sum(jnp.tanh(x @ W + b))
+
+    W = jnp.asarray(gen.standard_normal((120, 110)) / 11)  # 105,600 bytes
+    b = jnp.asarray(gen.standard_normal(110))
+    assert W.size * 8 > jax_backend._LOOP_BLOCK_BYTES
+    points = [_coord(k, i, s * 1e-4) for k in range(2) for i in (0, 9, 101) for s in (1, -1)]
+    points.append(Point(((0, range(W.size), np.full(W.size, 1e-5)),)))
+
+    def run(batch):
+        backend = _backend(f, W, b, batch=batch)
+        try:
+            backend.gradient(True)
+            return backend.evaluate(points, True), backend._groups(points)
+        finally:
+            backend.close()
+
+    looped, groups = run(True)
+    assert {(batched, loop) for batched, _, loop in groups} == {
+        (frozenset({0}), True),
+        (frozenset({1}), False),
+    }
+    unbatched, _ = run(False)
+    monkeypatch.setattr(jax_backend, "_LOOP_BLOCK_BYTES", 2**40)
+    batched, groups = run(True)
+    assert not any(loop for _, _, loop in groups)
+    for other in (unbatched, batched):
+        np.testing.assert_allclose([e.loss for e in looped], [e.loss for e in other], rtol=1e-13)
+        assert [e.signature for e in looped] == [e.signature for e in other]
 
 
 @jax.custom_vjp
