@@ -38,6 +38,7 @@ aten = torch.ops.aten
 
 #: dtypes below float64 that the precision watch reports
 LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
+_F64 = torch.float64
 
 #: ops whose output does not depend on their input's values (factories "like" it):
 #: a float32 `rand_like(x)` of a float64 `x` is not a loss of precision
@@ -478,11 +479,17 @@ def promote(
     """
     if tensors is None:
         tensors = _tensors((args, kwargs))
-    floats = [t for t in tensors if t.is_floating_point()]
-    if not floats:
+    has64 = low = False
+    for t in tensors:  # one pass: every op f runs comes through here
+        dtype = t.dtype
+        if dtype is _F64:
+            has64 = True
+        elif dtype in LOW_PRECISION:
+            low = True
+    cast = has64 and low
+    if device is None and not cast:
         return args, kwargs
-    has64 = any(t.dtype == torch.float64 for t in floats)
-    cast = has64 and any(t.dtype in LOW_PRECISION for t in floats)
+    floats = [t for t in tensors if t.is_floating_point()]
     move = (
         device is not None
         and any(_same_device(t.device, device) for t in floats)
@@ -555,6 +562,7 @@ class WinnerTracker(TorchDispatchMode):
         self.op_bytes: list[int] = []
         self.first_use: dict[int, int] = {}
         self._watch_storage = watch or {}
+        self._watched = len(set(self._watch_storage.values()))  # blocks to find first uses of
         self.lowered: dict[str, str] = {}
         #: ``(op, shape, dtype)`` of each decision, in order, once `finish()` has run
         self.layout: list[tuple[str, tuple[int, ...], torch.dtype]] = []
@@ -602,7 +610,7 @@ class WinnerTracker(TorchDispatchMode):
     def _measure(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         nbytes = sum(t.numel() * t.element_size() for t in outputs)
         self.bytes_out += nbytes
-        if self._watch_storage:
+        if self._watch_storage and len(self.first_use) < self._watched:
             for t in inputs:
                 block = self._watch_storage.get(_address(t))
                 if block is not None and block not in self.first_use:
@@ -617,9 +625,11 @@ class WinnerTracker(TorchDispatchMode):
         return {block: suffix[i] for block, i in self.first_use.items()}
 
     def _watch(self, func: Any, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        if not any(t.dtype in LOW_PRECISION for t in outputs):
+            return
         if func.overloadpacket.__name__ in _SHAPE_ONLY:
             return
-        if not any(t.dtype == torch.float64 for t in inputs):
+        if not any(t.dtype is _F64 for t in inputs):
             return
         for t in outputs:
             if t.dtype in LOW_PRECISION:

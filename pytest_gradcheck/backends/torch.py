@@ -230,26 +230,35 @@ class _Numerics:
 
     def __init__(self) -> None:
         C = torch._C
+        #: without a usable CUDA device no CUDA kernel can run: its flags are left alone
+        cuda = torch.cuda.is_available()
         self._strings: dict[tuple[str, str], str] = {}
         if hasattr(C, "_get_fp32_precision_getter"):
             for key in self._PRECISION_KEYS:
+                if key[0] == "cuda" and not cuda:
+                    continue
                 ok, value = _try(lambda key=key: C._get_fp32_precision_getter(*key))
                 if ok:
                     self._strings[key] = value
         self._matmul = _try(C._get_float32_matmul_precision)
-        self._cudnn_tf32 = _try(C._get_cudnn_allow_tf32)
+        self._cuda = cuda
+        self._cudnn_tf32: tuple[bool, Any] = (False, None)
         self._reductions: dict[str, Any] = {}
-        for kind in ("fp16", "bf16"):
-            ok, value = _try(getattr(C, f"_get_cublas_allow_{kind}_reduced_precision_reduction"))
-            if ok:
-                self._reductions[kind] = value
-        self._fp16_accumulation = _try(
-            getattr(C, "_get_cublas_allow_fp16_accumulation", lambda: None)
-        )
+        self._fp16_accumulation: tuple[bool, Any] = (False, None)
+        if cuda:
+            self._cudnn_tf32 = _try(C._get_cudnn_allow_tf32)
+            for kind in ("fp16", "bf16"):
+                getter = getattr(C, f"_get_cublas_allow_{kind}_reduced_precision_reduction")
+                ok, value = _try(getter)
+                if ok:
+                    self._reductions[kind] = value
+            self._fp16_accumulation = _try(
+                getattr(C, "_get_cublas_allow_fp16_accumulation", lambda: None)
+            )
+            self._cudnn_deterministic = torch.backends.cudnn.deterministic
+            self._cudnn_benchmark = torch.backends.cudnn.benchmark
         self._deterministic = torch.are_deterministic_algorithms_enabled()
         self._warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-        self._cudnn_deterministic = torch.backends.cudnn.deterministic
-        self._cudnn_benchmark = torch.backends.cudnn.benchmark
 
     def apply(self) -> None:
         C = torch._C
@@ -270,13 +279,15 @@ class _Numerics:
             C._set_cublas_allow_fp16_accumulation(False)
         if not self._deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+        if self._cuda:
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
 
     def restore(self) -> None:
         C = torch._C
-        torch.backends.cudnn.benchmark = self._cudnn_benchmark
-        torch.backends.cudnn.deterministic = self._cudnn_deterministic
+        if self._cuda:
+            torch.backends.cudnn.benchmark = self._cudnn_benchmark
+            torch.backends.cudnn.deterministic = self._cudnn_deterministic
         torch.use_deterministic_algorithms(self._deterministic, warn_only=self._warn_only)
         if self._fp16_accumulation[0] and self._fp16_accumulation[1] is not None:
             C._set_cublas_allow_fp16_accumulation(self._fp16_accumulation[1])
