@@ -14,6 +14,7 @@ is done once per chunk instead of once per point. See `torch.py` for the whole d
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,29 +141,42 @@ def stacks(
     once for all blocks: a pass holds many points and each perturbs one block or two.
     """
     where = {b: j for j, b in enumerate(key)}
+    sizes = [blocks[b][0].numel() for b in key]
     dense: list[list[tuple[int, Any]]] = [[] for _ in key]
     rows: list[list[int]] = [[] for _ in key]  # per scattered delta: its row
-    cols: list[list[Any]] = [[] for _ in key]
-    vals: list[list[Any]] = [[] for _ in key]
+    counts: list[list[int]] = [[] for _ in key]  # ... and how many entries it adds
+    cols: list[list[np.ndarray]] = [[] for _ in key]
+    vals: list[list[np.ndarray]] = [[] for _ in key]
     for r, point in enumerate(points):
         for index, flat_indices, values in point.deltas:
             j = where.get(index)
             if j is None:
                 continue
-            m = blocks[index][0].numel()
-            if whole(flat_indices, m) and (not dense[j] or dense[j][-1][0] != r):
-                dense[j].append((r, values))
-                continue
-            idx = index_array(flat_indices)
-            val = np.asarray(values, dtype=np.float64).reshape(-1)
-            if val.size != idx.size:
-                val = np.broadcast_to(val, idx.shape).reshape(-1)
+            if type(flat_indices) is range:
+                if whole(flat_indices, sizes[j]) and (not dense[j] or dense[j][-1][0] != r):
+                    dense[j].append((r, values))
+                    continue
+                flat_indices = index_array(flat_indices)
+            if (
+                type(flat_indices) is not np.ndarray
+                or type(values) is not np.ndarray
+                or values.dtype != np.float64
+                or values.shape != flat_indices.shape
+                or flat_indices.ndim != 1
+            ):  # not the engine's own form: convert (and broadcast a scalar value)
+                flat_indices = index_array(flat_indices)
+                values = np.asarray(values, dtype=np.float64).reshape(-1)
+                if values.size != flat_indices.size:
+                    values = np.broadcast_to(values, flat_indices.shape).reshape(-1)
             rows[j].append(r)
-            cols[j].append(idx)
-            vals[j].append(val)
-    return [
-        _stack_block(*blocks[b], dense[j], rows[j], cols[j], vals[j], n) for j, b in enumerate(key)
-    ]
+            counts[j].append(flat_indices.size)
+            cols[j].append(flat_indices)
+            vals[j].append(values)
+    with _no_fill():
+        return [
+            _stack_block(*blocks[b], dense[j], rows[j], counts[j], cols[j], vals[j], n)
+            for j, b in enumerate(key)
+        ]
 
 
 def _stack_block(
@@ -170,13 +184,14 @@ def _stack_block(
     shape: tuple[int, ...],
     dense: list[tuple[int, Any]],
     rows: list[int],
+    counts: list[int],
     cols: list[np.ndarray],
     vals: list[np.ndarray],
     n: int,
 ) -> torch.Tensor:
     m = base.numel()
-    out = _uninitialized((n, m), base)
     device = base.device
+    out = torch.empty((n, m), dtype=base.dtype, device=device)  # every row is written
     written = [False] * n
     for r, values in dense:
         val = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -196,11 +211,11 @@ def _stack_block(
         out[start:stop].copy_(base.expand(stop - start, m))
         start = stop
     if rows:
-        sizes = [c.size for c in cols]
+        row_index = np.repeat(np.asarray(rows, dtype=np.int64), counts)
         out.index_put_(
             (
-                torch.as_tensor(np.repeat(np.asarray(rows, dtype=np.int64), sizes), device=device),
-                torch.as_tensor(np.concatenate(cols), device=device),
+                torch.as_tensor(row_index, device=device),
+                torch.as_tensor(np.concatenate(cols).astype(np.int64, copy=False), device=device),
             ),
             torch.as_tensor(np.concatenate(vals), device=device),
             accumulate=True,
@@ -208,16 +223,18 @@ def _stack_block(
     return out.view(n, *shape)
 
 
-def _uninitialized(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """An empty tensor, without the fill that deterministic mode gives every empty tensor
-    (the check runs with deterministic algorithms on); the caller writes all of it."""
+@contextlib.contextmanager
+def _no_fill() -> Iterator[None]:
+    """Empty tensors without the fill that deterministic mode gives every one of them
+    (the check runs with deterministic algorithms on); the caller writes all of them."""
     deterministic = getattr(torch.utils, "deterministic", None)
     flag = getattr(deterministic, "fill_uninitialized_memory", None)
     if flag is None:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
+        yield
+        return
     deterministic.fill_uninitialized_memory = False
     try:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
+        yield
     finally:
         deterministic.fill_uninitialized_memory = flag
 
