@@ -178,8 +178,15 @@ def check_finite_loss(value: float, what: str) -> None:
         )
 
 
-def check_gradient_array(name: str, g: Any, shape: tuple[int, ...], term: str | None) -> np.ndarray:
-    """Validate one analytic gradient block and return it flat float64 (a copy)."""
+def check_gradient_array(
+    name: str, g: Any, shape: tuple[int, ...], term: str | None, copy: bool = True
+) -> np.ndarray:
+    """Validate one analytic gradient block and return it flat float64.
+
+    A copy, unless `copy` is false: the caller then owns `g` and nothing writes into it
+    during the check (an immutable JAX array, a gradient only autograd holds), and the
+    array returned (a read-only view where it can be) spares a copy of a large block.
+    """
     arr = np.asarray(g)
     if arr.shape != tuple(shape):
         raise ValueError(
@@ -190,7 +197,12 @@ def check_gradient_array(name: str, g: Any, shape: tuple[int, ...], term: str | 
         raise TypeError(
             f"gradcheck: the analytic gradient of {_where(name, term)} is not numeric ({arr.dtype})"
         )
-    flat = np.array(arr, dtype=np.float64).reshape(-1)
+    if copy:
+        flat = np.array(arr, dtype=np.float64).reshape(-1)
+    else:
+        flat = np.asarray(arr, dtype=np.float64).reshape(-1)
+        if flat.base is not None:  # a view of the caller's memory: the engine only reads
+            flat.flags.writeable = False
     with np.errstate(over="ignore", invalid="ignore"):
         total = float(flat.sum())
     if math.isfinite(total):  # one pass, no mask: all finite (a sum of finite values

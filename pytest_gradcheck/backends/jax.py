@@ -657,12 +657,14 @@ class JaxBackend:
                 check_finite_loss(float(value), f"the term {name!r} at the base point")
                 terms[name] = float(value)
             total = tuple(
-                check_gradient_array(self._name(b), np.reshape(g, shape), shape, None)
+                check_gradient_array(self._name(b), np.reshape(g, shape), shape, None, copy=False)
                 for b, (g, shape) in enumerate(zip(g_total, self._shapes, strict=False))
             )
             term_grads = {
                 name: tuple(
-                    check_gradient_array(self._name(b), np.reshape(g, shape), shape, name)
+                    check_gradient_array(
+                        self._name(b), np.reshape(g, shape), shape, name, copy=False
+                    )
                     for b, (g, shape) in enumerate(zip(grads, self._shapes, strict=False))
                 )
                 for name, grads in zip(self._term_names, g_terms, strict=False)

@@ -773,8 +773,11 @@ class TorchBackend:
                 f"exclude it from the check with wrt=, e.g. wrt=lambda name: name not in "
                 f"{unused!r}"
             )
+        # torch's own derivative formulas return tensors made in the backward pass, which
+        # only autograd holds: no copy. A custom backward may return a tensor of f's (even
+        # a block, which the check then perturbs in place): copied
         total_grads = tuple(
-            check_gradient_array(b.name, g.detach().cpu().numpy(), b.shape, None)
+            check_gradient_array(b.name, g.detach().cpu().numpy(), b.shape, None, copy=not plain)
             for b, g in zip(self._blocks, grads, strict=True)
         )
         term_grads: dict[str, tuple[np.ndarray, ...]] = {}
@@ -786,7 +789,9 @@ class TorchBackend:
             term_grads[name] = tuple(
                 np.zeros(int(np.prod(b.shape, dtype=np.int64)))
                 if g is None
-                else check_gradient_array(b.name, g.detach().cpu().numpy(), b.shape, name)
+                else check_gradient_array(
+                    b.name, g.detach().cpu().numpy(), b.shape, name, copy=not plain
+                )
                 for b, g in zip(self._blocks, gs, strict=True)
             )
         if watch is not None:

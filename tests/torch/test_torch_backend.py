@@ -702,3 +702,37 @@ def test_dropout_on_the_gpu_is_seeded():
     evs = b.evaluate([Point(()), Point(())], False)
     assert evs[0].loss == evs[1].loss == pytest.approx(g.center.loss, rel=1e-14)
     b.close()
+
+
+def test_a_backward_returning_its_input_is_copied_before_the_block_moves():
+    """A custom backward that returns the block itself (a real bug: d/dx of x**2/2
+    written as `return x`, forgetting `g *`) hands back the tensor the check perturbs in
+    place: the analytic gradient must be the one at the checked point, not whatever the
+    block holds later; a gradient only autograd holds is taken without a copy."""
+
+    class ReturnsInput(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return (x * x).sum() / 2
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return x  # the saved input itself (correct here only because g == 1)
+
+    x = torch.randn(5, dtype=torch.float64)
+    b = backend(lambda x: ReturnsInput.apply(x), x)
+    grad = b.gradient(False)
+    at_center = grad.total[0].copy()
+    np.testing.assert_array_equal(at_center, x.numpy())
+    b.step([np.full(5, 0.5)])  # moves the block in place (burn-in)
+    b.evaluate([at(0, 2, 0.5), at(0, 4, -0.25)], False)
+    np.testing.assert_array_equal(grad.total[0], at_center)  # not moved with the block
+    b.close()
+
+    plain = backend(lambda x: (x * x).sum() / 2, x)
+    g = plain.gradient(False).total[0]
+    assert not g.flags.writeable  # a read-only view of autograd's tensor, not a copy
+    np.testing.assert_array_equal(g, x.numpy())
+    plain.close()
