@@ -904,11 +904,12 @@ def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
 
     `key` is hashable and equal for two jaxprs only when evaluating them (without
     differentiating) generates the same program, for any values of the constvars,
-    which are inputs of the program, not part of it. It holds ``str(jaxpr)`` (wiring,
-    types, literal values) and everything the printed form leaves out or abbreviates,
-    found by walking every equation, sub-jaxprs included: the wiring again, each
-    variable's type, literals by content, the primitive objects, the equation
-    contexts and every parameter. A parameter that is a plain value counts by its
+    which are inputs of the program, not part of it. It is built by walking every
+    equation, sub-jaxprs included: the wiring (each use of a variable by the position
+    of its definition), each variable's type, literals by content, the primitive
+    objects, the equation contexts, every parameter and each jaxpr's effects. (The
+    printed form, ``str(jaxpr)``, which earlier versions added to the key, holds
+    nothing more and cost as much as the walk.) A parameter that is a plain value counts by its
     ``repr``, a NumPy array or scalar by its content (a NumPy array too large to
     compare makes the key equal to no other, since it may be changed in place), a
     jaxpr by its own walk, and any other object (the consts of inner closed jaxprs,
@@ -995,6 +996,9 @@ def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
                     items.append(("var", index.get(v, -1)))
 
         items.append(("jaxpr", len(j.constvars), len(j.invars), len(j.eqns)))
+        items.append(("effects", len(j.effects)))
+        for effect in sorted(j.effects, key=repr):
+            value(effect)
         define(j.constvars)
         define(j.invars)
         for eqn in j.eqns:
@@ -1013,7 +1017,7 @@ def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
         use(j.outvars)
 
     walk(jaxpr)
-    return (str(jaxpr), tuple(items)), keep, found[0]
+    return tuple(items), keep, found[0]
 
 
 def safe_fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:

@@ -391,6 +391,18 @@ def test_programs_are_equal_only_for_the_same_computation():
     c, _ = program(_mlp_like(1.5))
     assert a == b and hash(a) == hash(b)
     assert a != c
+    # the same operations wired differently (the operands of a subtraction swapped)
+    d1, _ = program(lambda w: jnp.sum(jnp.sin(w) - jnp.cos(w)))
+    d2, _ = program(lambda w: jnp.sum(jnp.cos(w) - jnp.sin(w)))
+    d3, _ = program(lambda w: jnp.sum(jnp.sin(w) - jnp.cos(w)))
+    assert d1 != d2 and d1 == d3
+    # a type of its own (float32 inside) and a literal of its own
+    e1, _ = program(lambda w: jnp.sum(w.astype(jnp.float32)))
+    e2, _ = program(lambda w: jnp.sum(w.astype(jnp.float16)))
+    assert e1 != e2
+    f1, _ = program(lambda w: jnp.sum(w + 1.0))
+    f2, _ = program(lambda w: jnp.sum(w + 1.0000001))  # one float32 ulp apart
+    assert f1 != f2
     assert _Program(a.jaxpr, 1) != _Program(a.jaxpr, 0)  # another split into blocks
     # a custom rule's bwd is left out of the key of the (never differentiated) programs
     good, _ = program(_custom_vjp_loss(False))
