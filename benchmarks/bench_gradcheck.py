@@ -1171,6 +1171,33 @@ a result, not a typo.
 
 The machine is shared and noisy: read ratios, not absolute times, and never assert on
 them in tests. How a check works is explained in the [design notes](design.md).
+
+## What the ratios are made of
+
+Measured on this machine with the profiler and per-phase timers (one CPU thread, the
+1e3 MLP, in the benchmark's interleaved setting), not computed by this script:
+
+- **A check's fixed cost** (about 2-2.5 ms for PyTorch, whatever the size up to 1e5)
+  is what `mode="directions"` pays beyond its 9 evaluations and one backward pass,
+  and what `fast_mode=True`, which does the same arithmetic, does not: the tracked
+  pass at the checked point (every op of f goes through a `TorchDispatchMode` that
+  records max-like decisions, brings stray float32 inputs to float64 and watches for
+  casts to lower precision: about 0.3-0.45 ms at 1e3), resetting Python's, NumPy's and
+  torch's RNGs before every evaluation and restoring them after the check, switching
+  TF32 and determinism off and back, the float64 copies and their restoration, one
+  seeded direction per block, and the report. The version of 2026-11-29 cut it (no
+  autograd context per write, one pass over each op's inputs in the tracker, no copies
+  of the base point or of autograd's gradients, CUDA flags untouched without CUDA):
+  run alternately in this setting, the ratio to `fast_mode=True` at 1e3 and 1e4 went
+  from 1.27-1.34 (git a6306e1) to 1.11-1.19; from 1e5 on it is at or below 1.
+- **Batching on a CPU** saves the per-call cost of f (about 50-80 µs of Python per
+  point in the loop) but not its arithmetic: on one thread a vmapped forward of 45 rows
+  costs about 70% of 45 separate forwards at 1e4, so the batched part of the default
+  check is 0.25-0.45 of the loop's, and the fixed cost above, which both paths pay,
+  keeps the whole check's ratio above 0.5. A block over 96 KiB (the first weight
+  from about 1.5e4 parameters on) is evaluated point by point even with batching on,
+  since copying it per row made the batch 1.3-3.5 times slower than the loop (see the
+  [design notes](design.md)); from there on the gain comes from the other blocks.
 """
 
 
