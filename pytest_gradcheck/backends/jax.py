@@ -21,7 +21,7 @@ How a check runs:
   of its own and the small blocks share one, so a point carries copies of the blocks
   of its lane only; on CPU a block over _LOOP_BLOCK_BYTES is evaluated one point at a
   time instead (a copy per row costs more than the loop's one copy in cache). Batches
-  are padded to a few fixed sizes, so a check compiles few programs; on CPU, small
+  are padded to fixed sizes (four per octave), so a check compiles few programs; on CPU, small
   functions are compiled without LLVM optimisation, since compiling is then nearly
   all the cost. Where `f` cannot be vmapped, points are evaluated one at a time with
   the same jitted function; where `f` cannot even be traced (Python control flow on
@@ -94,8 +94,13 @@ _NEEDS_CONCRETE = (
 _CHUNK_BYTES = 512 * 2**20
 #: most points evaluated in one vmapped call; a batch is padded to one of _BATCH_SIZES
 _MAX_CHUNK = 512
-#: the batch sizes compiled (each one a program): few, since compiling dominates
-_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: the batch sizes compiled (each one a program): 1, 2, 3 and then four per octave
+#: (4, 5, 6, 7 times a power of two), so that a padded batch computes less than a
+#: quarter more rows than it needs (powers of two alone padded the 88 points of a
+#: default check to 128, and 66 to 128); a check uses one size per group of points
+_BATCH_SIZES = tuple(
+    sorted({1, 2, 3} | {m << k for m in (4, 5, 6, 7) for k in range(8) if m << k <= 512})
+)
 #: checks with at most this many coordinates in all send every delta as a whole block
 _DENSE_COORDINATES = 4096
 #: on CPU, the points perturbing a block larger than this (bytes) are evaluated one at a
