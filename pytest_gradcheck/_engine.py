@@ -32,7 +32,7 @@ from ._pairs import (
 )
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import direction, sample_coordinates
-from ._steps import AUTO_STEP, EPS64, NOISE_ULPS, TINY, absmax, steps
+from ._steps import TINY, absmax, step_for, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
 
@@ -116,8 +116,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         raw = {None: grad.total[b], **{t: grad.terms[t][b] for t in term_names}}
         largest = {loss: absmax(g) for loss, g in raw.items()}
         largests.append(largest)
-        values_max = max(1.0, absmax(base[b]))
-        vf = {loss: NOISE_ULPS * EPS64 * m * values_max for loss, m in largest.items()}
+        values_max = absmax(base[b])
+        vf = {loss: value_floor(m, values_max) for loss, m in largest.items()}
         floors.append(vf)
         if opts.mode == "directions":
             idx = np.zeros(0, dtype=np.int64)
@@ -139,7 +139,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             v = direction(spec.name, spec.size, opts.seed)
             x = base[b]
             rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
-            hd = AUTO_STEP * max(1.0, rms) if opts.eps == "auto" else float(opts.eps)
+            hd = step_for(opts.eps, rms)
             dirs.append(v)
             with np.errstate(over="ignore"):  # |g| of huge gradients: inf, harmless
                 norms = {loss: float(np.linalg.norm(g)) for loss, g in raw.items()}
@@ -187,7 +187,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 and spot not in coord_index[b]
                 and all(spot != i for i, _ in localized[b])
             ):
-                h = float(steps(opts.eps, base[b][[spot]])[0])
+                h = step_for(opts.eps, float(base[b][spot]))
                 pair = make_pair(b, np.array([spot]), np.ones(1), h, floors[b], largests[b])
                 counter.run([pair])
                 values = [float(analytic(lo, b)[spot]) for lo in losses]

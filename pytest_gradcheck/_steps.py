@@ -28,9 +28,25 @@ def steps(eps: float | str, values: np.ndarray) -> np.ndarray:
     return np.full(values.shape, float(eps))
 
 
+def step_for(eps: float | str, value: float) -> float:
+    """`steps` for one value (a direction's step, from the block's rms value)."""
+    return AUTO_STEP * max(1.0, abs(value)) if eps == "auto" else float(eps)
+
+
 def noise_floor(f_plus: float, f_minus: float, h: float) -> float:
     """The absolute error a centered difference can have from round-off alone."""
     return NOISE_ULPS * EPS64 * max(abs(f_plus), abs(f_minus)) / h
+
+
+def value_floor(largest_gradient: float, largest_value: float) -> float:
+    """Round-off of f implied by a block's scale, before dividing by h.
+
+    |f| alone underestimates the round-off of f when f is small next to its own
+    intermediate values (a normalisation, a cancellation): a block whose gradients reach
+    G at values of size X makes f handle quantities of at least G * max(1, X). Takes the
+    block's max |g| and max |x| (`absmax`), which the engine computes once per block.
+    """
+    return NOISE_ULPS * EPS64 * largest_gradient * max(1.0, largest_value)
 
 
 def absmax(a: np.ndarray) -> float:
