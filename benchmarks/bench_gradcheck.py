@@ -1189,7 +1189,7 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   autograd context per write, one pass over each op's inputs in the tracker, no copies
   of the base point or of autograd's gradients, CUDA flags untouched without CUDA):
   run alternately in this setting, the ratio to `fast_mode=True` at 1e3 and 1e4 went
-  from 1.27-1.34 (git a6306e1) to 1.11-1.19; from 1e5 on it is at or below 1.
+  from 1.27-1.34 (git a6306e1) to 1.11-1.21; from 1e5 on it is below 1.
 - **Batching on a CPU** saves the per-call cost of f (about 50-80 µs of Python per
   point in the loop) but not its arithmetic: on one thread a vmapped forward of 45 rows
   costs about 70% of 45 separate forwards at 1e4, so the batched part of the default

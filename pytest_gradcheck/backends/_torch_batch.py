@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import Point, index_array, whole
+from ._base import CPU_LOOP_BYTES, Point, index_array, whole
 from ._tree import child_name
 
 #: most rows (points and reference rows) in one vmapped call
@@ -37,12 +37,8 @@ BATCH_BYTES = 256 * 2**20
 #: work upstream of the perturbed block is shared by the batch)
 CALL_BYTES = 2 * 2**20
 #: on a CPU, a group whose perturbed blocks hold more than this many bytes per row is
-#: left to the loop: each row of a batch is a fresh copy of those blocks, written and
-#: read once from memory, while the loop perturbs the one copy in place, which stays in
-#: the cache. Measured on one CPU thread (an MLP's first weight, 22 points): a 72 KB
-#: block is evaluated 1.7x faster batched, a 148 KB one 1.3x slower, a 774 KB one 1.5x
-#: slower. Not applied on a GPU, where the rows are computed in parallel.
-LOOP_ROW_BYTES = 96 * 2**10
+#: left to the loop (see `_base.CPU_LOOP_BYTES`)
+LOOP_ROW_BYTES = CPU_LOOP_BYTES
 #: on the fast path (no dispatch mode), batches of at most this many points are left
 #: to the loop: measured on one CPU thread, f called once per point costs less there
 FAST_LOOP_POINTS = 8

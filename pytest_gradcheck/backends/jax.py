@@ -58,6 +58,7 @@ import numpy as np
 
 from .._kinks import SignatureRecorder
 from ._base import (
+    CPU_LOOP_BYTES,
     BlockSpec,
     Evaluation,
     Gradient,
@@ -104,11 +105,8 @@ _BATCH_SIZES = tuple(
 #: checks with at most this many coordinates in all send every delta as a whole block
 _DENSE_COORDINATES = 4096
 #: on CPU, the points perturbing a block larger than this (bytes) are evaluated one at a
-#: time, not as a vmapped batch: each row of the batch is a fresh copy of the block,
-#: written and read once from memory, while one point at a time reuses a copy in the
-#: cache (measured on one CPU thread, an MLP's default check: at 1e6 parameters the
-#: batch of the 8 MB first weight took 3.5x the time of the loop)
-_LOOP_BLOCK_BYTES = 96 * 2**10
+#: time, not as a vmapped batch (see `_base.CPU_LOOP_BYTES`)
+_LOOP_BLOCK_BYTES = CPU_LOOP_BYTES
 
 #: on CPU, functions whose values (per point) fit in this are compiled without LLVM
 #: optimisation: compiling is most of the cost of checking them. Past it, running the
