@@ -10,8 +10,12 @@ evaluations of f took the same branches exactly when their digests are equal, so
 difference between the digests of f(x+h) and f(x-h) means the centered difference
 straddled a kink.
 
-Decisions are recorded only for ops with floating-point inputs: a comparison of integer
-labels is not a kink of the loss.
+Decisions are recorded only for ops with floating-point inputs that depend on the
+checked blocks: a comparison of integer labels, a comparison of the data or a
+normalisation by the data's max is the same at every point of a check, not a kink of
+the loss. Dependence is followed through storages (`WinnerTracker`'s `sources`): every
+op that reads a dependent tensor makes the storages it writes dependent, so views and
+in-place writes carry it too.
 
 The same mode also watches for lower precision inside f: an op that reads a float64
 tensor and writes a float32, float16 or bfloat16 one (``x.float()``, ``x.half()``, a
@@ -534,6 +538,14 @@ class WinnerTracker(TorchDispatchMode):
     floating inputs of each op are brought to float64 and to `device` (see
     `promote`). Call `finish()` after the evaluation: decisions are kept as tensors
     during it (no device synchronisation per op) and hashed at the end.
+
+    With `sources` (the storage addresses of the checked blocks, and of the batched
+    values that stand in for them), a decision is recorded only where the op reads a
+    tensor that depends on them: the storages every op writes from such a tensor join
+    the set (views share their storage, in-place writes keep theirs), and a tensor
+    whose storage cannot be read counts as dependent. A comparison of the data, a
+    normalisation by the data's max, a mask of the labels: the same at every point,
+    so not a kink (the JAX tracker's taint, at the granularity of storages).
     """
 
     def __init__(
@@ -546,9 +558,13 @@ class WinnerTracker(TorchDispatchMode):
         measure: bool = False,
         batched: bool = False,
         watch: dict[int, int] | None = None,
+        sources: frozenset[int] | None = None,
     ):
         super().__init__()
         self.recorder = recorder
+        #: storages of tensors that depend on the checked blocks (None: no taint, every
+        #: decision counts)
+        self._taint: set[int] | None = set(sources) if sources is not None else None
         self.watch_precision = watch_precision
         self.promote = promote
         self.device = device
@@ -587,6 +603,14 @@ class WinnerTracker(TorchDispatchMode):
                 args, kwargs = new_args, new_kwargs
                 inputs = None
         rule = _RULES.get(func.overloadpacket) if self.recorder is not None else None
+        taint = self._taint
+        tainted = False
+        if taint is not None:
+            if inputs is None:
+                inputs = _tensors((args, kwargs))
+            tainted = _reads_from(inputs, taint)
+            if not tainted:
+                rule = None  # the same decision at every point: not a kink
         decision = None
         if rule is not None and rule.before:
             decision = rule.fn(func, args, kwargs, None)
@@ -597,10 +621,19 @@ class WinnerTracker(TorchDispatchMode):
             self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
             if self.batched:
                 self._hints.append(_hint(func, args, kwargs, out))
+        outputs = None
+        if tainted:
+            assert taint is not None
+            outputs = _tensors(out)
+            for t in outputs:
+                address = _address(t)
+                if address:
+                    taint.add(address)
         if self.watch_precision or self.measure:
             if inputs is None:
                 inputs = _tensors((args, kwargs))
-            outputs = _tensors(out)
+            if outputs is None:
+                outputs = _tensors(out)
             if self.watch_precision:
                 self._watch(func, inputs, outputs)
             if self.measure:
@@ -723,6 +756,19 @@ def _address(t: torch.Tensor) -> int:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError, TypeError):
         return 0
+
+
+def _reads_from(tensors: list[torch.Tensor], taint: set[int]) -> bool:
+    """Whether any of the tensors depends on the checked blocks (see `WinnerTracker`).
+
+    A tensor without a readable storage (0: empty, sparse, a subclass) counts as
+    dependent: a decision is then recorded, as it would be without taint.
+    """
+    for t in tensors:
+        address = _address(t)
+        if not address or address in taint:
+            return True
+    return False
 
 
 def _check_guard(func: Any, inputs: list[torch.Tensor], guard: frozenset[int]) -> None:

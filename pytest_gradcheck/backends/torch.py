@@ -897,9 +897,19 @@ class TorchBackend:
         guard: frozenset[int] = frozenset(),
         batched: bool = False,
         watch: dict[int, int] | None = None,
+        stand_ins: Sequence[torch.Tensor] = (),
     ) -> WinnerTracker:
         """f always runs under the dispatch mode: it promotes what f reads to float64 (and
-        to the check's device), and records decisions when `recorder` is given."""
+        to the check's device), and records decisions when `recorder` is given: those
+        that depend on the checked blocks (or on `stand_ins`, the batched values a
+        vmapped call substitutes for them), when every block's storage can be read."""
+        sources = None
+        if recorder is not None:
+            addresses = [
+                self._storage(t) for t in [b.tensor for b in self._blocks] + list(stand_ins)
+            ]
+            if all(addresses):
+                sources = frozenset(addresses)
         return WinnerTracker(
             recorder,
             watch_precision,
@@ -909,6 +919,7 @@ class TorchBackend:
             measure=measure,
             batched=batched,
             watch=watch,
+            sources=sources,
         )
 
     def _reseed(self) -> None:
@@ -1336,7 +1347,7 @@ class TorchBackend:
         recorder = SignatureRecorder() if track and not fast else None
         mode: Any
         if not fast:
-            mode = self._mode(recorder, False, guard=guard, batched=True)
+            mode = self._mode(recorder, False, guard=guard, batched=True, stand_ins=inputs)
         elif all(slot.kind == "arg" for b in key for slot in self._slots[b]):
             # f reads these blocks only through its arguments (the check's own copies,
             # which nothing else holds): nothing to guard, no dispatch mode at all
