@@ -410,7 +410,7 @@ class JaxBackend:
             self._shapes.append(tuple(np.shape(value)))
             dev = self._place(value, float64=True)
             self._base_dev.append(dev.reshape(-1))
-            self._base_np.append(np.array(dev, dtype=np.float64).reshape(-1))
+            self._base_np.append(_read_only(np.asarray(dev, dtype=np.float64).reshape(-1)))
         # dynamic (traced) non-block inputs, and static values for everything else
         self._dyn_leaves: list[int] = []
         self._dyn_vals: list[jax.Array] = []
@@ -632,7 +632,7 @@ class JaxBackend:
                 name=self._leaves[i].name,
                 shape=shape,
                 dtype=_dtype(self._leaves[i].value),
-                values=base.copy(),
+                values=base,  # read-only (a view of the device array on CPU): no copy
             )
             for i, shape, base in zip(self._block_leaves, self._shapes, self._base_np, strict=False)
         ]
@@ -697,7 +697,7 @@ class JaxBackend:
                         f"gradcheck: the update of block {self._name(b)!r} has {u.size} "
                         f"entries; the block has {self._base_np[b].size}"
                     )
-                self._base_np[b] = self._base_np[b] + u
+                self._base_np[b] = _read_only(self._base_np[b] + u)
                 self._base_dev[b] = jax.device_put(self._base_np[b], self._base_dev[b].sharding)
 
     def close(self) -> None:
@@ -1015,6 +1015,12 @@ def _enable_x64() -> contextlib.AbstractContextManager:
     from jax.experimental import enable_x64  # pragma: no cover - older releases
 
     return enable_x64()  # pragma: no cover
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """`a`, marked read-only: the base point is replaced, never written in place."""
+    a.flags.writeable = False
+    return a
 
 
 def _dtype(value: Any) -> str:
