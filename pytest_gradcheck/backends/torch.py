@@ -472,6 +472,8 @@ class TorchBackend:
         self.batched_points = 0
         self.looped_points = 0
         self._last_mode: WinnerTracker | None = None
+        #: the storage address of each block's tensor (the taint sources of `_mode`)
+        self._block_storages: list[int] | None = None
         # the fast path (see `_fast`): set by every `gradient` from its forward pass
         self._clean = False  # the dispatch mode fixed nothing up (no cast, no move)
         self._clean_tracked = False  # ... and the pass was tracked and saw no decision
@@ -905,9 +907,9 @@ class TorchBackend:
         vmapped call substitutes for them), when every block's storage can be read."""
         sources = None
         if recorder is not None:
-            addresses = [
-                self._storage(t) for t in [b.tensor for b in self._blocks] + list(stand_ins)
-            ]
+            if self._block_storages is None:  # fixed for the check: blocks move in place
+                self._block_storages = [self._storage(b.tensor) for b in self._blocks]
+            addresses = self._block_storages + [self._storage(t) for t in stand_ins]
             if all(addresses):
                 sources = frozenset(addresses)
         return WinnerTracker(
