@@ -156,6 +156,25 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: our configurations: the options of each
+OUR_OPTIONS: dict[str, dict[str, Any]] = {
+    DEFAULT: {},
+    UNBATCHED: {"batch": False},
+    DIRECTIONS: {"mode": "directions"},
+}
+
+
+def ours_runner(key: str, args: tuple) -> Callable[[CallCounter], Outcome]:
+    """Our check in configuration `key`, of the counted f, for either framework."""
+    from pytest_gradcheck import gradcheck
+
+    def run(counter: CallCounter) -> Outcome:
+        r = gradcheck(counter, *args, raise_on_fail=False, **OUR_OPTIONS[key])
+        return Outcome(r.passed, r.evaluations, {"result": r})
+
+    return run
+
+
 class CallCounter:
     """Wraps f and counts its Python calls."""
 
@@ -343,18 +362,9 @@ class TorchSection:
     # the checks -----------------------------------------------------------------
 
     def runner(self, key: str, loss: Callable, args: tuple) -> Callable:
-        from pytest_gradcheck import gradcheck
-
         torch = self.torch
-        options = {DEFAULT: {}, UNBATCHED: {"batch": False}, DIRECTIONS: {"mode": "directions"}}
-
         if key in OURS:
-
-            def run(counter):
-                r = gradcheck(counter, *args, raise_on_fail=False, **options[key])
-                return Outcome(r.passed, r.evaluations, {"result": r})
-
-            return run
+            return ours_runner(key, args)
 
         fast = key == TORCH_FAST
 
@@ -468,16 +478,8 @@ class JaxSection:
     def runner(self, key: str, loss: Callable, args: tuple) -> Callable:
         from jax.test_util import check_grads
 
-        from pytest_gradcheck import gradcheck
-
-        options = {DEFAULT: {}, UNBATCHED: {"batch": False}, DIRECTIONS: {"mode": "directions"}}
         if key in OURS:
-
-            def run(counter):
-                r = gradcheck(counter, *args, raise_on_fail=False, **options[key])
-                return Outcome(r.passed, r.evaluations, {"result": r})
-
-            return run
+            return ours_runner(key, args)
 
         jitted = self.jax.jit(loss)  # one per configuration: the warm-up compiles it
 

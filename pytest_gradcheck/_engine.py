@@ -335,19 +335,13 @@ def _block_result(
 
 
 def _multi_indices(flat: np.ndarray | Sequence[int], shape: tuple[int, ...]) -> tuple:
-    """`_multi_index` of many flat indices at once."""
+    """The multi-indices in `shape` of flat indices (() for a 0-d block)."""
     if len(flat) == 0:
         return ()
     if not shape:
         return tuple(() for _ in flat)
     columns = [c.tolist() for c in np.unravel_index(np.asarray(flat, dtype=np.int64), shape)]
     return tuple(zip(*columns, strict=True))
-
-
-def _multi_index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if not shape:
-        return ()
-    return tuple(int(i) for i in np.unravel_index(flat, shape))
 
 
 def _burn_in(
@@ -562,7 +556,7 @@ def _sweep(
         pairs = [make_pair(b, np.array([flat]), np.ones(1), h, {}) for h in SWEEP_STEPS]
         counter._evaluate(pairs)
         row = {p.step: relative_error(a, p.quotient(None)[0] * scale) for p in pairs}
-        rows.append((specs[b].name, _multi_index(flat, specs[b].shape), row))
+        rows.append((specs[b].name, _multi_indices([flat], specs[b].shape)[0], row))
     return tuple(rows)
 
 
