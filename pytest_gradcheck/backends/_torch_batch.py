@@ -14,7 +14,6 @@ is done once per chunk instead of once per point. See `torch.py` for the whole d
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,104 +134,120 @@ def stacks(
     in order (a direction) as one dense addition written straight into its row, the
     others (coordinates) gathered into one scatter-add per block. The points are read
     once for all blocks: a pass holds many points and each perturbs one block or two.
+    A block on the CPU is built in NumPy and shared with torch (a few microseconds per
+    operation instead of a torch dispatch each: a coordinate pass of a small model
+    spent more building its rows than evaluating them).
     """
     where = {b: j for j, b in enumerate(key)}
     sizes = [blocks[b][0].numel() for b in key]
     dense: list[list[tuple[int, Any]]] = [[] for _ in key]
-    rows: list[list[int]] = [[] for _ in key]  # per scattered delta: its row
-    counts: list[list[int]] = [[] for _ in key]  # ... and how many entries it adds
-    cols: list[list[np.ndarray]] = [[] for _ in key]
-    vals: list[list[np.ndarray]] = [[] for _ in key]
+    rows: list[list[int]] = [[] for _ in key]  # per scattered delta: its row,
+    cols: list[list[Any]] = [[] for _ in key]  # its flat indices
+    vals: list[list[Any]] = [[] for _ in key]  # and its values
     for r, point in enumerate(points):
         for index, flat_indices, values in point.deltas:
             j = where.get(index)
             if j is None:
                 continue
-            if type(flat_indices) is range:
-                if whole(flat_indices, sizes[j]) and (not dense[j] or dense[j][-1][0] != r):
-                    dense[j].append((r, values))
-                    continue
-                flat_indices = index_array(flat_indices)
             if (
-                type(flat_indices) is not np.ndarray
-                or type(values) is not np.ndarray
-                or values.dtype != np.float64
-                or values.shape != flat_indices.shape
-                or flat_indices.ndim != 1
-            ):  # not the engine's own form: convert (and broadcast a scalar value)
-                flat_indices = index_array(flat_indices)
-                values = np.asarray(values, dtype=np.float64).reshape(-1)
-                if values.size != flat_indices.size:
-                    values = np.broadcast_to(values, flat_indices.shape).reshape(-1)
+                type(flat_indices) is range
+                and whole(flat_indices, sizes[j])
+                and (not dense[j] or dense[j][-1][0] != r)
+            ):
+                dense[j].append((r, values))
+                continue
             rows[j].append(r)
-            counts[j].append(flat_indices.size)
             cols[j].append(flat_indices)
             vals[j].append(values)
-    with _no_fill():
-        return [
-            _stack_block(*blocks[b], dense[j], rows[j], counts[j], cols[j], vals[j], n)
-            for j, b in enumerate(key)
-        ]
+    out = []
+    for j, b in enumerate(key):
+        base, shape = blocks[b]
+        scattered = _scattered(rows[j], cols[j], vals[j])
+        if base.device.type == "cpu":
+            out.append(_stack_numpy(base, shape, dense[j], scattered, n))
+        else:
+            out.append(_stack_torch(base, shape, dense[j], scattered, n))
+    return out
 
 
-def _stack_block(
+def _scattered(
+    rows: list[int], cols: list[Any], vals: list[Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(rows, flat indices, values)`` of a block's scattered deltas, one entry each.
+
+    The engine's own form (1-d int64 indices, float64 values of the same length) is
+    concatenated as it is; anything else (a range, a scalar value to broadcast) is
+    converted delta by delta.
+    """
+    if not rows:
+        return None
+    try:
+        c = np.concatenate(cols)
+        v = np.concatenate(vals)
+        counts = [len(x) for x in cols]
+        ok = (
+            c.ndim == 1
+            and v.shape == c.shape
+            and c.dtype.kind in "iu"
+            and v.dtype == np.float64
+            and counts == [len(x) for x in vals]
+        )
+    except (TypeError, ValueError):  # a 0-d value, ragged shapes
+        ok = False
+    if not ok:
+        cs, vs, counts = [], [], []
+        for flat_indices, values in zip(cols, vals, strict=True):
+            idx = index_array(flat_indices)
+            val = np.asarray(values, dtype=np.float64).reshape(-1)
+            if val.size != idx.size:
+                val = np.broadcast_to(val, idx.shape).reshape(-1)
+            cs.append(idx)
+            vs.append(val)
+            counts.append(idx.size)
+        c, v = np.concatenate(cs), np.concatenate(vs)
+    row_index = np.repeat(np.asarray(rows, dtype=np.int64), counts)
+    return row_index, c.astype(np.int64, copy=False), v
+
+
+def _dense(values: Any, m: int) -> np.ndarray:
+    val = np.asarray(values, dtype=np.float64).reshape(-1)
+    return val if val.size == m else np.broadcast_to(val, (m,))
+
+
+def _stack_numpy(
     base: torch.Tensor,
     shape: tuple[int, ...],
     dense: list[tuple[int, Any]],
-    rows: list[int],
-    counts: list[int],
-    cols: list[np.ndarray],
-    vals: list[np.ndarray],
+    scattered: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    n: int,
+) -> torch.Tensor:
+    m = base.numel()
+    b = base.detach().numpy()
+    out = np.empty((n, m), dtype=np.float64)
+    out[:] = b
+    for r, values in dense:
+        np.add(b, _dense(values, m), out=out[r])
+    if scattered is not None:
+        np.add.at(out, scattered[:2], scattered[2])
+    return torch.from_numpy(out).view(n, *shape)
+
+
+def _stack_torch(
+    base: torch.Tensor,
+    shape: tuple[int, ...],
+    dense: list[tuple[int, Any]],
+    scattered: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     n: int,
 ) -> torch.Tensor:
     m = base.numel()
     device = base.device
-    out = torch.empty((n, m), dtype=base.dtype, device=device)  # every row is written
-    written = [False] * n
+    out = base.expand(n, m).contiguous()
     for r, values in dense:
-        val = np.asarray(values, dtype=np.float64).reshape(-1)
-        if val.size != m:
-            val = np.broadcast_to(val, (m,))
-        torch.add(base, torch.as_tensor(val, device=device), out=out[r])
-        written[r] = True
-    # the rows no dense delta wrote start from the base values
-    start = 0
-    while start < n:
-        if written[start]:
-            start += 1
-            continue
-        stop = start
-        while stop < n and not written[stop]:
-            stop += 1
-        out[start:stop].copy_(base.expand(stop - start, m))
-        start = stop
-    if rows:
-        row_index = np.repeat(np.asarray(rows, dtype=np.int64), counts)
-        out.index_put_(
-            (
-                torch.as_tensor(row_index, device=device),
-                torch.as_tensor(np.concatenate(cols).astype(np.int64, copy=False), device=device),
-            ),
-            torch.as_tensor(np.concatenate(vals), device=device),
-            accumulate=True,
-        )
+        torch.add(base, torch.tensor(_dense(values, m), device=device), out=out[r])
+    if scattered is not None:
+        rows, cols, vals = (torch.as_tensor(a, device=device) for a in scattered)
+        out.index_put_((rows, cols), vals, accumulate=True)
     return out.view(n, *shape)
-
-
-@contextlib.contextmanager
-def _no_fill() -> Iterator[None]:
-    """Empty tensors without the fill that deterministic mode gives every one of them
-    (the check runs with deterministic algorithms on); the caller writes all of them."""
-    deterministic = getattr(torch.utils, "deterministic", None)
-    flag = getattr(deterministic, "fill_uninitialized_memory", None)
-    if flag is None:
-        yield
-        return
-    deterministic.fill_uninitialized_memory = False
-    try:
-        yield
-    finally:
-        deterministic.fill_uninitialized_memory = flag
 
 
 def batch_losses(

@@ -100,7 +100,7 @@ import contextlib
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -347,8 +347,29 @@ class _Block:
     tensor: torch.Tensor
     base: torch.Tensor  # flat float64, on the tensor's device
 
+    #: NumPy views of the tensor's values and of `base` where both live in host
+    #: memory (see `host`), and the storage address the first was taken from
+    _host: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _host_at: int = field(default=0, repr=False)
+
     def flat(self) -> torch.Tensor:
         return self.tensor.detach().view(-1)
+
+    def host(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(values, base)`` as NumPy views of a float64 CPU block, else None.
+
+        A point's deltas are written through them: a NumPy addition costs a microsecond,
+        a torch one several (the dispatcher), and a check writes and undoes every point
+        it evaluates one at a time. Taken again if f gave the tensor another storage.
+        """
+        t = self.tensor
+        at = t.data_ptr()
+        if self._host is None or at != self._host_at:
+            if t.device.type != "cpu" or not t.is_contiguous() or t.dtype is not torch.float64:
+                return None
+            self._host = (t.detach().view(-1).numpy(), self.base.numpy())
+            self._host_at = at
+        return self._host
 
 
 _MISMATCH = re.compile(
@@ -1088,37 +1109,64 @@ class TorchBackend:
             "(.float(), .half(), dtype=) inside f for the check"
         )
 
-    def _apply(self, point: Point) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    def _apply(self, point: Point) -> list[tuple[_Block, Any]]:
         """Add a point's deltas to the blocks in place (a direction: one dense addition).
 
-        The writes go through detached aliases of the blocks (`_Block.flat`), which
-        autograd does not record, so no ``no_grad`` context is needed.
+        The writes go through NumPy views of CPU blocks (`_Block.host`) or detached
+        aliases of the others (`_Block.flat`), which autograd does not record, so no
+        ``no_grad`` context is needed. Returns what `_undo` needs.
         """
-        touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        touched: list[tuple[_Block, Any]] = []
         for index, flat_indices, values in point.deltas:
             block = self._blocks[index]
-            device = block.base.device
-            flat = block.flat()
-            m = flat.numel()
-            if whole(flat_indices, m):
+            host = block.host()
+            m = block.base.numel()
+            dense = whole(flat_indices, m)
+            if dense:
                 val = np.asarray(values, dtype=np.float64).reshape(-1)
                 if val.size != m:
                     val = np.broadcast_to(val, (m,))
-                touched.append((flat, None, block.base))
-                flat.add_(torch.as_tensor(val, device=device))
+                idx = None
+            else:
+                idx = index_array(flat_indices)
+                val = np.asarray(values, dtype=np.float64).reshape(-1)
+                if val.size != idx.size:
+                    val = np.broadcast_to(val, idx.shape)
+            touched.append((block, idx))
+            if host is not None:
+                flat = host[0]
+                if idx is None:
+                    np.add(flat, val, out=flat)
+                else:
+                    np.add.at(flat, idx, val)
                 continue
-            idx = torch.as_tensor(index_array(flat_indices), device=device)
-            val = torch.as_tensor(np.asarray(values, dtype=np.float64), device=device)
-            touched.append((flat, idx, block.base))
-            flat.index_put_((idx,), val, accumulate=True)
+            device = block.base.device  # values copied: a broadcast one is read-only
+            flat = block.flat()
+            if idx is None:
+                flat.add_(torch.tensor(val, device=device))
+            else:
+                flat.index_put_(
+                    (torch.as_tensor(idx, device=device),),
+                    torch.tensor(val, device=device),
+                    accumulate=True,
+                )
         return touched
 
-    def _undo(self, touched: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
-        for flat, idx, base in reversed(touched):
-            if idx is None:
-                flat.copy_(base)
+    def _undo(self, touched: list[tuple[_Block, Any]]) -> None:
+        """Write back the base values of what `_apply` changed."""
+        for block, idx in reversed(touched):
+            host = block.host()
+            if host is not None:
+                flat, base = host
+                if idx is None:
+                    np.copyto(flat, base)
+                else:
+                    flat[idx] = base[idx]
+            elif idx is None:
+                block.flat().copy_(block.base)
             else:
-                flat.index_put_((idx,), base[idx])  # write back the saved base values
+                t = torch.as_tensor(idx, device=block.base.device)
+                block.flat().index_put_((t,), block.base[t])
 
     def _evaluate_once(self, track: bool, measure: bool = False) -> Evaluation:
         fast = not measure and self._fast(track)

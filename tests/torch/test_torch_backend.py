@@ -265,6 +265,44 @@ def test_evaluate_undoes_deltas_exactly_and_step_moves_the_base():
     assert bits(x) == base.tobytes()
 
 
+@pytest.mark.parametrize("host", [True, False], ids=["numpy-views", "torch-aliases"])
+def test_points_are_written_and_undone_alike_through_numpy_and_torch(monkeypatch, host):
+    """CPU blocks take their deltas through NumPy views; other devices through torch
+    aliases. Both give f the same values and leave the blocks bit for bit as before."""
+    if not host:
+        monkeypatch.setattr("pytest_gradcheck.backends.torch._Block.host", lambda self: None)
+    x = torch.randn(6, dtype=torch.float64)
+    w = torch.randn(2, 3, dtype=torch.float64)
+    f = lambda x, w: (x.sin() * w.reshape(-1)).sum()  # noqa: E731
+    b = TorchBackend(f, (x, w), None, None, Settings(batch=False))  # point by point
+    xs, ws = (s.values.copy() for s in b.blocks())
+    v = np.linspace(-1e-3, 1e-3, 6)
+    points = [
+        Point(((0, range(6), v),)),  # a direction: dense
+        Point(((1, np.array([4, 4, 0]), np.array([1e-3, 2e-3, -5e-4])),)),  # duplicates add
+        Point(((0, range(6), v), (1, np.array([5]), np.array([1e-4])))),  # two blocks
+        Point(((1, [1, 2], 1e-3),)),  # a list of indices and one value for both
+    ]
+    evs = b.evaluate(points, False)
+
+    def loss(dx, dw):
+        return float((np.sin(xs + dx) * (ws.reshape(-1) + dw)).sum())
+
+    dw = np.zeros(6)
+    np.add.at(dw, [4, 4, 0], [1e-3, 2e-3, -5e-4])
+    want = [
+        loss(v, 0.0),
+        loss(0.0, dw),
+        loss(v, np.eye(6)[5] * 1e-4),
+        loss(0.0, np.array([0, 1e-3, 1e-3, 0, 0, 0])),
+    ]
+    assert [e.loss for e in evs] == pytest.approx(want, rel=1e-14)
+    assert b.blocks()[0].values.tobytes() == xs.tobytes()
+    assert b.blocks()[1].values.tobytes() == ws.tobytes()
+    b.close()
+    assert bits(x) == xs.tobytes() and bits(w) == ws.tobytes()
+
+
 def test_f_writing_into_its_inputs_cannot_move_the_base_point():
     def f(x, w):
         with torch.no_grad():

@@ -569,3 +569,42 @@ def test_cuda_batched_and_unbatched_agree():
     unbatched = gradcheck(f, x, params=model, device="cuda", raise_on_fail=False, batch=False)
     assert_same_result(batched, unbatched)
     assert batched.passed
+
+
+# ------------------------------------------------------------------------ batch rows
+
+
+def test_batch_rows_are_the_base_plus_each_points_deltas_on_both_paths(monkeypatch):
+    """`stacks` builds CPU rows in NumPy and other devices' in torch: both give, row by
+    row, the base plus the point's deltas (one float64 addition each, duplicates added
+    up), base rows after the points, and convert deltas not in the engine's own form."""
+    gen = np.random.default_rng(3)
+    base = [torch.from_numpy(gen.standard_normal(6)), torch.from_numpy(gen.standard_normal(4))]
+    blocks = [(base[0], (2, 3)), (base[1], (4,))]
+    v = gen.standard_normal(6)
+    points = [
+        Point(((0, range(6), v),)),
+        Point(((0, np.array([1]), np.array([1e-3])),)),
+        Point(((1, np.array([3, 3]), np.array([1e-3, 2e-3])),)),
+        Point(((0, range(6), -v), (1, np.array([0]), np.array([5e-4])))),
+        Point(((0, range(2, 4), np.array([1e-3, -1e-3])),)),  # a range, not the whole block
+        Point(((1, [1, 2], 1e-4),)),  # a list of indices and one value for both
+    ]
+    n = len(points) + 2
+    want = [b.numpy().copy()[None].repeat(n, 0) for b in base]
+    want[0][0] = base[0].numpy() + v
+    want[0][1, 1] += 1e-3
+    want[1][2, 3] = want[1][2, 3] + 1e-3 + 2e-3
+    want[0][3] = base[0].numpy() + -v
+    want[1][3, 0] += 5e-4
+    want[0][4, 2:4] += [1e-3, -1e-3]
+    want[1][5, 1:3] += 1e-4
+    got = _torch_batch.stacks(blocks, (0, 1), points, n)
+    assert [tuple(g.shape) for g in got] == [(n, 2, 3), (n, 4)]
+    for g, w in zip(got, want, strict=True):
+        assert g.reshape(n, -1).numpy().tobytes() == w.tobytes()
+    # the torch path (other devices), on the same rows
+    monkeypatch.setattr(_torch_batch, "_stack_numpy", _torch_batch._stack_torch)
+    again = _torch_batch.stacks(blocks, (0, 1), points, n)
+    for g, w in zip(again, want, strict=True):
+        assert g.reshape(n, -1).numpy().tobytes() == w.tobytes()
