@@ -141,8 +141,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
             hd = step_for(opts.eps, rms)
             dirs.append(v)
-            with np.errstate(over="ignore"):  # |g| of huge gradients: inf, harmless
-                norms = {loss: float(np.linalg.norm(g)) for loss, g in raw.items()}
+            norms = {loss: _norm(g, largest[loss]) for loss, g in raw.items()}
             dir_pairs.append(make_pair(b, range(spec.size), v, hd, vf, norms))
         else:
             dirs.append(None)
@@ -196,6 +195,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 localized[b].append((spot, pair))
 
     results: dict[str | None, Result] = {}
+    public = _public_options(opts)
     for loss in losses:
         blocks = []
         for b, spec in enumerate(specs):
@@ -217,7 +217,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 )
             )
         results[loss] = _assemble(
-            blocks, tolerance, kinks_present, framework, loss, opts, scale, counter.count
+            blocks, tolerance, kinks_present, framework, loss, public, scale, counter.count
         )
 
     warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
@@ -253,7 +253,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         kinks_present=kinks_present,
         framework=framework,
         term=None,
-        options=_public_options(opts),
+        options=dict(public),
         seconds=time.perf_counter() - started,
         burn_in_losses=burn_losses,
         sweep=sweep_rows,
@@ -566,7 +566,7 @@ def _assemble(
     kinks_present: bool,
     framework: str,
     loss: str | None,
-    opts: Options,
+    options: dict[str, object],
     scale: float,
     evaluations: int,
 ) -> Result:
@@ -582,9 +582,17 @@ def _assemble(
         kinks_present=kinks_present,
         framework=framework,
         term=loss,
-        options=_public_options(opts),
+        options=dict(options),
         scale=scale,
     )
+
+
+def _norm(g: np.ndarray, largest: float) -> float:
+    """||g|| (``numpy.linalg.norm``'s value) given max |g|; inf where it overflows."""
+    if largest * math.sqrt(g.size) < 1e150:  # g · g cannot overflow
+        return math.sqrt(float(g.dot(g)))
+    with np.errstate(over="ignore"):  # |g| of huge gradients: inf, harmless
+        return float(np.linalg.norm(g))
 
 
 def _public_options(opts: Options) -> dict[str, object]:

@@ -38,7 +38,7 @@ class Options:
     batch: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in NAMES}
 
 
 NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))

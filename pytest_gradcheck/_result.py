@@ -94,9 +94,8 @@ class BlockResult:
     @property
     def kinks_crossed(self) -> int:
         """Coordinates (and the direction) whose difference crossed a kink."""
-        return int(self.kink_crossed.sum()) + int(
-            bool(self.direction and self.direction.kink_crossed)
-        )
+        crossed = int(self.kink_crossed.sum()) if self.kink_crossed.size else 0
+        return crossed + int(bool(self.direction and self.direction.kink_crossed))
 
     @property
     def max_rel_error(self) -> float:
@@ -109,9 +108,11 @@ class BlockResult:
         gradient.
         """
         happy = THRESHOLDS[Tier.HAPPY]
-        noise_ok = self.within_noise & (self.rel_error < happy)
-        judged = self.counted & (~self.within_noise | noise_ok)
-        worst = float(self.rel_error[judged].max()) if judged.any() else 0.0
+        worst = 0.0
+        if self.rel_error.size:  # (a direction-only check has no coordinates)
+            noise_ok = self.within_noise & (self.rel_error < happy)
+            judged = self.counted & (~self.within_noise | noise_ok)
+            worst = float(self.rel_error[judged].max()) if judged.any() else 0.0
         d = self.direction
         if d is not None and d.counted and (not d.within_noise or d.rel_error < happy):
             worst = max(worst, d.rel_error)

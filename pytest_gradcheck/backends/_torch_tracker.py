@@ -89,6 +89,15 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return found
 
 
+def _inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """`_tensors` of an op's ``(args, kwargs)``, without walking the pair itself."""
+    found: list[torch.Tensor] = []
+    _collect(args, found)
+    if kwargs:
+        _collect(kwargs.values(), found)
+    return found
+
+
 def _collect(items: Any, found: list[torch.Tensor]) -> None:
     for item in items:
         if isinstance(item, torch.Tensor):
@@ -593,7 +602,7 @@ class WinnerTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         # the tensors an op reads, found once for the guard, promotion and the watches
-        inputs = _tensors((args, kwargs)) if self.guard or self.promote else None
+        inputs = _inputs(args, kwargs) if self.guard or self.promote else None
         if self.guard:
             _check_guard(func, inputs, self.guard)
         if self.promote:
@@ -607,7 +616,7 @@ class WinnerTracker(TorchDispatchMode):
         tainted = False
         if taint is not None:
             if inputs is None:
-                inputs = _tensors((args, kwargs))
+                inputs = _inputs(args, kwargs)
             tainted = _reads_from(inputs, taint)
             if not tainted:
                 rule = None  # the same decision at every point: not a kink
@@ -631,7 +640,7 @@ class WinnerTracker(TorchDispatchMode):
                     taint.add(address)
         if self.watch_precision or self.measure:
             if inputs is None:
-                inputs = _tensors((args, kwargs))
+                inputs = _inputs(args, kwargs)
             if outputs is None:
                 outputs = _tensors(out)
             if self.watch_precision:
@@ -641,7 +650,9 @@ class WinnerTracker(TorchDispatchMode):
         return out
 
     def _measure(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
-        nbytes = sum(t.numel() * t.element_size() for t in outputs)
+        nbytes = 0
+        for t in outputs:
+            nbytes += t.numel() * t.element_size()  # (`nbytes` refuses sparse tensors)
         self.bytes_out += nbytes
         if self._watch_storage and len(self.first_use) < self._watched:
             for t in inputs:
@@ -658,7 +669,10 @@ class WinnerTracker(TorchDispatchMode):
         return {block: suffix[i] for block, i in self.first_use.items()}
 
     def _watch(self, func: Any, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
-        if not any(t.dtype in LOW_PRECISION for t in outputs):
+        for t in outputs:
+            if t.dtype in LOW_PRECISION:
+                break
+        else:
             return
         if func.overloadpacket.__name__ in _SHAPE_ONLY:
             return
