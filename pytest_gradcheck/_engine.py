@@ -31,7 +31,7 @@ from ._pairs import (
     pair_tier,
 )
 from ._result import BlockResult, DirectionResult, Result
-from ._sampling import direction, sample_coordinates
+from ._sampling import Streams, direction, sample_coordinates
 from ._steps import TINY, absmax, step_for, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
@@ -112,6 +112,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     dirs: list[np.ndarray | None] = []
     floors: list[dict[str | None, float]] = []
     largests: list[dict[str | None, float]] = []
+    streams = Streams(opts.seed)
     for b, spec in enumerate(specs):
         raw = {None: grad.total[b], **{t: grad.terms[t][b] for t in term_names}}
         largest = {loss: absmax(g) for loss, g in raw.items()}
@@ -123,7 +124,9 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             idx = np.zeros(0, dtype=np.int64)
         else:
             grads = [grad.total[b], *(grad.terms[t][b] for t in term_names)]
-            idx = sample_coordinates(spec.name, spec.size, grads, opts.samples_per_block, opts.seed)
+            idx = sample_coordinates(
+                spec.name, spec.size, grads, opts.samples_per_block, opts.seed, streams
+            )
         coord_index.append(idx)
         if idx.size:
             h = steps(opts.eps, base[b][idx])
@@ -136,7 +139,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         else:
             coord_pairs.append([])
         if opts.mode in ("directions", "both") and spec.size > 1:
-            v = direction(spec.name, spec.size, opts.seed)
+            v = direction(spec.name, spec.size, opts.seed, streams)
             x = base[b]
             rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
             hd = step_for(opts.eps, rms)

@@ -8,15 +8,57 @@ check is reproduced exactly by running it again.
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
+#: the purposes of a block's streams
+_COORDINATES, _DIRECTION = 1, 2
+
 
 def _rng(seed: int, name: str, purpose: int) -> np.random.Generator:
+    """Block `name`'s stream for `purpose`: where every draw of a check comes from."""
     return np.random.default_rng([seed, zlib.crc32(name.encode()), purpose])
+
+
+@functools.lru_cache(maxsize=4096)
+def _start(seed: int, name: str, purpose: int) -> tuple[int, int]:
+    """The PCG64 ``(state, increment)`` that `_rng` starts from (a pure function, memoised)."""
+    state = _rng(seed, name, purpose).bit_generator.state["state"]
+    return state["state"], state["inc"]
+
+
+class Streams:
+    """The streams of one check: `_rng`'s draws, from one generator restarted per stream.
+
+    Seeding a new generator (hashing the seed, building it) costs more than drawing the
+    direction of a block of a few hundred entries, and a check draws one per block; a
+    check's own generator restarted at each stream's memoised start draws the same
+    numbers. Not shared between checks (a generator is not safe across threads).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._gen: np.random.Generator | None = None
+
+    def __call__(self, name: str, purpose: int) -> np.random.Generator:
+        state, inc = _start(self.seed, name, purpose)
+        if self._gen is None:
+            self._gen = np.random.Generator(np.random.PCG64(0))
+        self._gen.bit_generator.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": state, "inc": inc},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        return self._gen
+
+
+def _stream(seed: int, name: str, purpose: int, streams: Streams | None) -> np.random.Generator:
+    return streams(name, purpose) if streams is not None else _rng(seed, name, purpose)
 
 
 def sample_coordinates(
@@ -25,13 +67,15 @@ def sample_coordinates(
     gradients: Sequence[np.ndarray],
     samples: int | None,
     seed: int,
+    streams: Streams | None = None,
 ) -> np.ndarray:
     """Sorted flat indices to check in one block.
 
     A block no larger than `samples` (or `samples=None`) is checked whole. Otherwise
     the sample holds the coordinate of largest analytic magnitude of each gradient in
     `gradients` (the total first, then each named term) and is filled up to `samples`
-    with coordinates drawn uniformly without replacement.
+    with coordinates drawn uniformly without replacement. `streams` (the check's) gives
+    the same draws as none, faster.
     """
     if samples is None or size <= samples:
         return np.arange(size, dtype=np.int64)
@@ -46,7 +90,8 @@ def sample_coordinates(
         # ``choice(pool, ...)`` draws them, mapped to coordinates without building the
         # pool (O(samples), not O(size))
         pool = size - len(chosen)
-        picked = _rng(seed, name, 1).choice(pool, size=min(rest, pool), replace=False)
+        rng = _stream(seed, name, _COORDINATES, streams)
+        picked = rng.choice(pool, size=min(rest, pool), replace=False)
         taken = sorted(chosen)
         for position in picked.tolist():
             index = position
@@ -59,7 +104,7 @@ def sample_coordinates(
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def direction(name: str, size: int, seed: int) -> np.ndarray:
+def direction(name: str, size: int, seed: int, streams: Streams | None = None) -> np.ndarray:
     """A seeded random unit vector over the block's coordinates.
 
     Each entry has a random sign and a magnitude drawn uniformly from [0.5, 1) before
@@ -69,7 +114,7 @@ def direction(name: str, size: int, seed: int) -> np.ndarray:
     continuous, so v · g cannot cancel exactly (random signs of equal magnitude would,
     for a gradient with equal entries). It also costs a third of a Gaussian draw.
     """
-    v = _rng(seed, name, 2).random(size)
+    v = _stream(seed, name, _DIRECTION, streams).random(size)
     # u < 0.5 becomes u - 1 in [-1, -0.5), u >= 0.5 stays: a sign and a magnitude in
     # [0.5, 1) from one uniform draw (both exact in float64)
     np.subtract(v, v < 0.5, out=v)  # (a masked `where=` subtraction is 20x slower)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pytest_gradcheck import GradcheckError, Tier, gradcheck
-from pytest_gradcheck._sampling import direction, sample_coordinates
+from pytest_gradcheck._sampling import Streams, direction, sample_coordinates
 from pytest_gradcheck._steps import measured_noise
 from pytest_gradcheck._tiers import relative_error
 from pytest_gradcheck.backends._base import whole
@@ -166,6 +166,22 @@ def test_the_direction_is_a_reproducible_unit_vector_weighing_every_entry():
     # continuous magnitudes: v . g does not cancel for a gradient of equal entries
     for size in (2, 3, 4, 10):
         assert abs(float(direction("b", size, seed=0) @ np.ones(size))) > 1e-3
+
+
+def test_a_checks_streams_draw_what_a_fresh_generator_per_block_draws():
+    """`Streams` restarts one generator at each block's stream: the same draws, in any
+    order, after a draw that leaves half a 64-bit word buffered (``choice``)."""
+    g = np.random.default_rng(0).standard_normal(5000)
+    streams = Streams(3)
+    for name, size in [("W", 5000), ("b", 17), ("W", 5000), ("args[0]", 4000), ("b", 17)]:
+        np.testing.assert_array_equal(
+            direction(name, size, 3, streams), direction(name, size, seed=3)
+        )
+        np.testing.assert_array_equal(
+            sample_coordinates(name, size, [g[:size]], 7, 3, streams),
+            sample_coordinates(name, size, [g[:size]], 7, seed=3),
+        )
+    assert not np.array_equal(direction("W", 50, 3, streams), direction("W", 50, seed=4))
 
 
 def test_only_a_range_of_the_block_size_is_a_whole_block():
