@@ -187,6 +187,10 @@ def check_finite_loss(value: float, what: str) -> None:
         )
 
 
+#: below this many entries a finiteness mask costs less than an overflow-safe sum
+_SMALL = 4096
+
+
 def check_gradient_array(
     name: str, g: Any, shape: tuple[int, ...], term: str | None, copy: bool = True
 ) -> np.ndarray:
@@ -212,10 +216,14 @@ def check_gradient_array(
         flat = np.asarray(arr, dtype=np.float64).reshape(-1)
         if flat.base is not None:  # a view of the caller's memory: the engine only reads
             flat.flags.writeable = False
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = float(flat.sum())
-    if math.isfinite(total):  # one pass, no mask: all finite (a sum of finite values
-        return flat  # can overflow, so only this side is certain)
+    if flat.size <= _SMALL:
+        if np.isfinite(flat).all():  # (no floating-point state to save and restore)
+            return flat
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(flat.sum())
+        if math.isfinite(total):  # one pass, no mask: all finite (a sum of finite values
+            return flat  # can overflow, so only this side is certain)
     bad = ~np.isfinite(flat)
     if bad.any():
         idx = int(np.flatnonzero(bad)[0])

@@ -1,0 +1,78 @@
+"""`GlobalRng`: Python's and NumPy's global generators come back exactly as they were,
+whatever f drew from them, on the fast path (a copy of NumPy's state in memory) and on
+the others (a cached Gaussian, another bit generator installed by the user)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from pytest_gradcheck.backends._rng import GlobalRng
+
+
+def _numpy_state():
+    state = np.random.get_bit_generator().state
+    legacy = np.random.get_state(legacy=False)
+    return repr(state), legacy.get("has_gauss"), legacy.get("gauss")
+
+
+@pytest.fixture(autouse=True)
+def _keep_global_rngs():
+    bit_generator = np.random.get_bit_generator()
+    saved_np, saved_py = np.random.get_state(), random.getstate()
+    yield
+    np.random.set_bit_generator(bit_generator)
+    np.random.set_state(saved_np)
+    random.setstate(saved_py)
+
+
+def _draw_like_f(rng: GlobalRng) -> None:
+    for _ in range(3):  # evaluations: reseeded, then f draws from both
+        rng.reseed()
+        np.random.rand(700)  # past the 624 words: the state is regenerated
+        np.random.randn(3)  # leaves a Gaussian cached
+        random.gauss(0.0, 1.0)
+
+
+@pytest.mark.parametrize("gaussian", [False, True], ids=["words-only", "gaussian-cached"])
+def test_global_generators_come_back_exactly(gaussian):
+    np.random.seed(11)
+    np.random.rand(100)  # mid-stream
+    if gaussian:
+        np.random.randn()  # a cached Gaussian is part of the state: the slow path
+    random.seed(3)
+    random.random()
+    before, py_before = _numpy_state(), random.getstate()
+    rng = GlobalRng(5)
+    assert (rng._np_memory is not None) is (not gaussian)
+    _draw_like_f(rng)
+    rng.restore()
+    assert _numpy_state() == before
+    assert random.getstate() == py_before
+    # and the next draws are the ones the user would have had
+    np.random.seed(11)
+    np.random.rand(100)
+    if gaussian:
+        np.random.randn()
+    start = np.random.get_state()
+    expected = np.random.rand(5), np.random.randn(2)
+    np.random.set_state(start)
+    rng = GlobalRng(5)
+    _draw_like_f(rng)
+    rng.restore()
+    np.testing.assert_array_equal(np.random.rand(5), expected[0])
+    np.testing.assert_array_equal(np.random.randn(2), expected[1])
+
+
+def test_another_bit_generator_installed_by_the_user_comes_back():
+    np.random.set_bit_generator(np.random.PCG64(7))
+    np.random.rand(3)
+    before = _numpy_state()
+    rng = GlobalRng(5)
+    assert rng._np_memory is None  # not the legacy MT19937: the general path
+    _draw_like_f(rng)
+    rng.restore()
+    assert _numpy_state() == before
+    assert isinstance(np.random.get_bit_generator(), np.random.PCG64)
