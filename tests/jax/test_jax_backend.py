@@ -590,3 +590,62 @@ def test_gpu_device_runs_the_check_on_the_gpu(device):
         want = jax.grad(lambda w: jnp.sum(jnp.tanh(xf @ w)))(wf)
     np.testing.assert_allclose(grad.total[0], np.asarray(want).reshape(-1), rtol=1e-12)
     _x64_off()
+
+
+# ------------------------------------------------------------------ the fast path
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "point-by-point"])
+def test_points_of_a_function_without_decisions_run_untracked_with_the_same_values(
+    monkeypatch, batch
+):
+    """Where the checked point's tracked pass hashed no decision site (a tanh MLP), the
+    points go to the untracked program: the empty signature, the tracked values."""
+    seen: list[bool] = []
+    run_chunk = JaxBackend._run_chunk
+
+    def spy(self, idx, val, track, loop=False):
+        seen.append(track)
+        return run_chunk(self, idx, val, track, loop)
+
+    monkeypatch.setattr(JaxBackend, "_run_chunk", spy)
+    rng = np.random.default_rng(0)
+    x, w = jnp.asarray(rng.standard_normal((4, 3))), jnp.asarray(rng.standard_normal((3, 2)))
+    b = _backend(lambda x, w: jnp.sum(jnp.tanh(x @ w) ** 2), x, w, batch=batch)
+    try:
+        center = b.gradient(True).center
+        assert center.decisions == 0
+        points = [_coord(1, i, d) for i in range(6) for d in (1e-4, -1e-4)]
+        fast = b.evaluate(points, True)
+        assert seen and not any(seen)  # the untracked program only
+        assert all(e.signature == center.signature and e.decisions == 0 for e in fast)
+        seen.clear()
+        b._n_sites = None  # as before the checked point was tracked: the tracked program
+        tracked = b.evaluate(points, True)
+        assert seen and all(seen)
+        assert [e.signature for e in tracked] == [e.signature for e in fast]
+        np.testing.assert_allclose(
+            [e.loss for e in fast], [e.loss for e in tracked], rtol=1e-14, atol=0
+        )
+    finally:
+        b.close()
+
+
+def test_points_of_a_function_with_decisions_stay_tracked(monkeypatch):
+    seen: list[bool] = []
+    run_chunk = JaxBackend._run_chunk
+
+    def spy(self, idx, val, track, loop=False):
+        seen.append(track)
+        return run_chunk(self, idx, val, track, loop)
+
+    monkeypatch.setattr(JaxBackend, "_run_chunk", spy)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(5))
+    b = _backend(lambda x: jnp.sum(jax.nn.relu(x) * x), x)
+    try:
+        assert b.gradient(True).center.decisions > 0
+        evals = b.evaluate([_coord(0, 2, 1e-4), _coord(0, 2, -1e-4)], True)
+        assert seen and all(seen)
+        assert all(e.decisions > 0 for e in evals)
+    finally:
+        b.close()
