@@ -7,7 +7,9 @@ on top of this.
 from __future__ import annotations
 
 import ctypes
+import functools
 import random
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +26,13 @@ class GlobalRng:
             raise ValueError(f"gradcheck: seed must be an int in [0, 2**32), got {seed!r}")
         self.seed = seed
         self._py = random.getstate()
-        self._np = np.random.get_state(legacy=False)  # (the legacy tuple: MT19937 only)
-        self._np_memory = _mt_memory(self._np)
+        self._np_memory: tuple[int, bytes] | None = None
+        self._np: dict[str, Any] | None = None
+        memory = _mt_memory()
+        if memory is None:
+            self._np = np.random.get_state(legacy=False)  # (the legacy tuple: MT19937 only)
+        else:
+            self._np_memory, self._np = memory
 
     def reseed(self) -> None:
         random.seed(self.seed)
@@ -36,32 +43,56 @@ class GlobalRng:
         if self._np_memory is None:
             np.random.set_state(self._np)
             return
-        # ``set_state`` converts the 624 words one Python object at a time (~35 µs);
-        # the same state is written back in one copy: a seed clears the cached
-        # Gaussian (none was cached, see `_mt_memory`), then the words and position
-        address, saved = self._np_memory
-        np.random.seed(0)
-        ctypes.memmove(address, saved, _MT_BYTES)
+        _write_mt(*self._np_memory)
 
 
-def _mt_memory(state: dict) -> tuple[int, bytes] | None:
-    """``(address, bytes)`` of NumPy's global MT19937 state, where a copy restores it.
+def _write_mt(address: int, saved: bytes) -> None:
+    """Put NumPy's global MT19937 back to `saved` words and position, no Gaussian cached
+    (a seed clears the cache, then the memory is written back in one copy)."""
+    np.random.seed(0)
+    ctypes.memmove(address, saved, _MT_BYTES)
 
-    Only for the legacy MT19937 with no Gaussian cached (then the words and the position
-    are the whole state) and where the memory holds exactly what ``get_state`` returned
-    (the layout is NumPy's ``mt19937_state``: checked, not assumed); None otherwise.
+
+def _mt_memory() -> tuple[tuple[int, bytes] | None, dict[str, Any] | None] | None:
+    """NumPy's global generator state, saved from its memory where that is its whole state.
+
+    ``get_state`` converts the 624 words one Python object at a time (~30 µs, and as
+    much again for ``set_state``); a copy of the memory takes a microsecond. It holds
+    the whole state of the legacy MT19937 when no Gaussian is cached, which one
+    standard-normal draw tells: a cached one is returned without touching the words.
+    Returns ``((address, bytes), None)``, or ``(None, state)`` with a Gaussian cached
+    (the state is put back as it was, with it), or None where the memory cannot be
+    used (another bit generator, a layout other than NumPy's ``mt19937_state``).
     """
-    bit_generator = np.random.mtrand._rand._bit_generator
-    if not isinstance(bit_generator, np.random.MT19937) or state.get("bit_generator") != "MT19937":
-        return None
-    if state.get("has_gauss") or state.get("gauss") != 0.0:
-        return None
-    key, pos = state["state"]["key"], state["state"]["pos"]
-    if len(key) != _MT_WORDS:
+    rs = np.random.mtrand._rand
+    bit_generator = rs._bit_generator
+    if not isinstance(bit_generator, np.random.MT19937) or not _layout_known():
         return None
     address = bit_generator.ctypes.state_address
     saved = ctypes.string_at(address, _MT_BYTES)
-    expected = np.asarray(key, dtype=np.uint32).tobytes() + int(pos).to_bytes(
-        4, "little" if np.little_endian else "big", signed=True
-    )
-    return (address, saved) if saved == expected else None
+    gaussian = rs.standard_normal()
+    if ctypes.string_at(address, _MT_BYTES) != saved:  # drawn from the words: none cached
+        _write_mt(address, saved)
+        return (address, saved), None
+    key = np.frombuffer(saved, dtype=np.uint32, count=_MT_WORDS).copy()
+    pos = int(np.frombuffer(saved, dtype=np.int32, count=1, offset=4 * _MT_WORDS)[0])
+    state = {
+        "bit_generator": "MT19937",
+        "state": {"key": key, "pos": pos},
+        "has_gauss": 1,
+        "gauss": gaussian,
+    }
+    np.random.set_state(state)
+    return None, state
+
+
+@functools.cache
+def _layout_known() -> bool:
+    """Whether NumPy's MT19937 memory holds the words and position ``get_state`` gives."""
+    generator = np.random.MT19937(12345)
+    generator.random_raw(7)
+    state = generator.state["state"]
+    expected = np.asarray(state["key"], dtype=np.uint32).tobytes() + np.int32(
+        state["pos"]
+    ).tobytes()
+    return ctypes.string_at(generator.ctypes.state_address, _MT_BYTES) == expected
