@@ -1025,6 +1025,13 @@ class TorchBackend:
 
     def _reduce(self, out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss as a 0-d tensor, and the named terms."""
+        if (
+            self._kind == "scalar"
+            and type(out) is torch.Tensor
+            and out.dim() == 0
+            and not out.is_complex()
+        ):  # what f returned before, again (every evaluation of a check comes here)
+            return out, {}
         device = self._blocks[0].base.device
         kind = self._kind = reduce_output(out, self._kind)
         if kind == "scalar":
@@ -1170,50 +1177,49 @@ class TorchBackend:
 
     def _evaluate_once(self, track: bool, measure: bool = False) -> Evaluation:
         fast = not measure and self._fast(track)
-
-        def attempt(grad_enabled: bool) -> Evaluation:
-            if fast:  # no dispatch mode: f runs at full speed (see `_fast`)
-                versions = self._versions()
-                try:
-                    out = self._forward(grad_enabled, None)
-                finally:
-                    self._repair(versions)
-                total, terms = self._reduce(out)
-                self.fast_points += 1
-                return Evaluation(
-                    float(total.detach().item()),
-                    {k: float(v.detach().item()) for k, v in terms.items()},
-                    _EMPTY_SIGNATURE if track else None,
-                    0,
-                )
-            recorder = SignatureRecorder() if track else None
-            watch = self._watch() if measure else None
-            mode = self._mode(recorder, watch_precision=False, measure=measure, watch=watch)
-            versions = self._versions()
-            try:
-                out = self._forward(grad_enabled, mode)
-            finally:
-                self._repair(versions)
-            mode.finish()
-            self._last_mode = mode
-            total, terms = self._reduce(out)
-            return Evaluation(
-                float(total.detach().item()),
-                {k: float(v.detach().item()) for k, v in terms.items()},
-                recorder.digest() if recorder is not None else None,
-                recorder.count if recorder is not None else 0,
-            )
-
         if self._eval_with_grad:
-            return attempt(True)
+            return self._attempt(fast, track, measure, True)
         try:
             # no graph is needed for a loss value; f computes the same values either way
-            return attempt(False)
+            return self._attempt(fast, track, measure, False)
         except RuntimeError:
             # f needs autograd itself (an inner torch.autograd.grad, a gradient penalty)
-            result = attempt(True)
+            result = self._attempt(fast, track, measure, True)
             self._eval_with_grad = True
             return result
+
+    def _attempt(self, fast: bool, track: bool, measure: bool, grad_enabled: bool) -> Evaluation:
+        if fast:  # no dispatch mode: f runs at full speed (see `_fast`)
+            versions = self._versions()
+            try:
+                out = self._forward(grad_enabled, None)
+            finally:
+                self._repair(versions)
+            total, terms = self._reduce(out)
+            self.fast_points += 1
+            return Evaluation(
+                float(total.item()),
+                {k: float(v.item()) for k, v in terms.items()} if terms else {},
+                _EMPTY_SIGNATURE if track else None,
+                0,
+            )
+        recorder = SignatureRecorder() if track else None
+        watch = self._watch() if measure else None
+        mode = self._mode(recorder, watch_precision=False, measure=measure, watch=watch)
+        versions = self._versions()
+        try:
+            out = self._forward(grad_enabled, mode)
+        finally:
+            self._repair(versions)
+        mode.finish()
+        self._last_mode = mode
+        total, terms = self._reduce(out)
+        return Evaluation(
+            float(total.item()),
+            {k: float(v.item()) for k, v in terms.items()},
+            recorder.digest() if recorder is not None else None,
+            recorder.count if recorder is not None else 0,
+        )
 
     # ------------------------------------------------------------------ batched evaluation
 
