@@ -26,13 +26,7 @@ class GlobalRng:
             raise ValueError(f"gradcheck: seed must be an int in [0, 2**32), got {seed!r}")
         self.seed = seed
         self._py = random.getstate()
-        self._np_memory: tuple[int, bytes] | None = None
-        self._np: dict[str, Any] | None = None
-        memory = _mt_memory()
-        if memory is None:
-            self._np = np.random.get_state(legacy=False)  # (the legacy tuple: MT19937 only)
-        else:
-            self._np_memory, self._np = memory
+        self._np_memory, self._np = _save_numpy()
 
     def reseed(self) -> None:
         random.seed(self.seed)
@@ -53,21 +47,20 @@ def _write_mt(address: int, saved: bytes) -> None:
     ctypes.memmove(address, saved, _MT_BYTES)
 
 
-def _mt_memory() -> tuple[tuple[int, bytes] | None, dict[str, Any] | None] | None:
-    """NumPy's global generator state, saved from its memory where that is its whole state.
+def _save_numpy() -> tuple[tuple[int, bytes] | None, dict[str, Any] | None]:
+    """NumPy's global generator state: ``((address, bytes), None)`` or ``(None, state)``.
 
     ``get_state`` converts the 624 words one Python object at a time (~30 µs, and as
     much again for ``set_state``); a copy of the memory takes a microsecond. It holds
     the whole state of the legacy MT19937 when no Gaussian is cached, which one
-    standard-normal draw tells: a cached one is returned without touching the words.
-    Returns ``((address, bytes), None)``, or ``(None, state)`` with a Gaussian cached
-    (the state is put back as it was, with it), or None where the memory cannot be
-    used (another bit generator, a layout other than NumPy's ``mt19937_state``).
+    standard-normal draw tells: a cached one is returned without touching the words
+    (the state is then put back as it was, with it, and saved whole). Another bit
+    generator, or a layout other than NumPy's ``mt19937_state``: saved whole.
     """
     rs = np.random.mtrand._rand
     bit_generator = rs._bit_generator
     if not isinstance(bit_generator, np.random.MT19937) or not _layout_known():
-        return None
+        return None, np.random.get_state(legacy=False)  # (legacy tuple: MT19937 only)
     address = bit_generator.ctypes.state_address
     saved = ctypes.string_at(address, _MT_BYTES)
     gaussian = rs.standard_normal()
@@ -92,7 +85,7 @@ def _layout_known() -> bool:
     generator = np.random.MT19937(12345)
     generator.random_raw(7)
     state = generator.state["state"]
-    expected = np.asarray(state["key"], dtype=np.uint32).tobytes() + np.int32(
-        state["pos"]
-    ).tobytes()
+    expected = (
+        np.asarray(state["key"], dtype=np.uint32).tobytes() + np.int32(state["pos"]).tobytes()
+    )
     return ctypes.string_at(generator.ctypes.state_address, _MT_BYTES) == expected

@@ -198,20 +198,18 @@ def _scattered(
         cs, vs, counts = [], [], []
         for flat_indices, values in zip(cols, vals, strict=True):
             idx = index_array(flat_indices)
-            val = np.asarray(values, dtype=np.float64).reshape(-1)
-            if val.size != idx.size:
-                val = np.broadcast_to(val, idx.shape).reshape(-1)
             cs.append(idx)
-            vs.append(val)
+            vs.append(delta_values(values, idx.size))
             counts.append(idx.size)
         c, v = np.concatenate(cs), np.concatenate(vs)
     row_index = np.repeat(np.asarray(rows, dtype=np.int64), counts)
     return row_index, c.astype(np.int64, copy=False), v
 
 
-def _dense(values: Any, m: int) -> np.ndarray:
+def delta_values(values: Any, size: int) -> np.ndarray:
+    """A delta's values as `size` float64 entries (one value is broadcast, read-only)."""
     val = np.asarray(values, dtype=np.float64).reshape(-1)
-    return val if val.size == m else np.broadcast_to(val, (m,))
+    return val if val.size == size else np.broadcast_to(val, (size,))
 
 
 def _stack_numpy(
@@ -226,7 +224,7 @@ def _stack_numpy(
     out = np.empty((n, m), dtype=np.float64)
     out[:] = b
     for r, values in dense:
-        np.add(b, _dense(values, m), out=out[r])
+        np.add(b, delta_values(values, m), out=out[r])
     if scattered is not None:
         np.add.at(out, scattered[:2], scattered[2])
     return torch.from_numpy(out).view(n, *shape)
@@ -243,7 +241,7 @@ def _stack_torch(
     device = base.device
     out = base.expand(n, m).contiguous()
     for r, values in dense:
-        torch.add(base, torch.tensor(_dense(values, m), device=device), out=out[r])
+        torch.add(base, torch.tensor(delta_values(values, m), device=device), out=out[r])
     if scattered is not None:
         rows, cols, vals = (torch.as_tensor(a, device=device) for a in scattered)
         out.index_put_((rows, cols), vals, accumulate=True)

@@ -1128,17 +1128,8 @@ class TorchBackend:
             block = self._blocks[index]
             host = block.host()
             m = block.base.numel()
-            dense = whole(flat_indices, m)
-            if dense:
-                val = np.asarray(values, dtype=np.float64).reshape(-1)
-                if val.size != m:
-                    val = np.broadcast_to(val, (m,))
-                idx = None
-            else:
-                idx = index_array(flat_indices)
-                val = np.asarray(values, dtype=np.float64).reshape(-1)
-                if val.size != idx.size:
-                    val = np.broadcast_to(val, idx.shape)
+            idx = None if whole(flat_indices, m) else index_array(flat_indices)
+            val = tb.delta_values(values, m if idx is None else idx.size)
             touched.append((block, idx))
             if host is not None:
                 flat = host[0]
@@ -1189,6 +1180,7 @@ class TorchBackend:
             return result
 
     def _attempt(self, fast: bool, track: bool, measure: bool, grad_enabled: bool) -> Evaluation:
+        """One call of f at the current values: plain (`fast`) or under the dispatch mode."""
         if fast:  # no dispatch mode: f runs at full speed (see `_fast`)
             versions = self._versions()
             try:

@@ -595,12 +595,9 @@ def test_gpu_device_runs_the_check_on_the_gpu(device):
 # ------------------------------------------------------------------ the fast path
 
 
-@pytest.mark.parametrize("batch", [True, False], ids=["batched", "point-by-point"])
-def test_points_of_a_function_without_decisions_run_untracked_with_the_same_values(
-    monkeypatch, batch
-):
-    """Where the checked point's tracked pass hashed no decision site (a tanh MLP), the
-    points go to the untracked program: the empty signature, the tracked values."""
+@pytest.fixture
+def tracked_runs(monkeypatch):
+    """Whether each group of points the backend evaluates goes to the tracked program."""
     seen: list[bool] = []
     run_chunk = JaxBackend._run_chunk
 
@@ -609,6 +606,16 @@ def test_points_of_a_function_without_decisions_run_untracked_with_the_same_valu
         return run_chunk(self, idx, val, track, loop)
 
     monkeypatch.setattr(JaxBackend, "_run_chunk", spy)
+    return seen
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "point-by-point"])
+def test_points_of_a_function_without_decisions_run_untracked_with_the_same_values(
+    tracked_runs, batch
+):
+    """Where the checked point's tracked pass hashed no decision site (a tanh MLP), the
+    points go to the untracked program: the empty signature, the tracked values."""
+    seen = tracked_runs
     rng = np.random.default_rng(0)
     x, w = jnp.asarray(rng.standard_normal((4, 3))), jnp.asarray(rng.standard_normal((3, 2)))
     b = _backend(lambda x, w: jnp.sum(jnp.tanh(x @ w) ** 2), x, w, batch=batch)
@@ -631,15 +638,8 @@ def test_points_of_a_function_without_decisions_run_untracked_with_the_same_valu
         b.close()
 
 
-def test_points_of_a_function_with_decisions_stay_tracked(monkeypatch):
-    seen: list[bool] = []
-    run_chunk = JaxBackend._run_chunk
-
-    def spy(self, idx, val, track, loop=False):
-        seen.append(track)
-        return run_chunk(self, idx, val, track, loop)
-
-    monkeypatch.setattr(JaxBackend, "_run_chunk", spy)
+def test_points_of_a_function_with_decisions_stay_tracked(tracked_runs):
+    seen = tracked_runs
     x = jnp.asarray(np.random.default_rng(1).standard_normal(5))
     b = _backend(lambda x: jnp.sum(jax.nn.relu(x) * x), x)
     try:
