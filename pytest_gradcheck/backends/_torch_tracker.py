@@ -600,6 +600,9 @@ class WinnerTracker(TorchDispatchMode):
         self.fixed = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return self._handle(func, types, args, kwargs)
+
+    def _handle(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         # the tensors an op reads, found once for the guard, promotion and the watches
         inputs = _inputs(args, kwargs) if self.guard or self.promote else None
@@ -758,6 +761,49 @@ class WinnerTracker(TorchDispatchMode):
                     recorder.record(op, data)
             j += 1
         return recorders if j == len(pending) else None
+
+
+def _skip_dynamo(code: Any) -> bool:
+    """Mark `code`, and what it calls, as never traced by Dynamo; False where torch cannot.
+
+    This is what TorchDispatchMode's guard around a handler achieves (Dynamo must never
+    trace a dispatch mode), without its costs: the guard imports Dynamo on its first
+    call (about a second, sympy included: most of a process's first check) and switches
+    frame evaluation off and on at every op. The mark is torch's own per-code setting
+    (``torch._dynamo.eval_frame.skip_code``'s, applied to the frames it calls too).
+    """
+    try:
+        from torch._C._dynamo.eval_frame import (
+            _FrameAction,
+            _FrameExecStrategy,
+            set_code_exec_strategy,
+        )
+
+        skip = _FrameAction.SKIP
+        set_code_exec_strategy(code, _FrameExecStrategy(skip, skip))
+    except (ImportError, AttributeError, RuntimeError, TypeError):
+        return False
+    return True
+
+
+class _UnguardedTracker(WinnerTracker):
+    """`WinnerTracker` whose handler is marked for Dynamo to skip (`_skip_dynamo`)
+    instead of wrapped by TorchDispatchMode's guard."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    __torch_dispatch__ = WinnerTracker._handle
+
+
+#: the tracker class the backend uses: the unguarded one where Dynamo can be told
+_TRACKER = _UnguardedTracker if _skip_dynamo(WinnerTracker._handle.__code__) else WinnerTracker
+
+
+def tracker(*args: Any, **kwargs: Any) -> WinnerTracker:
+    """A `WinnerTracker` (arguments as its): Dynamo skips its handler, one way or another."""
+    return _TRACKER(*args, **kwargs)
 
 
 class Leak(RuntimeError):

@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ from ._base import (
     whole,
 )
 from ._rng import GlobalRng
-from ._torch_tracker import WinnerTracker
+from ._torch_tracker import WinnerTracker, tracker
 from ._tree import iter_leaves, map_leaves
 
 _F64 = torch.float64
@@ -207,6 +208,21 @@ def _try(getter: Callable[[], Any]) -> tuple[bool, Any]:
         return False, None
 
 
+def _deterministic(mode: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms``, without importing Inductor to set its flag.
+
+    That import (Inductor, Dynamo, sympy: about a second) was most of a process's first
+    check. Where Inductor is loaded its flag is set as torch sets it; where it is not,
+    torch's own flag is set alone (only a torch.compile first made inside f, which loads
+    Inductor in the middle of the check, then compiles without Inductor's flag).
+    """
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
 class _Numerics:
     """TF32, reduced-precision reductions and determinism: off/on for the check.
 
@@ -278,7 +294,7 @@ class _Numerics:
         if self._fp16_accumulation[0] and self._fp16_accumulation[1] is not None:
             C._set_cublas_allow_fp16_accumulation(False)
         if not self._deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            _deterministic(True, True)
         if self._cuda:
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
@@ -288,7 +304,7 @@ class _Numerics:
         if self._cuda:
             torch.backends.cudnn.benchmark = self._cudnn_benchmark
             torch.backends.cudnn.deterministic = self._cudnn_deterministic
-        torch.use_deterministic_algorithms(self._deterministic, warn_only=self._warn_only)
+        _deterministic(self._deterministic, self._warn_only)
         if self._fp16_accumulation[0] and self._fp16_accumulation[1] is not None:
             C._set_cublas_allow_fp16_accumulation(self._fp16_accumulation[1])
         for kind, value in self._reductions.items():
@@ -933,7 +949,7 @@ class TorchBackend:
             addresses = self._block_storages + [self._storage(t) for t in stand_ins]
             if all(addresses):
                 sources = frozenset(addresses)
-        return WinnerTracker(
+        return tracker(
             recorder,
             watch_precision,
             promote=True,
@@ -1401,7 +1417,7 @@ class TorchBackend:
             # which nothing else holds): nothing to guard, no dispatch mode at all
             mode = contextlib.nullcontext()
         else:  # a closure may hold the user's tensor: keep only the guard (see `Leak`)
-            mode = WinnerTracker(None, guard=guard)
+            mode = tracker(None, guard=guard)
         call = self._batched_call(key)
         versions = self._versions()
         self._reseed()

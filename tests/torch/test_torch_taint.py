@@ -122,3 +122,66 @@ def test_a_decision_inside_a_custom_function_reading_a_block_is_recorded():
         lambda W: Clip.apply(W).sum(), W, samples_per_block=None, kinks="off", raise_on_fail=False
     )
     assert not untracked.passed
+
+
+# ------------------------------------------------------ Dynamo and Inductor stay unloaded
+
+_FRESH_PROCESS = r"""
+import sys, warnings
+import torch
+from pytest_gradcheck import gradcheck
+from pytest_gradcheck.backends import _torch_tracker as tt
+import pytest_gradcheck.backends.torch as backend
+
+made = []
+tracker = tt.tracker
+def spy(*args, **kwargs):
+    mode = tracker(*args, **kwargs)
+    made.append(type(mode).__name__)
+    return mode
+backend.tracker = spy
+
+seen = {}
+def f(x):
+    seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
+    return (torch.relu(x) * x - torch.tanh(x)).sum()
+
+x = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+warnings.simplefilter("error")
+plain = gradcheck(f, x)
+print(plain.passed, plain.kinks_present, seen["deterministic"],
+      torch.are_deterministic_algorithms_enabled(), "torch._dynamo" in sys.modules,
+      "torch._inductor.config" in sys.modules, sorted(set(made)))
+made.clear()
+g = lambda z: torch.relu(z) * z - torch.tanh(z)
+inside = gradcheck(lambda x: torch.compile(g, backend="eager")(x).sum(), x)  # Dynamo loads in f
+print(inside.passed, inside.kinks_present, made[0])
+made.clear()
+compiled = torch.compile(g, backend="eager")
+outside = gradcheck(lambda x: compiled(x).sum(), x)
+print(outside.passed, outside.kinks_present, sorted(set(made)))
+"""
+
+
+def test_a_check_loads_neither_dynamo_nor_inductor_and_compiled_code_still_checks(tmp_path):
+    """A process's first check used to import Inductor and Dynamo (about a second):
+    `use_deterministic_algorithms` sets Inductor's flag, and TorchDispatchMode's guard
+    against Dynamo imports Dynamo. Now neither is loaded by a check (determinism is
+    still on inside f, off after), the tracker's handler is marked for Dynamo to skip
+    instead, and a torch.compile region inside f, compiled there (Dynamo loading in
+    the middle of the check) or before, is checked with its kinks recorded and no
+    warning (warnings are errors in the script)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fresh.py"
+    script.write_text(_FRESH_PROCESS)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "True True True False False False ['_UnguardedTracker']",
+        "True True _UnguardedTracker",
+        "True True ['_UnguardedTracker']",
+    ]
