@@ -1179,33 +1179,40 @@ them in tests. How a check works is explained in the [design notes](design.md).
 Measured on this machine with the profiler and per-phase timers (one CPU thread, the
 1e3 MLP, in the benchmark's interleaved setting), not computed by this script:
 
-- **A check's fixed cost** (about 1.5-2 ms for PyTorch at 1e3-1e4 in this setting) is
+- **A check's fixed cost** (about 1.5 ms for PyTorch at 1e3-1e4 in this setting) is
   what `mode="directions"` pays beyond its 9 evaluations and one backward pass, and
   what `fast_mode=True` (10 evaluations, a backward pass) pays in its own way: the
   tracked pass at the checked point (every op of f goes through a `TorchDispatchMode`
   that records max-like decisions, brings stray float32 inputs to float64 and watches
-  for casts to lower precision: about a tenth of the check at 1e3, mostly torch's own
-  mode machinery), saving, resetting and restoring Python's, NumPy's and torch's RNGs,
-  switching TF32 and determinism off and back, the float64 copies, one seeded
-  direction per block, and the report. Code that runs once per check runs with the
-  CPU caches full of the previous check's code and data, several times slower than in
-  a loop (the first seeded generator of a check: ~200 µs instead of ~7 µs), so what
-  counts is how much distinct work a check does. Two rounds of cuts, run alternately
+  for casts to lower precision), saving, resetting and restoring Python's, NumPy's and
+  torch's RNGs, switching TF32 and determinism off and back, the float64 copies, one
+  seeded direction per block, and the report. Code that runs once per check runs with
+  the CPU caches full of the previous check's code and data, several times slower than
+  in a loop (the first seeded generator of a check: ~200 µs instead of ~7 µs), so what
+  counts is how much distinct work a check does. Three rounds of cuts, run alternately
   in this setting: the ratio to `fast_mode=True` at 1e3 and 1e4 went from 1.27-1.34
-  (git a6306e1) to 1.11-1.21 (git 50526cd: no autograd context per write, one pass
-  over each op's inputs in the tracker, no copies of the base point or of autograd's
-  gradients, CUDA flags untouched without CUDA) and to 0.95-1.04 (git b806af2, five
-  runs: a point's deltas written through NumPy views of the block, NumPy's global RNG
-  saved and restored as a copy of its memory instead of `get_state`/`set_state`, the
-  per-block directions drawn from one scratch generator instead of seeding one per
-  block, less Python per evaluation and per op of the tracker): parity, within this
-  machine's noise. From 1e5 on it is below 0.9.
+  (git a6306e1) to 1.11-1.21 (git 50526cd: no autograd context per write, one pass over
+  each op's inputs in the tracker, no copies of the base point or of autograd's
+  gradients, CUDA flags untouched without CUDA), to 0.95-1.04 (git b806af2: a point's
+  deltas written through NumPy views of the block, NumPy's global RNG saved and
+  restored as a copy of its memory instead of `get_state`/`set_state`, the per-block
+  directions drawn from one scratch generator instead of seeding one per block, less
+  Python per evaluation and per op of the tracker) and to 0.87-0.98 (git 5d5ceca, four
+  runs: the tracker's handler marked for Dynamo to skip instead of wrapped by
+  TorchDispatchMode's guard, which switched frame evaluation off and on at every op).
+  From 1e5 on it is 0.8 or less.
+- **A process's first check** no longer imports Dynamo and Inductor (with sympy, about a
+  second): TorchDispatchMode's guard imported Dynamo on its first call, and
+  `torch.use_deterministic_algorithms` imports Inductor to set its flag (the check now
+  sets torch's flag alone where Inductor is not loaded). The *first call* of our
+  default check at 1e3, the first check of the run, went from 714 ms (git 1d36c0c) to
+  about 50 ms, most of it the first `vmap`.
 - **Batching on a CPU** saves the per-call cost of f (about 20 µs of Python per point
   in the loop when warm, some 50 µs in this setting) but not its arithmetic: at 1e3 the
   arithmetic of 89 rows as batched matrix products costs a third of 89 forwards, the
   vmapped call (functorch's work per op, a decomposition of `nll_loss`) about half;
   at 1e4 the rows of the first weight (72 KB each) cost as much batched as looped. So
-  the batched default check is 0.6-0.75 of the unbatched one, and the cheaper the
+  the batched default check is 0.55-0.75 of the unbatched one, and the cheaper the
   loop's evaluation (this version cut it by half), the higher that ratio. A block
   over 96 KiB (the first weight from about 1.5e4 parameters on) is evaluated point by
   point even with batching on, since copying it per row made the batch 1.3-3.5 times
