@@ -163,10 +163,7 @@ def stacks(
     for j, b in enumerate(key):
         base, shape = blocks[b]
         scattered = _scattered(rows[j], cols[j], vals[j])
-        if base.device.type == "cpu":
-            out.append(_stack_numpy(base, shape, dense[j], scattered, n))
-        else:
-            out.append(_stack_torch(base, shape, dense[j], scattered, n))
+        out.append(_stack_rows(base, shape, dense[j], scattered, n, _on_host(base)))
     return out
 
 
@@ -212,39 +209,39 @@ def delta_values(values: Any, size: int) -> np.ndarray:
     return val if val.size == size else np.broadcast_to(val, (size,))
 
 
-def _stack_numpy(
+def _on_host(t: torch.Tensor) -> bool:
+    """Whether a block's rows are built in NumPy (its base lives in host memory)."""
+    return t.device.type == "cpu"
+
+
+def _stack_rows(
     base: torch.Tensor,
     shape: tuple[int, ...],
     dense: list[tuple[int, Any]],
     scattered: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     n: int,
+    host: bool,
 ) -> torch.Tensor:
+    """One block's `n` rows: the base values, each dense delta added into its own row,
+    the scattered ones added in place (duplicates add up). `host`: in NumPy, shared
+    with torch; else with torch operations, on the block's device."""
     m = base.numel()
-    b = base.detach().numpy()
-    out = np.empty((n, m), dtype=np.float64)
-    out[:] = b
-    for r, values in dense:
-        np.add(b, delta_values(values, m), out=out[r])
-    if scattered is not None:
-        np.add.at(out, scattered[:2], scattered[2])
-    return torch.from_numpy(out).view(n, *shape)
-
-
-def _stack_torch(
-    base: torch.Tensor,
-    shape: tuple[int, ...],
-    dense: list[tuple[int, Any]],
-    scattered: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-    n: int,
-) -> torch.Tensor:
-    m = base.numel()
+    if host:
+        b = base.detach().numpy()
+        rows = np.empty((n, m), dtype=np.float64)
+        rows[:] = b
+        for r, values in dense:
+            np.add(b, delta_values(values, m), out=rows[r])
+        if scattered is not None:
+            np.add.at(rows, scattered[:2], scattered[2])
+        return torch.from_numpy(rows).view(n, *shape)
     device = base.device
     out = base.expand(n, m).contiguous()
     for r, values in dense:
         torch.add(base, torch.tensor(delta_values(values, m), device=device), out=out[r])
     if scattered is not None:
-        rows, cols, vals = (torch.as_tensor(a, device=device) for a in scattered)
-        out.index_put_((rows, cols), vals, accumulate=True)
+        at_rows, cols, vals = (torch.as_tensor(a, device=device) for a in scattered)
+        out.index_put_((at_rows, cols), vals, accumulate=True)
     return out.view(n, *shape)
 
 

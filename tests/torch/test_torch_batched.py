@@ -604,7 +604,7 @@ def test_batch_rows_are_the_base_plus_each_points_deltas_on_both_paths(monkeypat
     for g, w in zip(got, want, strict=True):
         assert g.reshape(n, -1).numpy().tobytes() == w.tobytes()
     # the torch path (other devices), on the same rows
-    monkeypatch.setattr(_torch_batch, "_stack_numpy", _torch_batch._stack_torch)
+    monkeypatch.setattr(_torch_batch, "_on_host", lambda t: False)
     again = _torch_batch.stacks(blocks, (0, 1), points, n)
     for g, w in zip(again, want, strict=True):
         assert g.reshape(n, -1).numpy().tobytes() == w.tobytes()
