@@ -1197,10 +1197,10 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   deltas written through NumPy views of the block, NumPy's global RNG saved and
   restored as a copy of its memory instead of `get_state`/`set_state`, the per-block
   directions drawn from one scratch generator instead of seeding one per block, less
-  Python per evaluation and per op of the tracker) and to 0.87-0.98 (git 5d5ceca, four
-  runs: the tracker's handler marked for Dynamo to skip instead of wrapped by
+  Python per evaluation and per op of the tracker) and to 0.87-0.98 (git 5d5ceca and
+  4080dc3, five runs: the tracker's handler marked for Dynamo to skip instead of wrapped by
   TorchDispatchMode's guard, which switched frame evaluation off and on at every op).
-  From 1e5 on it is 0.8 or less.
+  From 1e5 on it is 0.9 or less.
 - **A process's first check** no longer imports Dynamo and Inductor (with sympy, about a
   second): TorchDispatchMode's guard imported Dynamo on its first call, and
   `torch.use_deterministic_algorithms` imports Inductor to set its flag (the check now
@@ -1212,7 +1212,7 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   arithmetic of 89 rows as batched matrix products costs a third of 89 forwards, the
   vmapped call (functorch's work per op, a decomposition of `nll_loss`) about half;
   at 1e4 the rows of the first weight (72 KB each) cost as much batched as looped. So
-  the batched default check is 0.55-0.75 of the unbatched one, and the cheaper the
+  the batched default check is 0.55-0.8 of the unbatched one, and the cheaper the
   loop's evaluation (this version cut it by half), the higher that ratio. A block
   over 96 KiB (the first weight from about 1.5e4 parameters on) is evaluated point by
   point even with batching on, since copying it per row made the batch 1.3-3.5 times
