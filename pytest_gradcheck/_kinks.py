@@ -33,6 +33,10 @@ class SignatureRecorder:
         return self._hash.digest()
 
 
+#: The signature of an evaluation that recorded no decision (the backends' fast paths
+#: give it without running a tracker).
+EMPTY_SIGNATURE: bytes = SignatureRecorder().digest()
+
 #: The step divisors tried, in order, when a difference crosses a kink.
 RETRY_DIVISORS: tuple[float, ...] = (10.0, 100.0)
 

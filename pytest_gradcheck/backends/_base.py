@@ -23,9 +23,10 @@ Wrt = Callable[[str], bool] | Sequence[str] | str | None
 #: at a time even where they could be batched: each row of a batch is a fresh copy of
 #: the block, written and read once from memory, while one point at a time perturbs
 #: (torch) or rebuilds (JAX) one copy that stays in the cache. Measured on one CPU
-#: thread (an MLP's first weight, 22 points): torch 1.7x faster batched at 72 KB, 1.3x
-#: slower at 148 KB, 1.5x slower at 774 KB; JAX 3.5x slower at 8 MB. Not applied on a
-#: GPU, where the rows are computed in parallel.
+#: thread (an MLP's first weight, 22 points): torch 1.3x slower batched at 148 KB, 1.5x
+#: slower at 774 KB, about even from 18 to 72 KB (within 3%; 1.7x faster at 72 KB before
+#: the loop's writes went through NumPy); JAX 3.5x slower at 8 MB, 1.1x at 774 KB. Not
+#: applied on a GPU, where the rows are computed in parallel.
 CPU_LOOP_BYTES = 96 * 2**10
 
 

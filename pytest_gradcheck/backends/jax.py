@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._kinks import SignatureRecorder
+from .._kinks import EMPTY_SIGNATURE, SignatureRecorder
 from ._base import (
     CPU_LOOP_BYTES,
     BlockSpec,
@@ -119,8 +119,6 @@ _LOOP_BLOCK_BYTES = CPU_LOOP_BYTES
 _QUICK_COMPILE_BYTES = 256 * 2**10
 _QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-#: the signature of an evaluation without decision sites
-_EMPTY_SIGNATURE = SignatureRecorder().digest()
 
 _CUSTOM_RULE_ERROR = re.compile(r"custom[ _]?(vjp|jvp)|bwd rule|\bbwd\b|\bfwd\b", re.IGNORECASE)
 _BWD_OUTPUT = re.compile(
@@ -936,7 +934,7 @@ class JaxBackend:
             if hashes is not None:
                 signature, decisions = self._signature(hashes[p])
             elif track:
-                signature = _EMPTY_SIGNATURE
+                signature = EMPTY_SIGNATURE
             results.append(Evaluation(loss, terms, signature, decisions))
         return results
 

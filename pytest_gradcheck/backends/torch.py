@@ -88,8 +88,9 @@ Large blocks on a CPU: a group whose perturbed blocks hold more than
 `_torch_batch.LOOP_ROW_BYTES` (96 KiB) per row is left to the loop, by plan rather than
 as a failure. Each row of its batch would be a fresh copy of the block, written and read
 once from memory, while the loop perturbs one copy in place that stays in the cache:
-measured on one CPU thread (an MLP's first weight, 22 points), a 72 KB block is 1.7x
-faster batched, a 148 KB one 1.3x slower and a 774 KB one 1.5x slower. On a GPU every
+measured on one CPU thread (an MLP's first weight, 22 points), a 148 KB block 1.3x
+slower batched and a 774 KB one 1.5x slower; below the threshold the two were about
+even once the loop's writes went through NumPy (18-72 KB: within 3%). On a GPU every
 group is batched. The gain that remains at 1e5 parameters on a CPU is the other groups'
 (the work upstream of their block is done once per batch); see docs/performance.md.
 """
@@ -107,7 +108,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._kinks import SignatureRecorder
+from .._kinks import EMPTY_SIGNATURE, SignatureRecorder
 from . import _torch_batch as tb
 from ._base import (
     BlockSpec,
@@ -150,10 +151,6 @@ class _GradMode:
 
     def __exit__(self, *exc: object) -> None:
         torch._C._set_grad_enabled(self.previous)
-
-
-#: the signature of an evaluation without decisions (what the tracker gives for one)
-_EMPTY_SIGNATURE = SignatureRecorder().digest()
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -1196,37 +1193,32 @@ class TorchBackend:
             return result
 
     def _attempt(self, fast: bool, track: bool, measure: bool, grad_enabled: bool) -> Evaluation:
-        """One call of f at the current values: plain (`fast`) or under the dispatch mode."""
-        if fast:  # no dispatch mode: f runs at full speed (see `_fast`)
-            versions = self._versions()
-            try:
-                out = self._forward(grad_enabled, None)
-            finally:
-                self._repair(versions)
-            total, terms = self._reduce(out)
-            self.fast_points += 1
-            return Evaluation(
-                float(total.item()),
-                {k: float(v.item()) for k, v in terms.items()} if terms else {},
-                _EMPTY_SIGNATURE if track else None,
-                0,
-            )
-        recorder = SignatureRecorder() if track else None
-        watch = self._watch() if measure else None
-        mode = self._mode(recorder, watch_precision=False, measure=measure, watch=watch)
+        """One call of f at the current values: plain (`fast`, see `_fast`: the empty
+        signature) or under the dispatch mode."""
+        mode = recorder = None
+        if not fast:
+            recorder = SignatureRecorder() if track else None
+            watch = self._watch() if measure else None
+            mode = self._mode(recorder, watch_precision=False, measure=measure, watch=watch)
         versions = self._versions()
         try:
             out = self._forward(grad_enabled, mode)
         finally:
             self._repair(versions)
-        mode.finish()
-        self._last_mode = mode
+        if mode is None:
+            self.fast_points += 1
+            signature, decisions = (EMPTY_SIGNATURE if track else None), 0
+        else:
+            mode.finish()
+            self._last_mode = mode
+            signature = recorder.digest() if recorder is not None else None
+            decisions = recorder.count if recorder is not None else 0
         total, terms = self._reduce(out)
         return Evaluation(
             float(total.item()),
-            {k: float(v.item()) for k, v in terms.items()},
-            recorder.digest() if recorder is not None else None,
-            recorder.count if recorder is not None else 0,
+            {k: float(v.item()) for k, v in terms.items()} if terms else {},
+            signature,
+            decisions,
         )
 
     # ------------------------------------------------------------------ batched evaluation
@@ -1459,7 +1451,7 @@ class TorchBackend:
         self.batched_points += len(points)
         if fast:
             self.fast_points += len(points)
-            signature = _EMPTY_SIGNATURE if track else None
+            signature = EMPTY_SIGNATURE if track else None
             return [
                 Evaluation(totals[r], {k: v[r] for k, v in terms.items()}, signature, 0)
                 for r in range(p)
