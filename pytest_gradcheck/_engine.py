@@ -58,7 +58,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         counter.count += opts.burn_in
 
     grad = backend.gradient(track)
-    counter.count += 1
+    counter.count += grad.evaluations
     counter.center = grad.center
     check_finite(grad.center, "the checked point")
     term_names = tuple(grad.terms)

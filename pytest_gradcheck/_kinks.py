@@ -11,6 +11,9 @@ straddles a kink.
 from __future__ import annotations
 
 import hashlib
+import math
+
+import numpy as np
 
 
 class SignatureRecorder:
@@ -44,3 +47,42 @@ RETRY_DIVISORS: tuple[float, ...] = (10.0, 100.0)
 def crossed(plus: bytes | None, minus: bytes | None) -> bool:
     """Whether two tracked evaluations took different branches."""
     return plus is not None and minus is not None and plus != minus
+
+
+# -- the shift test -------------------------------------------------------------------
+#
+# A max or min reduction is a decision (which entry wins) whose value the loss may not
+# depend on at all: the stabilizing max of a softmax or a log-sum-exp, ``s - max(s)``,
+# cancels exactly. Such a max is no kink of the loss, and must not relax the default
+# tolerance. Where every decision at the checked point comes from such reductions, the
+# backend evaluates f once more with each reduction's value moved by `shift_offsets`;
+# if no loss changes (`unchanged`), the reductions are shifts, not kinks: the check's
+# evaluations no longer record them.
+
+#: the offsets lie in [SHIFT, 2 SHIFT): O(1), so an exp of a shifted score neither
+#: overflows nor loses its digits, yet far above round-off for a loss that reads them
+SHIFT = 0.5
+
+#: a loss counts as unchanged by the shift within this relative difference (its
+#: round-off, for a softmax over a few classes, is about 1e-15 relative)
+SHIFT_RTOL = 1e-10
+
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def shift_offsets(count: int, ordinal: int) -> np.ndarray:
+    """The offsets added to the `count` values of an evaluation's `ordinal`-th reduction.
+
+    Distinct for every value and reduction (a Weyl sequence), so that no combination of
+    genuine dependences cancels out: ``max(a) - max(b)`` changes, as does the difference
+    of two rows' maxima.
+    """
+    start = (ordinal + 1) * 0.7548776662466927  # the plastic ratio's inverse: another step
+    return SHIFT * (1.0 + (start + np.arange(count) * _GOLDEN) % 1.0)
+
+
+def unchanged(a: float, b: float) -> bool:
+    """Whether the shift test left a loss as it was (to round-off)."""
+    if a == b:
+        return True
+    return abs(a - b) <= SHIFT_RTOL * max(abs(a), abs(b))

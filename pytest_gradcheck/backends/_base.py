@@ -103,6 +103,8 @@ class Gradient:
     center: Evaluation
     total: tuple[np.ndarray, ...]
     terms: Mapping[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+    #: the evaluations of f it took: 1, or 2 with a shift test (see `_kinks`)
+    evaluations: int = 1
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ Every ufunc and array function applied to them returns `Tracked` again, and the
 max-like ones (maximum/minimum, comparisons, abs, sign, clip, rounding, max/min
 reductions, argmax/argmin, sort, where) record their outcome into the recorder of
 the running evaluation.
+
+The max/min reductions also serve the shift test (see `_kinks.shift_offsets`): a
+session with `shift` adds offsets to their values, and one with `quiet` no longer
+records them, once the test has shown that the loss does not depend on them.
 """
 
 from __future__ import annotations
@@ -16,11 +20,29 @@ from typing import Any
 
 import numpy as np
 
-from .._kinks import SignatureRecorder
+from .._kinks import SignatureRecorder, shift_offsets
 
-_RECORDER: ContextVar[SignatureRecorder | None] = ContextVar(
-    "gradcheck_numpy_recorder", default=None
-)
+
+class Session:
+    """One tracked evaluation: its recorder, what it recorded, how it treats reductions.
+
+    `reductions` counts the max/min reductions recorded, `others` every other decision;
+    with `shift`, each reduction's value is moved by `shift_offsets`; with `quiet`,
+    reductions are not recorded at all.
+    """
+
+    __slots__ = ("others", "quiet", "recorder", "reductions", "shift", "shifts")
+
+    def __init__(self, shift: bool = False, quiet: bool = False) -> None:
+        self.recorder = SignatureRecorder()
+        self.reductions = 0
+        self.shifts: dict[tuple, int] = {}  # a reduction's key -> its shift's number
+        self.others = 0
+        self.shift = shift
+        self.quiet = quiet
+
+
+_SESSION: ContextVar[Session | None] = ContextVar("gradcheck_numpy_session", default=None)
 
 _WINNER = {np.maximum, np.fmax, np.minimum, np.fmin}
 _COMPARISONS = {np.greater, np.greater_equal, np.less, np.less_equal, np.equal, np.not_equal}
@@ -57,11 +79,38 @@ def _is_floating(x: Any) -> bool:
     return np.issubdtype(np.asarray(x).dtype, np.floating)
 
 
-def _record(op: str, decision: Any) -> None:
-    rec = _RECORDER.get()
-    if rec is not None:
+def _record(op: str, decision: Any, reduction: bool = False) -> None:
+    session = _SESSION.get()
+    if session is not None:
+        if not reduction:
+            session.others += 1
         arr = np.ascontiguousarray(decision)
-        rec.record(op, arr.dtype.str.encode() + repr(arr.shape).encode() + arr.tobytes())
+        session.recorder.record(
+            op, arr.dtype.str.encode() + repr(arr.shape).encode() + arr.tobytes()
+        )
+
+
+def _shifted(ufunc: np.ufunc, x: Any, axis: Any, result: Any, session: Session, out: Any) -> Any:
+    """A reduction's value moved by the shift test's offsets (into `out` if given).
+
+    The same input array reduced over the same axes gets the same offsets: a max
+    computed twice is one value, whose shift cancels as the max does.
+    """
+    value = np.asarray(result)
+    x = np.asarray(x)
+    axes = None if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
+    if axes is not None:
+        axes = tuple(sorted(a % max(x.ndim, 1) for a in axes))
+    kind = "max" if ufunc in (np.maximum, np.fmax) else "min"
+    key = (kind, x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str, axes)
+    ordinal = session.shifts.setdefault(key, len(session.shifts))
+    offsets = shift_offsets(value.size, ordinal).reshape(value.shape)
+    session.reductions += 1
+    if out is not None:
+        target = out[0] if isinstance(out, tuple) else out
+        np.add(target, offsets, out=target)
+        return result
+    return value + offsets
 
 
 def _arg_along(x: np.ndarray, axis: Any, fn: Any) -> np.ndarray:
@@ -101,7 +150,17 @@ class Tracked(np.ndarray):
         result = getattr(ufunc, method)(*raw_inputs, **kwargs)
         floating = any(_is_floating(x) for x in raw_inputs if not isinstance(x, np.ufunc))
         if floating:
-            self._decide(ufunc, method, raw_inputs, kwargs, result)
+            session = _SESSION.get()
+            if method == "reduce" and ufunc in _WINNER and session is not None:
+                if session.shift:
+                    axis = kwargs.get("axis", 0)
+                    out = kwargs.get("out")
+                    result = _shifted(ufunc, raw_inputs[0], axis, result, session, out)
+                elif not session.quiet:
+                    self._decide(ufunc, method, raw_inputs, kwargs, result)
+                    session.reductions += 1
+            else:
+                self._decide(ufunc, method, raw_inputs, kwargs, result)
         return _wrap(result)
 
     @staticmethod
@@ -131,8 +190,8 @@ class Tracked(np.ndarray):
             if method == "reduce":
                 fn = np.argmax if ufunc in (np.maximum, np.fmax) else np.argmin
                 axis = kwargs.get("axis", 0)
-                _record(name + ".reduce", _arg_along(inputs[0], axis, fn))
-                _record(name + ".ties", _ties_along(inputs[0], axis, result))
+                _record(name + ".reduce", _arg_along(inputs[0], axis, fn), reduction=True)
+                _record(name + ".ties", _ties_along(inputs[0], axis, result), reduction=True)
             else:
                 _record(f"{name}.{method}", result)
 
@@ -189,14 +248,18 @@ class Tracked(np.ndarray):
 
 
 @contextlib.contextmanager
-def tracking() -> Iterator[SignatureRecorder]:
-    """Record the decisions of everything computed on `Tracked` arrays inside the block."""
-    rec = SignatureRecorder()
-    token = _RECORDER.set(rec)
+def tracking(shift: bool = False, quiet: bool = False) -> Iterator[Session]:
+    """Record the decisions of everything computed on `Tracked` arrays inside the block.
+
+    With `shift`, the evaluation is the shift test's: reductions are moved, nothing
+    about them is recorded. With `quiet`, reductions are not recorded.
+    """
+    session = Session(shift, quiet)
+    token = _SESSION.set(session)
     try:
-        yield rec
+        yield session
     finally:
-        _RECORDER.reset(token)
+        _SESSION.reset(token)
 
 
 def track(value: Any) -> Any:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .._kinks import SignatureRecorder
+from .._kinks import SignatureRecorder, shift_offsets
 
 aten = torch.ops.aten
 
@@ -568,9 +568,19 @@ class WinnerTracker(TorchDispatchMode):
         batched: bool = False,
         watch: dict[int, int] | None = None,
         sources: frozenset[int] | None = None,
+        shift: bool = False,
+        quiet: bool = False,
     ):
         super().__init__()
         self.recorder = recorder
+        #: the shift test (see `_kinks`): with `shift`, max/min reductions are moved by
+        #: `shift_offsets` and not recorded; with `quiet`, they are not recorded
+        self.shift = shift
+        self.quiet = quiet
+        #: the reductions shifted, or recorded (in `_reduction`, per pending decision)
+        self.reductions = 0
+        self._reduction: list[bool] = []
+        self._shifts: dict[tuple, int] = {}
         #: storages of tensors that depend on the checked blocks (None: no taint, every
         #: decision counts)
         self._taint: set[int] | None = set(sources) if sources is not None else None
@@ -623,14 +633,21 @@ class WinnerTracker(TorchDispatchMode):
             tainted = _reads_from(inputs, taint)
             if not tainted:
                 rule = None  # the same decision at every point: not a kink
+        reduction = rule is not None and func in _REDUCTIONS
+        if reduction and (self.shift or self.quiet):
+            rule = None
         decision = None
         if rule is not None and rule.before:
             decision = rule.fn(func, args, kwargs, None)
         out = func(*args, **kwargs)
         if rule is not None and not rule.before:
             decision = rule.fn(func, args, kwargs, out)
+        if reduction and self.shift:
+            out = _shifted(out, self._ordinal(func, args, kwargs))
         if decision is not None:
             self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
+            self._reduction.append(reduction)
+            self.reductions += reduction
             if self.batched:
                 self._hints.append(_hint(func, args, kwargs, out))
         outputs = None
@@ -686,6 +703,29 @@ class WinnerTracker(TorchDispatchMode):
                 name = str(func.overloadpacket).removeprefix("aten.")
                 self.lowered.setdefault(name, str(t.dtype).removeprefix("torch."))
                 return
+
+    def _ordinal(self, func: Any, args: tuple, kwargs: dict) -> int:
+        """The shift test's number for a reduction: the same for the same input and dims.
+
+        A max computed twice from one tensor (``s - s.amax(1, keepdim=True)``, then
+        ``+ s.amax(1)``) is one value, so it gets one shift, which cancels as the max does.
+        """
+        x = args[0]
+        dims = _arg(func, args, kwargs, "dim") if func._overloadname != "default" else None
+        if isinstance(dims, int):
+            dims = [dims]
+        axes = tuple(sorted(d % max(x.dim(), 1) for d in dims)) if dims else None
+        kind = func.overloadpacket.__name__.lstrip("a")  # amax and max: one kind
+        key = (kind, _address(x), x.storage_offset(), tuple(x.shape), tuple(x.stride()), axes)
+        if key not in self._shifts:
+            self._shifts[key] = len(self._shifts)
+        self.reductions += 1
+        return self._shifts[key]
+
+    @property
+    def only_reductions(self) -> bool:
+        """Whether every decision recorded so far came from a max/min reduction."""
+        return bool(self._reduction) and all(self._reduction)
 
     def finish(self) -> None:
         """Feed the recorded decisions, in order, into the recorder."""
@@ -863,6 +903,21 @@ _UNBATCHED: dict[Any, bool] = {}
 
 #: reductions along a dim whose full-reduction form records the mask of the winners
 _FULL_REDUCTIONS = frozenset({aten.max.dim, aten.min.dim, aten.median.dim, aten.nanmedian.dim})
+
+
+#: the max/min reductions: the shift test moves their values (see `_kinks`)
+_REDUCTIONS = frozenset(
+    {aten.amax.default, aten.amin.default, aten.max.default, aten.min.default}
+    | {aten.max.dim, aten.min.dim}
+)
+
+
+def _shifted(out: Any, ordinal: int) -> Any:
+    """A reduction's output with its values moved by `shift_offsets` (indices kept)."""
+    values = out if isinstance(out, torch.Tensor) else out[0]
+    offsets = shift_offsets(values.numel(), ordinal).reshape(tuple(values.shape))
+    moved = values + torch.as_tensor(offsets, dtype=values.dtype, device=values.device)
+    return moved if isinstance(out, torch.Tensor) else (moved, *tuple(out)[1:])
 
 
 def _hint(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple[bool, torch.Tensor | None]:

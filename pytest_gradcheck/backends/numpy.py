@@ -9,11 +9,13 @@ positional arguments are data; without it, the blocks are the floating leaves of
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .._kinks import EMPTY_SIGNATURE, unchanged
 from ._base import (
     BlockSpec,
     Evaluation,
@@ -26,8 +28,8 @@ from ._base import (
     select_blocks,
     whole,
 )
+from ._numpy_tracker import Session, tracking
 from ._numpy_tracker import track as track_value
-from ._numpy_tracker import tracking
 from ._rng import GlobalRng
 from ._tree import child_name, iter_leaves, map_leaves
 
@@ -99,6 +101,8 @@ class NumpyBackend:
         self._kind: str | None = None
         self._weights: np.ndarray | None = None
         self._slots: list[_ParamSlot] = []
+        #: the checked point's max/min reductions are shifts, not kinks: not recorded
+        self._quiet = False
         try:
             self._prepare(args, params)
         except BaseException:
@@ -179,8 +183,13 @@ class NumpyBackend:
     def blocks(self) -> Sequence[BlockSpec]:
         return self._specs
 
-    def _call(self, point: Point | None, track: bool) -> tuple[Any, int, bytes | None]:
-        """Set the point, reset RNGs, call f (tracked or not); return (output, n, digest)."""
+    def _call(
+        self, point: Point | None, track: bool, shift: bool = False
+    ) -> tuple[Any, Session | None]:
+        """Set the point, reset RNGs, call f (tracked or not); return (output, session).
+
+        With `shift`, the call is the shift test's (see `_shift_invariant`).
+        """
         values = [base.copy() for base in self._base]
         if point is not None:
             for b, idx, delta in point.deltas:
@@ -207,10 +216,10 @@ class NumpyBackend:
         self._rng.reseed()
         try:
             if track:
-                with tracking() as rec:
+                with tracking(shift=shift, quiet=self._quiet) as session:
                     out = self.f(*call_args)
-                return out, rec.count, rec.digest()
-            return self.f(*call_args), 0, None
+                return out, session
+            return self.f(*call_args), None
         finally:
             if track:
                 for slot in self._slots:
@@ -238,15 +247,22 @@ class NumpyBackend:
     def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
         out = []
         for point in points:
-            value, count, digest = self._call(point, track)
+            value, session = self._call(point, track)
             loss, terms = self._reduce(value)
-            out.append(Evaluation(loss, terms, digest, count))
+            out.append(_evaluation(loss, terms, session))
         return out
 
     def gradient(self, track: bool) -> Gradient:
-        value, count, digest = self._call(None, track)
+        self._quiet = False  # decided anew at every checked point
+        value, session = self._call(None, track)
         loss, terms = self._reduce(value)
-        center = Evaluation(loss, terms, digest, count)
+        center = _evaluation(loss, terms, session)
+        evaluations = 1
+        if session is not None and session.reductions and not session.others:
+            evaluations += 1
+            if self._shift_invariant(center):
+                self._quiet = True
+                center = Evaluation(loss, terms, EMPTY_SIGNATURE, 0)
         call_args = map_leaves(
             self._args,
             "args",
@@ -285,9 +301,30 @@ class NumpyBackend:
                 )
                 for t in terms
             }
-            return Gradient(center, tuple(total), filled)
+            return Gradient(center, tuple(total), filled, evaluations)
         grads = self._unpack(raw, None, allow_missing=False)
-        return Gradient(center, tuple(g for g in grads if g is not None), {})
+        return Gradient(center, tuple(g for g in grads if g is not None), {}, evaluations)
+
+    def _shift_invariant(self, center: Evaluation) -> bool:
+        """Whether f's loss and terms ignore the values of its max/min reductions.
+
+        Called where every decision at the checked point came from such reductions: f
+        is evaluated once more with their values moved (`_kinks.shift_offsets`). An f
+        that cannot take the move (it raises, or its output changes form) is not
+        shift-invariant; what it warns about is not the user's concern.
+        """
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                value, _ = self._call(None, True, shift=True)
+                loss, terms = self._reduce(value)
+        except Exception:
+            return False
+        return (
+            unchanged(loss, center.loss)
+            and set(terms) == set(center.terms)
+            and all(unchanged(v, center.terms[k]) for k, v in terms.items())
+        )
 
     def _unpack(self, raw: Any, term: str | None, allow_missing: bool) -> list[np.ndarray | None]:
         """Match grad's return value to the blocks, validating each array."""
@@ -331,6 +368,12 @@ class NumpyBackend:
         for slot in getattr(self, "_slots", []):
             slot.restore()
         self._rng.restore()
+
+
+def _evaluation(loss: float, terms: dict[str, float], session: Session | None) -> Evaluation:
+    if session is None:
+        return Evaluation(loss, terms, None, 0)
+    return Evaluation(loss, terms, session.recorder.digest(), session.recorder.count)
 
 
 def _data_copy(leaf: Any) -> Any:

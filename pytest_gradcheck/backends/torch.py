@@ -108,7 +108,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._kinks import EMPTY_SIGNATURE, SignatureRecorder
+from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, unchanged
 from . import _torch_batch as tb
 from ._base import (
     BlockSpec,
@@ -511,6 +511,8 @@ class TorchBackend:
         # the fast path (see `_fast`): set by every `gradient` from its forward pass
         self._clean = False  # the dispatch mode fixed nothing up (no cast, no move)
         self._clean_tracked = False  # ... and the pass was tracked and saw no decision
+        #: the checked point's max/min reductions are shifts, not kinks: not recorded
+        self._quiet = False
         #: points evaluated without the dispatch mode (for tests and benchmarks)
         self.fast_points = 0
 
@@ -735,6 +737,7 @@ class TorchBackend:
 
     def gradient(self, track: bool) -> Gradient:
         """The analytic gradient at the base point, from one call of f with the seed reset."""
+        self._quiet = False  # decided anew at every checked point (`_shift_invariant`)
         recorder = SignatureRecorder() if track else None
         mode = self._mode(recorder, watch_precision=True, measure=True, watch=self._watch())
         versions = self._versions()
@@ -832,7 +835,41 @@ class TorchBackend:
             )
         if watch is not None:
             self._note_precision(watch)
-        return Gradient(center, total_grads, term_grads)
+        evaluations = 1
+        if recorder is not None and mode.only_reductions:
+            evaluations += 1
+            if self._shift_invariant(center):
+                self._quiet = True
+                mode.layout = []
+                center = Evaluation(center.loss, center.terms, EMPTY_SIGNATURE, 0)
+        return Gradient(center, total_grads, term_grads, evaluations)
+
+    def _shift_invariant(self, center: Evaluation) -> bool:
+        """Whether f's loss and terms ignore the values of its max/min reductions.
+
+        Called where every decision at the checked point came from such reductions: f
+        is evaluated once more with their values moved (`_kinks.shift_offsets`). An f
+        that cannot take the move (it raises, or its output changes form) is not
+        shift-invariant; what it warns about is not the user's concern.
+        """
+        mode = self._mode(SignatureRecorder(), watch_precision=False, shift=True)
+        versions = self._versions()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = self._forward(False, mode)
+                total, terms = self._reduce(out)
+                loss = float(total.item())
+                values = {k: float(v.item()) for k, v in terms.items()}
+        except Exception:
+            return False
+        finally:
+            self._repair(versions)
+        return (
+            unchanged(loss, center.loss)
+            and set(values) == set(center.terms)
+            and all(unchanged(v, center.terms[k]) for k, v in values.items())
+        )
 
     def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
         """The loss at each point, from the seeded RNGs and the starting buffers.
@@ -934,6 +971,7 @@ class TorchBackend:
         batched: bool = False,
         watch: dict[int, int] | None = None,
         stand_ins: Sequence[torch.Tensor] = (),
+        shift: bool = False,
     ) -> WinnerTracker:
         """f always runs under the dispatch mode: it promotes what f reads to float64 (and
         to the check's device), and records decisions when `recorder` is given: those
@@ -956,6 +994,8 @@ class TorchBackend:
             batched=batched,
             watch=watch,
             sources=sources,
+            shift=shift,
+            quiet=self._quiet,
         )
 
     def _reseed(self) -> None:

@@ -70,7 +70,7 @@ def relu_backward(dout, cache, bug=None):
 # -- softmax loss ----------------------------------------------------------------------
 
 
-SOFTMAX_BUGS = ("no_correct", "scale")
+SOFTMAX_BUGS = ("no_correct", "scale", "tiny")
 
 
 def softmax_loss(scores, y, bug=None, shift=True):
@@ -78,7 +78,8 @@ def softmax_loss(scores, y, bug=None, shift=True):
 
     `shift` subtracts the row max first (the usual stability trick; the winner tracker
     sees that max). Bugs: the -1 at the correct class forgotten ("no_correct"), the
-    gradient scaled by 1.01 ("scale").
+    gradient scaled by 1.01 ("scale") or by 1 + 1e-5 ("tiny": relative error 1e-5, the
+    tier OK).
     """
     _check_bug(bug, SOFTMAX_BUGS)
     n = scores.shape[0]
@@ -92,6 +93,8 @@ def softmax_loss(scores, y, bug=None, shift=True):
     dscores /= n
     if bug == "scale":
         dscores *= 1.01
+    if bug == "tiny":
+        dscores *= 1.0 + 1e-5
     return loss, dscores
 
 
@@ -105,7 +108,8 @@ def svm_loss(scores, y, bug=None):
     """Mean multiclass hinge loss (margin 1) and its gradient.
 
     Bugs: the correct class's column never receives its -count ("no_correct"), the
-    gradient scaled by 1.01 ("scale").
+    gradient scaled by 1.01 ("scale") or by 1 + 1e-5 ("tiny": relative error 1e-5, the
+    tier OK).
     """
     _check_bug(bug, SVM_BUGS)
     n = scores.shape[0]
@@ -119,6 +123,8 @@ def svm_loss(scores, y, bug=None):
     dscores = binary / n
     if bug == "scale":
         dscores *= 1.01
+    if bug == "tiny":
+        dscores *= 1.0 + 1e-5
     return loss, dscores
 
 

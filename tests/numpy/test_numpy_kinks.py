@@ -293,16 +293,99 @@ def test_without_tracking_no_kink_is_seen_so_the_default_is_happy():
     assert result.tolerance is Tier.HAPPY
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design gap (the contract's letter allows it): the NumPy tracker records the "
-    "row max of the usual stable softmax (scores - np.max(scores, axis=1, keepdims=True)) "
-    "as a max-like decision, so a smooth tanh + softmax loss is held to Tier.OK, not HAPPY",
-)
 def test_stable_softmax_is_smooth_and_held_to_happy():
+    # the row max of the usual stable softmax is a decision (which score wins), but the
+    # loss does not depend on its value: the shift test (one more evaluation, with the
+    # max moved) shows it, and the check is held to HAPPY as for the unshifted softmax
     result = tanh_softmax_check(shift=True)
+    unshifted = tanh_softmax_check(shift=False)
     assert result.passed
+    assert not result.kinks_present
     assert result.tolerance is Tier.HAPPY
+    assert result.evaluations == unshifted.evaluations + 1  # the shift test
+
+
+def test_a_small_error_behind_a_stable_softmax_fails():
+    # a gradient 1e-5 off (tier OK): held to OK, the stable softmax let it pass
+    for shift in (True, False):
+        with pytest.raises(GradcheckError) as info:
+            tanh_softmax_check(shift=shift, bug="tiny")
+        result = info.value.result
+        assert result.tolerance is Tier.HAPPY
+        assert result.tier is Tier.OK
+
+
+def softmax_rows(extra):
+    """A stable log-sum-exp loss of scores; `extra` adds a use of the row max."""
+    rng = np.random.default_rng(3)
+    s = rng.standard_normal((4, 5))
+
+    def f(s):
+        m = np.max(s, axis=1, keepdims=True)
+        loss = np.sum(np.log(np.sum(np.exp(s - m), axis=1)) + m[:, 0])
+        return loss + (0.1 * m.sum() if extra else 0.0)
+
+    def grad(s):
+        p = np.exp(s - s.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        if extra:  # the max's own gradient: 0.1 at each row's winner
+            p[np.arange(len(s)), np.argmax(s, axis=1)] += 0.1
+        return (p,)
+
+    return f, grad, s
+
+
+def test_a_max_the_loss_reads_is_a_kink():
+    f, grad, s = softmax_rows(extra=False)
+    assert gradcheck(f, s, grad=grad).tolerance is Tier.HAPPY
+    # the same max, read once more by the loss: a kink, and the shift test sees it
+    f, grad, s = softmax_rows(extra=True)
+    result = gradcheck(f, s, grad=grad)
+    assert result.passed
+    assert result.kinks_present
+    assert result.tolerance is Tier.OK
+
+
+def test_max_pooling_reductions_stay_kinks():
+    # the naive max-pool's np.max per window: reductions whose values the loss reads
+    x = np.random.default_rng(2).standard_normal((1, 1, 4, 4))
+    result = gradcheck(
+        lambda x: np.sum(L.max_pool_forward(x)[0] ** 2),
+        x,
+        grad=lambda x: (L.max_pool_backward(2 * L.max_pool_forward(x)[0], x),),
+    )
+    assert result.passed
+    assert result.kinks_present
+    assert result.tolerance is Tier.OK
+
+
+def test_a_shift_max_changing_winner_is_no_crossing():
+    # two scores of a row 1e-9 apart: the step of either changes which one is the max,
+    # which no longer counts as crossing a kink once the max is known to be a shift
+    f, grad, s = softmax_rows(extra=False)
+    s[1, 2] = s[1].max() + 1e-9
+    result = gradcheck(f, s, grad=grad, mode="coords", samples_per_block=None)
+    assert result.passed
+    assert result.tier is Tier.HAPPY
+    assert result.kinks_crossed == 0
+    assert not result.blocks[0].kink_crossed.any()
+
+
+def test_the_shift_test_survives_an_f_that_refuses_it():
+    # an f that checks its own max: the moved max breaks it, so the max stays a kink
+    def f(s):
+        m = np.max(s, axis=1, keepdims=True)
+        z = s - m
+        if np.asarray(z).max() != 0.0:  # read as a plain array: no decision recorded
+            raise ValueError("the max moved")
+        return np.sum(np.log(np.sum(np.exp(z), axis=1)) + m[:, 0])
+
+    _, grad, s = softmax_rows(extra=False)
+    result = gradcheck(f, s, grad=grad)
+    assert result.passed
+    assert result.kinks_present
+    assert result.tolerance is Tier.OK
+    assert result.evaluations == gradcheck(f, s, grad=grad, kinks="off").evaluations + 1
 
 
 # -- naive loops (CS231n's svm_loss_naive) -------------------------------------------
