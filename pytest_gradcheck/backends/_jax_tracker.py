@@ -10,7 +10,7 @@ the loss itself: a batch of perturbed points yields a batch of site hashes, and 
 those hashes (8 bytes per site and point) travel back to the host, where they feed a
 `SignatureRecorder`.
 
-Two analyses keep the count of decisions honest, because the engine relaxes the
+Three analyses keep the count of decisions honest, because the engine relaxes the
 default tolerance when a function has kinks:
 
 * taint: a decision is recorded only when its operands depend on the checked blocks.
@@ -18,7 +18,10 @@ default tolerance when a function has kinks:
   dropout mask drawn from a key are not kinks and are not recorded;
 * differentiable liveness: a decision is recorded only when its result reaches the
   loss through a path that is not cut by ``stop_gradient``. The shift
-  ``x - stop_gradient(max(x))`` inside ``log_softmax`` is not a kink of the loss.
+  ``x - stop_gradient(max(x))`` inside ``log_softmax`` is not a kink of the loss;
+* positivity: the sign of a value that is positive by construction (a sum of
+  exponentials, as in ``logsumexp``'s ``abs``) is the same at every point, and the
+  ``abs`` or ``sign`` of it is not recorded.
 
 The interpreter inlines ``jit``/``pjit``, ``closed_call``, ``remat`` and the primal
 functions of ``custom_jvp``/``custom_vjp`` (the tracked evaluation is never
@@ -40,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from .._kinks import shift_offsets
 
 # jaxpr_as_fun evaluates open jaxprs where jax.core.eval_jaxpr is missing
 try:
@@ -258,12 +263,94 @@ def _is_var(v: Any) -> bool:
 # --------------------------------------------------------------------------- analyses
 
 
+#: primitives whose result is positive wherever it is finite, whatever the operands
+_POSITIVE_ALWAYS = frozenset({"exp", "exp2", "logistic"})
+#: primitives whose result is positive where all their operands are
+_POSITIVE_IF_ALL = frozenset(
+    {"add", "mul", "div", "min", "sqrt", "rsqrt", "cbrt", "integer_pow", "concatenate"}
+    | {"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose", "copy"}
+    | {"copy_p", "slice", "dynamic_slice", "rev", "reduce_precision", "cumsum", "cumprod"}
+    | {"cummax", "cummin", "pad", "reduce_prod"}
+)
+#: of these, the positive operands that matter (`pow`: the base; `gather`: the operand)
+_POSITIVE_IF_FIRST = frozenset({"pow", "gather"})
+#: positive where any operand is
+_POSITIVE_IF_ANY = frozenset({"max"})
+
+
+def _positive_literal(v: Any) -> bool:
+    try:
+        value = np.asarray(v.val)
+        return value.size > 0 and bool(np.all(value > 0))
+    except Exception:  # an object that is not a number
+        return False
+
+
 class Analysis:
-    """Taint (depends on a checked block) and differentiable liveness, memoised."""
+    """Taint (depends on a checked block), differentiable liveness and positivity, memoised."""
 
     def __init__(self) -> None:
         self._taint: dict[tuple, tuple[Jaxpr, dict, tuple[bool, ...]]] = {}
         self._live: dict[tuple, tuple[Jaxpr, list, tuple[bool, ...]]] = {}
+        self._positive: dict[tuple, tuple[Jaxpr, dict, tuple[bool, ...]]] = {}
+
+    # ---- positivity (forward)
+    def positive(self, jaxpr: Jaxpr, in_pos: Sequence[bool]) -> tuple[dict, tuple[bool, ...]]:
+        """Which variables are positive by construction, given which inputs are.
+
+        Sound for finite values, not complete: exponentials are positive, and sums,
+        products, maxima and reshapes of positive values stay so (a reduction over a
+        non-empty axis). Everything else is not known to be positive.
+        """
+        key = (id(jaxpr), tuple(in_pos))
+        hit = self._positive.get(key)
+        if hit is not None:
+            return hit[1], hit[2]
+        env: dict[Any, bool] = {}
+        for v, flag in zip(jaxpr.invars, in_pos, strict=False):
+            env[v] = bool(flag)
+
+        def read(v: Any) -> bool:
+            return _positive_literal(v) if isinstance(v, Literal) else env.get(v, False)
+
+        for eqn in jaxpr.eqns:
+            ins = [read(v) for v in eqn.invars]
+            outs = self._eqn_positive(eqn, ins)
+            for v, flag in zip(eqn.outvars, outs, strict=False):
+                if _is_var(v):
+                    env[v] = flag
+        out = tuple(read(v) for v in jaxpr.outvars)
+        self._positive[key] = (jaxpr, env, out)
+        return env, out
+
+    def _eqn_positive(self, eqn: Any, ins: list[bool]) -> list[bool]:
+        name = eqn.primitive.name
+        n_out = len(eqn.outvars)
+        inner = call_jaxpr(eqn)
+        if inner is not None:
+            return list(self.positive(inner[0], ins)[1])
+        if n_out != 1 or not ins:
+            return [False] * n_out
+        if name in _POSITIVE_ALWAYS:
+            flag = True
+        elif name in _POSITIVE_IF_ALL:
+            flag = all(ins)
+        elif name in _POSITIVE_IF_FIRST:
+            flag = ins[0]
+        elif name in _POSITIVE_IF_ANY:
+            flag = any(ins)
+        elif name in ("reduce_sum", "reduce_max", "reduce_min"):  # over non-empty axes
+            shape = getattr(getattr(eqn.invars[0], "aval", None), "shape", ())
+            axes = eqn.params.get("axes", ())
+            flag = ins[0] and all(shape[a] > 0 for a in axes)
+        elif name == "convert_element_type":
+            dtype = getattr(getattr(eqn.outvars[0], "aval", None), "dtype", None)
+            flag = ins[0] and dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+        elif name == "select_n":
+            flag = all(ins[1:])
+        else:
+            flag = False
+        return [flag]
 
     # ---- taint (forward)
     def taint(self, jaxpr: Jaxpr, in_taint: Sequence[bool]) -> tuple[dict, tuple[bool, ...]]:
@@ -618,9 +705,14 @@ _RULES: dict[str, tuple[str, Callable[[list, list, dict], Any]]] = {
 TRACKED_PRIMITIVES = frozenset(_RULES) | {"cond", "scan", "while"}
 
 
-def _decision(eqn: Any, ins: list, outs: list, taint: list[bool]) -> Any:
+#: decisions about a value's sign: none where the value is positive by construction
+_SIGN_DECISIONS = frozenset({"abs", "sign"})
+
+
+def _decision(eqn: Any, ins: list, outs: list, taint: list[bool], positive: bool) -> Any:
+    """The decision of one equation, or None; `positive`: its first operand is > 0."""
     rule = _RULES.get(eqn.primitive.name)
-    if rule is None:
+    if rule is None or (positive and eqn.primitive.name in _SIGN_DECISIONS):
         return None
     which, fn = rule
     if which == "any":
@@ -668,11 +760,29 @@ def _spec(x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
 
-class Interpreter:
-    """Evaluates a jaxpr while recording decision sites (see the module docstring)."""
+#: the reductions the shift test moves (see `_kinks`)
+SHIFTED_PRIMITIVES = frozenset({"reduce_max", "reduce_min"})
 
-    def __init__(self, analysis: Analysis | None = None) -> None:
+
+class Interpreter:
+    """Evaluates a jaxpr while recording decision sites (see the module docstring).
+
+    With `shift`, it is the shift test's evaluation (see `_kinks`): the value of every
+    max/min reduction that is a decision site is moved by `shift_offsets`.
+    """
+
+    def __init__(self, analysis: Analysis | None = None, shift: bool = False) -> None:
         self.analysis = analysis or Analysis()
+        self.shift = shift
+        self._shifts: dict[tuple, int] = {}
+
+    def _shifted(self, eqn: Any, out: Any) -> Any:
+        """A reduction's value moved; one shift for one reduction of one value."""
+        kind = eqn.primitive.name
+        key = (kind, id(eqn.invars[0]), tuple(eqn.params.get("axes", ())))
+        ordinal = self._shifts.setdefault(key, len(self._shifts))
+        offsets = shift_offsets(int(np.prod(jnp.shape(out))), ordinal)
+        return out + jnp.asarray(offsets.reshape(jnp.shape(out)), jnp.result_type(out))
 
     def run(
         self,
@@ -683,9 +793,11 @@ class Interpreter:
         out_live: Sequence[bool],
         sites: _Sites,
         prefix: str,
+        in_pos: Sequence[bool] = (),
     ) -> list:
         var_taint, _ = self.analysis.taint(jaxpr, in_taint)
         eqn_live, _ = self.analysis.live(jaxpr, out_live)
+        var_pos, _ = self.analysis.positive(jaxpr, in_pos)
         env: dict[Any, Any] = {}
         for v, c in zip(jaxpr.constvars, consts, strict=False):
             env[v] = c
@@ -698,6 +810,9 @@ class Interpreter:
         def tainted(v: Any) -> bool:
             return False if isinstance(v, Literal) else var_taint.get(v, False)
 
+        def positive(v: Any) -> bool:
+            return _positive_literal(v) if isinstance(v, Literal) else var_pos.get(v, False)
+
         for eqn, olive in zip(jaxpr.eqns, eqn_live, strict=False):
             invals = [read(v) for v in eqn.invars]
             taint = [tainted(v) for v in eqn.invars]
@@ -707,7 +822,8 @@ class Interpreter:
             if inner is not None and hot and any(taint):
                 label = call_name(eqn)
                 sub = f"{prefix}{name}" + (f"({label})" if label else "") + "/"
-                outs = self.run(inner[0], inner[1], invals, taint, olive, sites, sub)
+                pos = [positive(v) for v in eqn.invars]
+                outs = self.run(inner[0], inner[1], invals, taint, olive, sites, sub, pos)
             elif name == "cond" and hot and any(taint):
                 outs = self._cond(eqn, invals, taint, olive, sites, prefix)
             elif name == "scan" and hot and any(taint):
@@ -717,8 +833,11 @@ class Interpreter:
             else:
                 outs = _bind(eqn, invals)
                 if hot:
-                    d = _decision(eqn, invals, outs, taint)
+                    first = bool(eqn.invars) and positive(eqn.invars[0])
+                    d = _decision(eqn, invals, outs, taint, first)
                     if d is not None:
+                        if self.shift and name in SHIFTED_PRIMITIVES:
+                            outs = [self._shifted(eqn, outs[0])]
                         sites.add(prefix + name, hash_decision(d))
             for v, val in zip(eqn.outvars, outs, strict=False):
                 if _is_var(v):
@@ -858,24 +977,36 @@ class Interpreter:
         return list(carry)
 
 
-def make_tracked(jaxpr: Jaxpr, in_taint: Sequence[bool]) -> Callable[..., tuple[list, jax.Array]]:
+class Tracked:
+    """``fn(consts, *inputs) -> (outputs, site hashes)``: see `make_tracked`.
+
+    After a call (a trace, under jit), `names` holds the sites' names, in hash order.
+    """
+
+    def __init__(self, jaxpr: Jaxpr, in_taint: Sequence[bool], shift: bool) -> None:
+        self.jaxpr, self.in_taint, self.shift = jaxpr, tuple(in_taint), shift
+        self.names: tuple[str, ...] = ()
+
+    def __call__(self, consts: Sequence[Any], *inputs: Any) -> tuple[list, jax.Array]:
+        sites = _Sites()
+        interp = Interpreter(shift=self.shift)
+        live = (True,) * len(self.jaxpr.outvars)
+        outs = interp.run(self.jaxpr, consts, inputs, self.in_taint, live, sites, "")
+        self.names = tuple(sites.names)
+        hashes = jnp.stack(sites.values) if sites.values else jnp.zeros((0,), jnp.uint64)
+        return outs, hashes
+
+
+def make_tracked(jaxpr: Jaxpr, in_taint: Sequence[bool], shift: bool = False) -> Tracked:
     """Turn the open `jaxpr` into ``fn(consts, *inputs) -> (outputs, site hashes)``.
 
     The site hashes are a uint64 vector, one entry per decision site, in an order
     fixed by the jaxpr and `in_taint` alone (the backend identifies sites by position). The
     consts are arguments, not captured: a compiled `fn` serves any const values.
-    Every output counts as live. `fn` is pure JAX: jit and vmap it.
+    Every output counts as live. `fn` is pure JAX: jit and vmap it. With `shift`, the
+    outputs are the shift test's (see `Interpreter`).
     """
-    n_out = len(jaxpr.outvars)
-
-    def fn(consts: Sequence[Any], *inputs: Any) -> tuple[list, jax.Array]:
-        sites = _Sites()
-        interp = Interpreter()
-        outs = interp.run(jaxpr, consts, inputs, in_taint, (True,) * n_out, sites, "")
-        hashes = jnp.stack(sites.values) if sites.values else jnp.zeros((0,), jnp.uint64)
-        return outs, hashes
-
-    return fn
+    return Tracked(jaxpr, in_taint, shift)
 
 
 def eval_open(jaxpr: Jaxpr, consts: Sequence[Any], *args: Any) -> list:

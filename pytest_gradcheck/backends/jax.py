@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._kinks import EMPTY_SIGNATURE, SignatureRecorder
+from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, unchanged
 from ._base import (
     CPU_LOOP_BYTES,
     BlockSpec,
@@ -78,6 +79,7 @@ from ._base import (
 )
 from ._jax_tracker import (
     CUSTOM_CALLS,
+    SHIFTED_PRIMITIVES,
     eval_open,
     input_dependencies,
     live_inputs,
@@ -257,7 +259,9 @@ def _grad_body(program: _Program, track: bool, consts: list, blocks: list, dyns:
     """The gradient program; with `track`, also the base point's decisions."""
     grads = _vjps(lambda *bl: tuple(eval_open(program.jaxpr, consts, *bl, *dyns)), blocks)
     if track:
-        hashes = make_tracked(program.jaxpr, program.taint)(consts, *blocks, *dyns)[1]
+        tracked = make_tracked(program.jaxpr, program.taint)
+        hashes = tracked(consts, *blocks, *dyns)[1]
+        _SITE_NAMES[program] = tracked.names  # at trace time: kept with the program
     else:
         hashes = jnp.zeros((0,), jnp.uint64)
     return (*grads, hashes)
@@ -288,6 +292,14 @@ def _batched_body(
     return jax.vmap(point, in_axes=(None, None, 0, 0, None))(consts, base, idx, val, dyns)
 
 
+def _shift_body(program: _Program, consts: list, blocks: list, dyns: list) -> jax.Array:
+    """The shift test's evaluation at the checked point (see `_kinks`): f's outputs
+    with the values of its max/min reductions moved."""
+    shifted = make_tracked(program.jaxpr, program.taint, shift=True)
+    outs = shifted(consts, *blocks, *dyns)[0]
+    return jnp.stack([jnp.asarray(o, jnp.float64) for o in outs])
+
+
 def _eval_body(program: _Program, consts: list, args: tuple) -> list:
     """A traced jaxpr (the gradient program of an f with custom rules)."""
     return eval_open(program.jaxpr, consts, *jax.tree_util.tree_leaves(args))
@@ -310,7 +322,13 @@ _GRAD = _jitted(_grad_body, 2)
 _BATCHED = _jitted(_batched_body, 2)
 _SINGLE = _jitted(_point_body, 2)
 _EVAL = _jitted(_eval_body, 1)
-_JITTED = (*_GRAD, *_BATCHED, *_SINGLE, *_EVAL)
+_SHIFTED = _jitted(_shift_body, 1)
+_JITTED = (*_GRAD, *_BATCHED, *_SINGLE, *_EVAL, *_SHIFTED)
+
+#: the names of a tracked program's decision sites, in hash order, recorded when its
+#: gradient program is traced (a later check of the same computation finds the
+#: program compiled, and its names here); dropped with the programs
+_SITE_NAMES: dict[Any, tuple[str, ...]] = {}
 
 #: the most compiled programs kept between checks: past it, they are all dropped (a
 #: session checking many models or shapes, Hypothesis's random shapes, would otherwise
@@ -323,6 +341,7 @@ def _bound_programs() -> None:
     if sum(fn._cache_size() for fn in _JITTED) > _MAX_PROGRAMS:
         for fn in _JITTED:
             fn.clear_cache()
+        _SITE_NAMES.clear()
 
 
 class JaxBackend:
@@ -570,6 +589,8 @@ class JaxBackend:
             self._program = _Program(closed.jaxpr, len(self._base_dev))
             #: how many decision sites the tracked programs hash (set by the first)
             self._n_sites: int | None = None
+            #: the sites are shift reductions, not kinks: evaluations are untracked
+            self._quiet = False
             self._grad_traced: dict[bool, tuple] = {}
             per_point = sum(_nbytes(v) for v in closed.jaxpr.invars) + sum(
                 _nbytes(v) for eqn in closed.jaxpr.eqns for v in eqn.outvars
@@ -677,10 +698,46 @@ class JaxBackend:
                 for name, grads in zip(self._term_names, g_terms, strict=False)
             }
             signature, decisions = None, 0
+            evaluations = 1
+            self._quiet = False  # decided anew at every checked point
             if track and self._mode == "jit":
                 signature, decisions = self._signature(hashes)
+                if decisions and self._only_reductions():
+                    evaluations += 1
+                    if self._shift_invariant(loss, terms):
+                        self._quiet = True
+                        signature, decisions = EMPTY_SIGNATURE, 0
             center = Evaluation(loss=loss, terms=terms, signature=signature, decisions=decisions)
-            return Gradient(center=center, total=total, terms=term_grads)
+            return Gradient(center=center, total=total, terms=term_grads, evaluations=evaluations)
+
+    def _only_reductions(self) -> bool:
+        """Whether every decision site of f is a max/min reduction (see `_kinks`)."""
+        names = _SITE_NAMES.get(self._program)
+        return (
+            names is not None
+            and len(names) == self._n_sites
+            and all(n.rsplit("/", 1)[-1] in SHIFTED_PRIMITIVES for n in names)
+        )
+
+    def _shift_invariant(self, loss: float, terms: dict[str, float]) -> bool:
+        """Whether f's loss and terms ignore the values of its max/min reductions: f
+        evaluated once more with them moved. An f that cannot take it is not."""
+        self._rng.reseed()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outs = jax.device_get(
+                    _SHIFTED[self._quick](
+                        self._program, self._consts, self._base_dev, self._dyn_vals
+                    )
+                )
+        except Exception:
+            return False
+        values = [float(v) for v in np.asarray(outs).reshape(-1)]
+        expected = [loss, *(terms[name] for name in self._term_names)]
+        return len(values) == len(expected) and all(
+            unchanged(a, b) for a, b in zip(values, expected, strict=True)
+        )
 
     def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
         if not points:
@@ -910,7 +967,7 @@ class JaxBackend:
         # hashed none, every point's signature is the empty one, and the untracked
         # program (the same computation, without the tracker's hashing: ~30% less per
         # point for an MLP) is evaluated instead (torch's fast path, for JAX)
-        tracked = track and self._n_sites != 0
+        tracked = track and self._n_sites != 0 and not self._quiet
         start = 0
         while start < n:
             stop = min(n, start + self._chunk)

@@ -1,0 +1,144 @@
+"""JAX: a max that only stabilizes a softmax, or a sign that cannot change, is no kink.
+
+`jax.nn.log_softmax` takes its max through `stop_gradient`; `jax.nn.logsumexp` adds
+the max back and takes the `abs` of a sum of exponentials, positive by construction
+(the tracker's positivity analysis). A hand-written stable softmax has neither: the
+shift test (one more evaluation, every max/min reduction moved) shows that the loss
+does not read the max. Each is held to HAPPY, so an error of 1e-5 fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+from pytest_gradcheck import GradcheckError, Tier, gradcheck  # noqa: E402
+from pytest_gradcheck.backends import jax as backend_module  # noqa: E402
+
+X = np.random.default_rng(4).standard_normal((6, 4))
+Y = np.array([0, 1, 2, 0, 1, 2])
+
+
+def _w():
+    return jnp.asarray(np.random.default_rng(5).standard_normal((4, 3)))
+
+
+def manual_nll(s):
+    """Cross-entropy through a hand-written stable log-sum-exp (the max taken twice)."""
+    z = s - s.max(axis=1, keepdims=True)
+    lse = jnp.log(jnp.exp(z).sum(axis=1)) + s.max(axis=1)
+    return jnp.mean(lse - s[jnp.arange(len(Y)), Y])
+
+
+def library_nll(s):
+    """The optax-style form: jax.nn.logsumexp minus the label's score."""
+    return jnp.mean(jax.nn.logsumexp(s, axis=1) - s[jnp.arange(len(Y)), Y])
+
+
+def smooth_nll(s):
+    return -jnp.mean(jax.nn.log_softmax(s, axis=1)[jnp.arange(len(Y)), Y])
+
+
+def test_logsumexp_records_no_decision():
+    # its abs(sum(exp(...))) is of a positive value; its max is under stop_gradient
+    smooth = gradcheck(lambda W: smooth_nll(X @ W), _w())
+    result = gradcheck(lambda W: library_nll(X @ W), _w())
+    assert result.passed and not result.kinks_present
+    assert result.tolerance is Tier.HAPPY
+    assert result.evaluations == smooth.evaluations  # no shift test was needed
+
+
+@pytest.mark.parametrize(
+    "f, kink",
+    [
+        (lambda x: jnp.sum(jnp.abs(jnp.exp(x) + 1.0)), False),
+        (lambda x: jnp.sum(jnp.sign(jnp.exp(x).sum()) * x), False),
+        (lambda x: jnp.sum(jnp.abs(x)), True),  # not positive: a kink at 0
+        (lambda x: jnp.sum(jnp.abs(jnp.exp(x) - 1.0)), True),
+    ],
+    ids=["abs-of-positive", "sign-of-positive", "abs", "abs-of-difference"],
+)
+def test_the_sign_of_a_positive_value_is_no_decision(f, kink):
+    result = gradcheck(f, jnp.asarray([0.3, -0.2, 0.5]))
+    assert result.passed
+    assert result.kinks_present is kink
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["plain", "jitted"])
+def test_a_hand_written_stable_softmax_is_held_to_happy(jit):
+    f = (lambda W: manual_nll(X @ W)) if not jit else jax.jit(lambda W: manual_nll(X @ W))
+    smooth = gradcheck(lambda W: smooth_nll(X @ W), _w())
+    for _ in range(2):  # the second check finds the compiled programs, and the sites
+        result = gradcheck(f, _w())
+        assert result.passed and not result.kinks_present
+        assert result.tolerance is Tier.HAPPY
+        assert result.evaluations == smooth.evaluations + 1  # the shift test
+
+
+@jax.custom_vjp
+def stable_nll(s, factor):
+    return manual_nll(s)
+
+
+def _stable_fwd(s, factor):
+    return manual_nll(s), (s, factor)
+
+
+def _stable_bwd(res, g):
+    s, factor = res
+    p = jax.nn.softmax(s, axis=1)
+    d = (p - jax.nn.one_hot(Y, 3)) / len(Y)
+    return g * d * factor, None
+
+
+stable_nll.defvjp(_stable_fwd, _stable_bwd)
+
+
+def test_a_small_error_in_a_stable_softmax_rule_fails():
+    ok = gradcheck(lambda W: stable_nll(X @ W, 1.0), _w())
+    assert ok.passed and ok.tolerance is Tier.HAPPY
+    with pytest.raises(GradcheckError) as info:  # relative error 1e-5: tier OK
+        gradcheck(lambda W: stable_nll(X @ W, 1.0 + 1e-5), _w())
+    result = info.value.result
+    assert result.tolerance is Tier.HAPPY
+    assert result.tier is Tier.OK
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda s: s.max(axis=1).sum(),
+        lambda s: s[0].max() - s[1].max(),
+        lambda s: manual_nll(s) + 0.1 * s.max(),
+    ],
+    ids=["max", "difference", "softmax plus max"],
+)
+def test_a_max_the_loss_reads_stays_a_kink(loss):
+    result = gradcheck(lambda W: loss(X @ W), _w())
+    assert result.passed
+    assert result.kinks_present
+    assert result.tolerance is Tier.OK
+
+
+def test_a_near_tie_under_a_shift_max_is_no_crossing(monkeypatch):
+    W = np.asarray(_w()).copy()
+    s = X[0] @ W
+    row, other = int(np.argmax(s)), (int(np.argmax(s)) + 1) % 3
+    W[:, other] += (s[row] - s[other] + 1e-9) * X[0] / (X[0] @ X[0])
+    untracked = []
+    run = backend_module.JaxBackend._run_chunk
+
+    def spy(self, idx, val, track, loop=False):
+        untracked.append(not track)
+        return run(self, idx, val, track, loop)
+
+    monkeypatch.setattr(backend_module.JaxBackend, "_run_chunk", spy)
+    result = gradcheck(
+        lambda W: manual_nll(X @ W), jnp.asarray(W), mode="coords", samples_per_block=None
+    )
+    assert result.passed and result.tier is Tier.HAPPY
+    assert result.kinks_crossed == 0
+    assert untracked and all(untracked)  # the shift's max is no longer tracked
