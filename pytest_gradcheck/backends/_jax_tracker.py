@@ -23,6 +23,9 @@ default tolerance when a function has kinks:
   exponentials, as in ``logsumexp``'s ``abs``) is the same at every point, and the
   ``abs`` or ``sign`` of it is not recorded.
 
+JAX's own ``logaddexp`` (behind ``softplus``, ``log_sigmoid``, ``mish``) branches to
+stay stable but is smooth: its decisions are not recorded (`smooth_library_call`).
+
 The interpreter inlines ``jit``/``pjit``, ``closed_call``, ``remat`` and the primal
 functions of ``custom_jvp``/``custom_vjp`` (the tracked evaluation is never
 differentiated), and rebuilds ``cond`` (branch index plus the taken branch's
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -102,6 +106,24 @@ def call_jaxpr(eqn: Any) -> tuple[Jaxpr, Sequence[Any]] | None:
     if len(jaxpr.invars) != len(eqn.invars) or len(jaxpr.outvars) != len(eqn.outvars):
         return None
     return jaxpr, consts
+
+
+#: JAX's own functions that are smooth although they branch, to stay stable:
+#: ``max(a, b) + log1p(exp(-|a - b|))`` is ``log(exp(a) + exp(b))`` however a and b
+#: compare (softplus, log_sigmoid and mish call it), so its decisions are no kinks
+_SMOOTH_LIBRARY = frozenset({"logaddexp", "logaddexp2"})
+_JAX_SOURCE = os.path.join(os.path.dirname(os.path.abspath(jax.__file__)), "")
+
+
+def smooth_library_call(eqn: Any) -> bool:
+    """Whether a call-like equation is one of `_SMOOTH_LIBRARY`, defined inside JAX."""
+    found = call_jaxpr(eqn)
+    info = getattr(found[0], "debug_info", None) if found is not None else None
+    src = getattr(info, "func_src_info", None)
+    if not isinstance(src, str) or " at " not in src:
+        return False
+    name, where = src.split(" at ", 1)
+    return name in _SMOOTH_LIBRARY and os.path.abspath(where).startswith(_JAX_SOURCE)
 
 
 def call_name(eqn: Any) -> str | None:
@@ -819,7 +841,7 @@ class Interpreter:
             name = eqn.primitive.name
             inner = call_jaxpr(eqn)
             hot = any(olive) and _supported(eqn)
-            if inner is not None and hot and any(taint):
+            if inner is not None and hot and any(taint) and not smooth_library_call(eqn):
                 label = call_name(eqn)
                 sub = f"{prefix}{name}" + (f"({label})" if label else "") + "/"
                 pos = [positive(v) for v in eqn.invars]

@@ -1,4 +1,5 @@
-"""JAX: a max that only stabilizes a softmax, or a sign that cannot change, is no kink.
+"""JAX: a max that only stabilizes a softmax, a sign that cannot change, or the
+branches of JAX's own `logaddexp`, are no kinks.
 
 `jax.nn.log_softmax` takes its max through `stop_gradient`; `jax.nn.logsumexp` adds
 the max back and takes the `abs` of a sum of exponentials, positive by construction
@@ -65,6 +66,38 @@ def test_the_sign_of_a_positive_value_is_no_decision(f, kink):
     result = gradcheck(f, jnp.asarray([0.3, -0.2, 0.5]))
     assert result.passed
     assert result.kinks_present is kink
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda x: jax.nn.softplus(x).sum(),
+        lambda x: jax.nn.log_sigmoid(x).sum(),  # optax's sigmoid_binary_cross_entropy
+        lambda x: jnp.logaddexp(x, 0.3).sum(),
+        lambda x: jnp.logaddexp2(x, 0.3).sum(),
+        lambda x: jax.nn.mish(x).sum(),
+    ],
+    ids=["softplus", "log_sigmoid", "logaddexp", "logaddexp2", "mish"],
+)
+def test_jax_logaddexp_is_smooth(f):
+    # max(a, b) + log1p(exp(-|a - b|)): two decisions inside JAX's logaddexp, no kink
+    x = jnp.asarray([0.3, -0.2, 0.5, 0.3 + 1e-9, -2.0])  # entry 3: a near tie with 0.3
+    result = gradcheck(f, x, mode="coords", samples_per_block=None)
+    assert result.passed and not result.kinks_present
+    assert result.tolerance is Tier.HAPPY
+    assert result.kinks_crossed == 0
+
+
+def test_a_logaddexp_of_ones_own_is_tracked():
+    # the same name outside JAX's sources: its decisions count
+    @jax.jit
+    def logaddexp(a, b):
+        return jnp.maximum(a, b) + 0.1 * jnp.abs(a - b)  # a kink at a == b
+
+    result = gradcheck(lambda x: logaddexp(x, 0.3).sum(), jnp.asarray([0.3, -0.2, 0.5]))
+    assert result.passed
+    assert result.kinks_present
+    assert result.tolerance is Tier.OK
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["plain", "jitted"])
