@@ -581,6 +581,12 @@ class WinnerTracker(TorchDispatchMode):
         self.reductions = 0
         self._reduction: list[bool] = []
         self._shifts: dict[tuple, int] = {}
+        #: the indices that ``max``/``min`` over a dim return, held so that their
+        #: storages stay theirs: an op that reads one uses the winner's position (a
+        #: gather of the arg-max), which no shift of the values can test
+        self._indices: list[torch.Tensor] = []
+        self._index_storages: set[int] = set()
+        self.indices_read = False
         #: storages of tensors that depend on the checked blocks (None: no taint, every
         #: decision counts)
         self._taint: set[int] | None = set(sources) if sources is not None else None
@@ -624,6 +630,10 @@ class WinnerTracker(TorchDispatchMode):
                 self.fixed = True
                 args, kwargs = new_args, new_kwargs
                 inputs = None
+        if self._index_storages and not self.indices_read:
+            if inputs is None:
+                inputs = _inputs(args, kwargs)
+            self.indices_read = any(_address(t) in self._index_storages for t in inputs)
         rule = _RULES.get(func.overloadpacket) if self.recorder is not None else None
         taint = self._taint
         tainted = False
@@ -648,6 +658,9 @@ class WinnerTracker(TorchDispatchMode):
             self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
             self._reduction.append(reduction)
             self.reductions += reduction
+            if reduction and not isinstance(out, torch.Tensor):
+                self._indices.append(out[1])
+                self._index_storages.add(_address(out[1]))
             if self.batched:
                 self._hints.append(_hint(func, args, kwargs, out))
         outputs = None
@@ -724,11 +737,13 @@ class WinnerTracker(TorchDispatchMode):
 
     @property
     def only_reductions(self) -> bool:
-        """Whether every decision recorded so far came from a max/min reduction."""
-        return bool(self._reduction) and all(self._reduction)
+        """Whether every decision recorded came from a max/min reduction whose values
+        alone f used (none of the indices they returned)."""
+        return bool(self._reduction) and all(self._reduction) and not self.indices_read
 
     def finish(self) -> None:
         """Feed the recorded decisions, in order, into the recorder."""
+        self._indices.clear()
         self.layout = [(op, tuple(d.shape), d.dtype) for op, d in self._pending]
         if self.recorder is not None:
             for op, decision in self._pending:

@@ -94,8 +94,11 @@ def test_a_small_error_in_a_stable_softmax_backward_fails():
         lambda s: s.amax(1).sum(),  # the max's value is the loss
         lambda s: s[0].max() - s[1].max(),  # two maxima of different rows
         lambda s: stable_nll(s, torch.zeros(6, dtype=torch.long)) + 0.1 * s.max(),
+        # the winners' positions, not the values: s[argmax] is max(s), a kink
+        lambda s: s.gather(1, s.max(1).indices[:, None]).sum(),
+        lambda s: s[torch.arange(6), torch.max(s, 1)[1]].sum(),
     ],
-    ids=["amax", "difference", "softmax plus max"],
+    ids=["amax", "difference", "softmax plus max", "gather indices", "index by indices"],
 )
 def test_a_max_the_loss_reads_stays_a_kink(loss):
     x, _, W = _data()
