@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pytest_gradcheck import GradcheckError, Tier, gradcheck
+from pytest_gradcheck._kinks import SHIFT, shift_offsets, unchanged
 from pytest_gradcheck._sampling import Streams, direction, sample_coordinates
 from pytest_gradcheck._steps import measured_noise
 from pytest_gradcheck._tiers import relative_error
@@ -531,3 +532,20 @@ def test_round_off_is_weighed_against_the_block_not_a_small_entry():
     assert result.passed
     (block,) = result.blocks
     assert block.within_noise[0] and block.direction.within_noise
+
+
+def test_shift_offsets_are_distinct_bounded_and_repeatable():
+    a = shift_offsets(1000, 0)
+    assert a.shape == (1000,)
+    assert np.all(a >= SHIFT) and np.all(a < 2 * SHIFT)
+    assert len(np.unique(a)) == 1000  # no two values moved alike
+    np.testing.assert_array_equal(a, shift_offsets(1000, 0))
+    b = shift_offsets(1000, 1)
+    assert not np.any(np.isclose(a, b, rtol=0, atol=1e-12))  # another reduction, other moves
+
+
+def test_unchanged_allows_round_off_only():
+    assert unchanged(0.0, 0.0) and unchanged(1.0, 1.0 + 2e-16)
+    assert unchanged(2.5, 2.5 * (1 + 5e-13))
+    assert not unchanged(2.5, 2.5 * (1 + 5e-12))
+    assert not unchanged(0.0, 1e-300)  # nothing is round-off of an exact zero
