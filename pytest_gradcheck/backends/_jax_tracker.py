@@ -291,11 +291,12 @@ _POSITIVE_ALWAYS = frozenset({"exp", "exp2", "logistic"})
 _POSITIVE_IF_ALL = frozenset(
     {"add", "mul", "div", "min", "sqrt", "rsqrt", "cbrt", "integer_pow", "concatenate"}
     | {"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose", "copy"}
-    | {"copy_p", "slice", "dynamic_slice", "rev", "reduce_precision", "cumsum", "cumprod"}
+    | {"copy_p", "slice", "rev", "reduce_precision", "cumsum", "cumprod"}
     | {"cummax", "cummin", "pad", "reduce_prod"}
 )
-#: of these, the positive operands that matter (`pow`: the base; `gather`: the operand)
-_POSITIVE_IF_FIRST = frozenset({"pow", "gather"})
+#: positive where the first operand is (`pow`: the base; the others: the array, not
+#: its indices)
+_POSITIVE_IF_FIRST = frozenset({"pow", "gather", "dynamic_slice"})
 #: positive where any operand is
 _POSITIVE_IF_ANY = frozenset({"max"})
 
