@@ -697,6 +697,16 @@ def _rem_quotient(ins: list, outs: list, params: dict) -> jax.Array | None:
     return jnp.round((ins[0] - outs[0]) / ins[1])
 
 
+def _scatter_winners(ins: list, outs: list, params: dict) -> jax.Array:
+    """Which updates won their position in a scatter-max/min (`segment_max`,
+    ``x.at[i].max(v)``): the weights JAX's own derivative gives them (ties share one).
+    Whether the operand kept a position follows: it does where no update won it."""
+    eqn = params["_gradcheck_eqn"]
+    indices = ins[1]
+    _, vjp = jax.vjp(lambda o, u: _bind(eqn, [o, indices, u])[0], ins[0], ins[2])
+    return vjp(jnp.ones_like(outs[0]))[1]
+
+
 #: primitive -> (which inputs must be tainted, decision function)
 _RULES: dict[str, tuple[str, Callable[[list, list, dict], Any]]] = {
     "max": ("any", lambda i, o, p: _three_way(i[0], i[1])),
@@ -713,6 +723,10 @@ _RULES: dict[str, tuple[str, Callable[[list, list, dict], Any]]] = {
     "top_k": ("first", lambda i, o, p: o[1]),
     "approx_top_k": ("first", lambda i, o, p: o[1]),
     "clamp": ("any", _clamp_side),
+    "scatter-max": ("any", _scatter_winners),
+    "scatter-min": ("any", _scatter_winners),
+    "scatter_max": ("any", _scatter_winners),  # the name in some releases
+    "scatter_min": ("any", _scatter_winners),
     "reduce_window_max": ("first", _window_winners),
     "reduce_window_min": ("first", _window_winners),
     "cummax": ("first", lambda i, o, p: i[0] == o[0]),
@@ -748,6 +762,7 @@ def _decision(eqn: Any, ins: list, outs: list, taint: list[bool], positive: bool
         return None
     params = dict(eqn.params)
     params["_gradcheck_primitive"] = eqn.primitive
+    params["_gradcheck_eqn"] = eqn
     return fn(ins, outs, params)
 
 
@@ -783,8 +798,11 @@ def _spec(x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
 
-#: the reductions the shift test moves (see `_kinks`)
-SHIFTED_PRIMITIVES = frozenset({"reduce_max", "reduce_min"})
+#: the reductions the shift test moves (see `_kinks`): a scatter-max's result too, the
+#: segment maxima that a segment softmax subtracts
+SHIFTED_PRIMITIVES = frozenset(
+    {"reduce_max", "reduce_min", "scatter-max", "scatter-min", "scatter_max", "scatter_min"}
+)
 
 
 class Interpreter:
@@ -802,7 +820,7 @@ class Interpreter:
     def _shifted(self, eqn: Any, out: Any) -> Any:
         """A reduction's value moved; one shift for one reduction of one value."""
         kind = eqn.primitive.name
-        key = (kind, id(eqn.invars[0]), tuple(eqn.params.get("axes", ())))
+        key = (kind, *(id(v) for v in eqn.invars), tuple(eqn.params.get("axes", ())))
         ordinal = self._shifts.setdefault(key, len(self._shifts))
         offsets = shift_offsets(int(np.prod(jnp.shape(out))), ordinal)
         return out + jnp.asarray(offsets.reshape(jnp.shape(out)), jnp.result_type(out))

@@ -340,6 +340,37 @@ def _multilabel_margin(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     return hinge & valid.unsqueeze(2) & ~is_target.unsqueeze(1)
 
 
+def _scatter_extremum(func: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether a ``scatter_reduce``/``index_reduce`` call takes a max or a min."""
+    return _arg(func, args, kwargs, "reduce") in ("amax", "amin")
+
+
+def _scatter_winners(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    """Which source entries won their position in a max/min ``scatter_reduce`` or
+    ``index_reduce`` (ties included): PyG's max aggregation, segment maxima.
+
+    Computed from the inputs, out of place (an in-place op has not run yet). Whether
+    `self` kept a position follows: it does where no source entry won it.
+    """
+    if not _scatter_extremum(func, args, kwargs):
+        return None
+    scatter = func.overloadpacket.__name__.startswith("scatter")
+    x = args[0]
+    src = _arg(func, args, kwargs, "src" if scatter else "source")
+    if not _any_float(x, src):
+        return None
+    dim = _arg(func, args, kwargs, "dim")
+    index = _arg(func, args, kwargs, "index")
+    reduce = _arg(func, args, kwargs, "reduce")
+    include_self = _arg(func, args, kwargs, "include_self")
+    op = aten.scatter_reduce.two if scatter else aten.index_reduce.default
+    result = op(x, dim, index, src, reduce, include_self=include_self)
+    if scatter:  # only the part of src that index covers takes part
+        used = src[tuple(slice(0, n) for n in index.shape)]
+        return used == result.gather(dim, index)
+    return src == result.index_select(dim, index)
+
+
 def _rounded(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     return out.detach().clone() if _is_float(args[0]) else None
 
@@ -430,6 +461,7 @@ def _rules() -> dict[Any, _Rule]:
     add("remainder fmod", _modulo, True)
     add("searchsorted bucketize", _searchsorted, False, inplace=False)
     add("linalg_vector_norm", _vector_norm, True, inplace=False)
+    add("scatter_reduce index_reduce", _scatter_winners, True)
 
     rules: dict[Any, _Rule] = {}
     for name, (fn, before) in table.items():
@@ -643,7 +675,10 @@ class WinnerTracker(TorchDispatchMode):
             tainted = _reads_from(inputs, taint)
             if not tainted:
                 rule = None  # the same decision at every point: not a kink
-        reduction = rule is not None and func in _REDUCTIONS
+        reduction = rule is not None and (
+            func in _REDUCTIONS
+            or (func.overloadpacket in _SCATTERS and _scatter_extremum(func, args, kwargs))
+        )
         if reduction and (self.shift or self.quiet):
             rule = None
         decision = None
@@ -653,7 +688,8 @@ class WinnerTracker(TorchDispatchMode):
         if rule is not None and not rule.before:
             decision = rule.fn(func, args, kwargs, out)
         if reduction and self.shift:
-            out = _shifted(out, self._ordinal(func, args, kwargs))
+            in_place = func.overloadpacket.__name__.endswith("_")
+            out = _shifted(out, self._ordinal(func, args, kwargs), in_place)
         if decision is not None:
             self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
             self._reduction.append(reduction)
@@ -724,12 +760,23 @@ class WinnerTracker(TorchDispatchMode):
         ``+ s.amax(1)``) is one value, so it gets one shift, which cancels as the max does.
         """
         x = args[0]
-        dims = _arg(func, args, kwargs, "dim") if func._overloadname != "default" else None
-        if isinstance(dims, int):
-            dims = [dims]
-        axes = tuple(sorted(d % max(x.dim(), 1) for d in dims)) if dims else None
-        kind = func.overloadpacket.__name__.lstrip("a")  # amax and max: one kind
-        key = (kind, _address(x), x.storage_offset(), tuple(x.shape), tuple(x.stride()), axes)
+        if func.overloadpacket in _SCATTERS:  # the same sources into the same places
+            src = args[3] if len(args) > 3 else kwargs.get("src", kwargs.get("source"))
+            index = _arg(func, args, kwargs, "index")
+            key = (
+                func.overloadpacket.__name__.rstrip("_"),
+                _arg(func, args, kwargs, "reduce"),
+                _arg(func, args, kwargs, "dim"),
+                _address(src),
+                _address(index),
+            )
+        else:
+            dims = _arg(func, args, kwargs, "dim") if func._overloadname != "default" else None
+            if isinstance(dims, int):
+                dims = [dims]
+            axes = tuple(sorted(d % max(x.dim(), 1) for d in dims)) if dims else None
+            kind = func.overloadpacket.__name__.lstrip("a")  # amax and max: one kind
+            key = (kind, _address(x), x.storage_offset(), tuple(x.shape), tuple(x.stride()), axes)
         if key not in self._shifts:
             self._shifts[key] = len(self._shifts)
         self.reductions += 1
@@ -920,18 +967,27 @@ _UNBATCHED: dict[Any, bool] = {}
 _FULL_REDUCTIONS = frozenset({aten.max.dim, aten.min.dim, aten.median.dim, aten.nanmedian.dim})
 
 
-#: the max/min reductions: the shift test moves their values (see `_kinks`)
+#: the max/min reductions: the shift test moves their values (see `_kinks`); and the
+#: scatters that reduce by max or min (segment maxima), whose results it moves too
 _REDUCTIONS = frozenset(
     {aten.amax.default, aten.amin.default, aten.max.default, aten.min.default}
     | {aten.max.dim, aten.min.dim}
 )
+_SCATTERS = frozenset(
+    {aten.scatter_reduce, aten.scatter_reduce_, aten.index_reduce, aten.index_reduce_}
+)
 
 
-def _shifted(out: Any, ordinal: int) -> Any:
-    """A reduction's output with its values moved by `shift_offsets` (indices kept)."""
+def _shifted(out: Any, ordinal: int, in_place: bool = False) -> Any:
+    """A reduction's output with its values moved by `shift_offsets` (indices kept);
+    an in-place scatter's result is moved where it is."""
     values = out if isinstance(out, torch.Tensor) else out[0]
     offsets = shift_offsets(values.numel(), ordinal).reshape(tuple(values.shape))
-    moved = values + torch.as_tensor(offsets, dtype=values.dtype, device=values.device)
+    offsets = torch.as_tensor(offsets, dtype=values.dtype, device=values.device)
+    if in_place:
+        values.add_(offsets)
+        return out
+    moved = values + offsets
     return moved if isinstance(out, torch.Tensor) else (moved, *tuple(out)[1:])
 
 

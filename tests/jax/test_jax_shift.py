@@ -175,3 +175,24 @@ def test_a_near_tie_under_a_shift_max_is_no_crossing(monkeypatch):
     assert result.passed and result.tier is Tier.HAPPY
     assert result.kinks_crossed == 0
     assert untracked and all(untracked)  # the shift's max is no longer tracked
+
+
+SEGMENTS = jnp.array([0, 0, 1, 1, 1, 2])
+
+
+def test_a_segment_softmax_is_held_to_happy():
+    # jraph's segment softmax: the segment maxima (a scatter-max) are a shift
+    w = jnp.asarray(np.random.default_rng(6).standard_normal(6))
+
+    def f(x):
+        z = x - jax.ops.segment_max(x, SEGMENTS, num_segments=3)[SEGMENTS]
+        e = jnp.exp(z)
+        return jnp.sum(e / jax.ops.segment_sum(e, SEGMENTS, num_segments=3)[SEGMENTS] * w)
+
+    x = jnp.asarray(np.random.default_rng(7).standard_normal(6))
+    result = gradcheck(f, x)
+    assert result.passed and not result.kinks_present
+    assert result.tolerance is Tier.HAPPY
+    # the maxima themselves, read by the loss: kinks
+    pooled = gradcheck(lambda x: jax.ops.segment_max(x, SEGMENTS, num_segments=3) @ w[:3], x)
+    assert pooled.passed and pooled.kinks_present and pooled.tolerance is Tier.OK

@@ -104,6 +104,20 @@ CASES = [
     ("reduce_max", lambda x: jnp.max(x) + x[2], [1.0, 1.0 + NEAR, 0.2], 0, CROSS),
     ("reduce_min", lambda x: jnp.min(x) + x[2], [1.0, 1.0 - NEAR, 2.0], 0, -CROSS),
     ("sort", lambda x: jnp.sort(x) @ WEIGHTS[:3], [1.0, 1.0 + NEAR, 0.2], 0, CROSS),
+    (
+        "segment_max",
+        lambda x: jax.ops.segment_max(x, jnp.array([0, 0, 1]), num_segments=2) @ WEIGHTS[:2],
+        [1.0, 1.0 + NEAR, 0.2],
+        0,
+        CROSS,
+    ),
+    (
+        "scatter_min",
+        lambda x: x.at[jnp.array([0, 0])].min(x[2]) @ WEIGHTS[:3],
+        [1.0, 2.0, 1.0 - NEAR],
+        2,
+        CROSS,
+    ),
     ("clip", lambda x: jnp.sum(jnp.clip(x, -1.0, 1.0) * x), [1.0 - NEAR, 0.0], 0, CROSS),
     ("top_k", lambda x: lax.top_k(x, 2)[0] @ WEIGHTS[:2], [1.0, 1.0 + NEAR, 0.2], 0, CROSS),
     (
