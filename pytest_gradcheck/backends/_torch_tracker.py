@@ -3,9 +3,10 @@
 The mode sits below autograd, so it sees the ops an evaluation actually runs, whatever
 Python-level API produced them (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``x.clamp``),
 after composite ops have been decomposed. For every op whose output depends on a
-max-like decision (a ReLU mask, which argument of ``maximum`` won, the arg-max of a
-pooling window, the side of a clamp, the sign under ``abs``, a sort order, a comparison
-that feeds ``where``, the active margins of a hinge loss) it records the decision. Two
+max-like decision (a ReLU or ELU mask, which argument of ``maximum`` won, the arg-max of
+a pooling window, the side of a clamp, the sign under ``abs``, a sort order, a
+comparison that feeds ``where``, the active margins of a hinge loss) it records the
+decision. Two
 evaluations of f took the same branches exactly when their digests are equal, so a
 difference between the digests of f(x+h) and f(x-h) means the centered difference
 straddled a kink.
@@ -430,6 +431,12 @@ def _rules() -> dict[Any, _Rule]:
                 table[name + "_"] = (fn, before if fn is _rounded else True)
 
     add("relu leaky_relu rrelu_with_noise", _positive, True)
+    # ELU and CELU: alpha (e^x - 1) below 0, x above: a kink of the second derivative
+    # (of the first, for SELU's scale and ELU's alpha != 1), which puts a centered
+    # difference that straddles it about h/4 off. (softplus's switch to the identity
+    # at beta x > 20, a jump of 2e-9, is not tracked: every softplus would count as a
+    # kink for an input that is almost never within a step of it.)
+    add("elu celu", _positive, True)
     add("_prelu_kernel", _positive, True, inplace=False)
     add("threshold", _threshold, True)
     add("hardtanh", _hardtanh, True)
