@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ._context import CURRENT
+from ._context import current
 from ._options import check_names, resolve
 from ._result import GradcheckError, Result
 
@@ -45,7 +45,7 @@ def gradcheck(
     if not callable(f):
         raise TypeError(f"gradcheck: f must be callable, got {type(f).__name__}")
     check_names(options, "the gradcheck call")
-    ctx = CURRENT.get()
+    ctx = current()
     layers = (options, *(ctx.layers if ctx else ()))
     opts = resolve(*layers)
 

@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 
 from . import __version__
-from ._context import CURRENT, TestContext
+from ._context import TestContext, running
 from ._gates import DEFAULT_FACTOR, Gates, Verdict, evaluate, load_baseline, report_lines
 from ._options import CLI, NAMES, Options, check_names, parse_text, resolve
 from ._report import SessionReport, dumps, plain, section_lines
@@ -262,6 +263,7 @@ class _Recorder:
 
     def __init__(self, nodeid: str) -> None:
         self.nodeid = nodeid
+        self._lock = threading.Lock()  # checks may run in threads the test started
         self.entries: list[dict[str, Any]] = []
         self.attached = 0
         self.when = "setup"
@@ -271,6 +273,10 @@ class _Recorder:
         self._in_example = 0
 
     def __call__(self, result: Any) -> None:
+        with self._lock:
+            self._record(result)
+
+    def _record(self, result: Any) -> None:
         ctx = _build_context()
         if ctx is None:
             index, example = self._plain, None
@@ -285,8 +291,9 @@ class _Recorder:
 
     def take(self) -> list[dict[str, Any]]:
         """The entries recorded since the last call."""
-        new = self.entries[self.attached :]
-        self.attached = len(self.entries)
+        with self._lock:
+            new = self.entries[self.attached :]
+            self.attached = len(self.entries)
         return new
 
 
@@ -314,11 +321,8 @@ def _lenient_marker(item: pytest.Item) -> dict[str, Any]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     item.stash[RECORDER] = _Recorder(item.nodeid)  # afresh, should the test run again
-    token = CURRENT.set(_with_context(item, "setup", _lenient_marker(item)))
-    try:
+    with running(_with_context(item, "setup", _lenient_marker(item))):
         return (yield)
-    finally:
-        CURRENT.reset(token)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -332,20 +336,14 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         problem = str(err)
     if problem is not None:
         pytest.fail(problem, pytrace=False)
-    token = CURRENT.set(_with_context(item, "call", marker))
-    try:
+    with running(_with_context(item, "call", marker)):
         return (yield)
-    finally:
-        CURRENT.reset(token)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    token = CURRENT.set(_with_context(item, "teardown", _lenient_marker(item)))
-    try:
+    with running(_with_context(item, "teardown", _lenient_marker(item))):
         return (yield)
-    finally:
-        CURRENT.reset(token)
 
 
 # -- reports: plain data on each test report, junit properties, hidden frames -----------

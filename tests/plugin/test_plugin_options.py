@@ -31,6 +31,50 @@ def test_marker_options_apply_to_every_check_in_the_test(inner: pytest.Pytester)
     inner.runpytest().assert_outcomes(passed=1)
 
 
+def test_checks_in_threads_the_test_starts_take_its_options_and_reach_its_report(
+    inner: pytest.Pytester,
+) -> None:
+    # a new thread starts with an empty contextvars context: without the process's
+    # running test to fall back on, these checks ignored the marker and the CLI, and
+    # were missing from the report and the JSON
+    inner.makepyfile(
+        """
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        import pytest
+        from pytest_gradcheck import gradcheck, Tier
+        from gc_helpers import X, square, square_grad, square_off
+
+        @pytest.mark.gradcheck(samples_per_block=2)
+        def test_threads():
+            with ThreadPoolExecutor(2) as pool:
+                results = list(pool.map(
+                    lambda g: gradcheck(square, X, grad=g, raise_on_fail=False),
+                    [square_grad, square_off],
+                ))
+            assert [r.coordinates for r in results] == [2, 2]  # the marker
+            assert results[1].passed  # --gradcheck-tolerance=uncomfortable
+            box = []
+            check = lambda: box.append(gradcheck(square, X, grad=square_grad))  # noqa: E731
+            worker = threading.Thread(target=check)
+            worker.start()
+            worker.join()
+            assert box[0].coordinates == 2
+        """
+    )
+    out = inner.path / "report.json"
+    result = inner.runpytest(
+        "--gradcheck-tolerance=uncomfortable", f"--gradcheck-json={out}", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1)
+    checks = load_json(out)["checks"]
+    assert len(checks) == 3
+    assert {c["nodeid"].split("::")[1] for c in checks} == {"test_threads"}
+    assert sorted(c["index"] for c in checks) == [0, 1, 2]
+    rows = [line for line in section(result.stdout.str()) if "test_threads" in line]
+    assert len(rows) == 3
+
+
 def test_class_and_module_markers_merge_closest_first(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         """
