@@ -317,6 +317,35 @@ class Analysis:
         self._live: dict[tuple, tuple[Jaxpr, list, tuple[bool, ...]]] = {}
         self._positive: dict[tuple, tuple[Jaxpr, dict, tuple[bool, ...]]] = {}
 
+    def _forward(
+        self,
+        memo: dict,
+        jaxpr: Jaxpr,
+        in_flags: Sequence[bool],
+        literal: Callable[[Any], bool],
+        rule: Callable[[Any, list[bool]], list[bool]],
+    ) -> tuple[dict, tuple[bool, ...]]:
+        """A forward analysis of booleans: per-variable flags and the outputs', memoised."""
+        key = (id(jaxpr), tuple(in_flags))
+        hit = memo.get(key)
+        if hit is not None:
+            return hit[1], hit[2]
+        env: dict[Any, bool] = {v: False for v in jaxpr.constvars}
+        for v, flag in zip(jaxpr.invars, in_flags, strict=False):
+            env[v] = bool(flag)
+
+        def read(v: Any) -> bool:
+            return literal(v) if isinstance(v, Literal) else env.get(v, False)
+
+        for eqn in jaxpr.eqns:
+            outs = rule(eqn, [read(v) for v in eqn.invars])
+            for v, flag in zip(eqn.outvars, outs, strict=False):
+                if _is_var(v):
+                    env[v] = flag
+        out = tuple(read(v) for v in jaxpr.outvars)
+        memo[key] = (jaxpr, env, out)
+        return env, out
+
     # ---- positivity (forward)
     def positive(self, jaxpr: Jaxpr, in_pos: Sequence[bool]) -> tuple[dict, tuple[bool, ...]]:
         """Which variables are positive by construction, given which inputs are.
@@ -325,26 +354,7 @@ class Analysis:
         products, maxima and reshapes of positive values stay so (a reduction over a
         non-empty axis). Everything else is not known to be positive.
         """
-        key = (id(jaxpr), tuple(in_pos))
-        hit = self._positive.get(key)
-        if hit is not None:
-            return hit[1], hit[2]
-        env: dict[Any, bool] = {}
-        for v, flag in zip(jaxpr.invars, in_pos, strict=False):
-            env[v] = bool(flag)
-
-        def read(v: Any) -> bool:
-            return _positive_literal(v) if isinstance(v, Literal) else env.get(v, False)
-
-        for eqn in jaxpr.eqns:
-            ins = [read(v) for v in eqn.invars]
-            outs = self._eqn_positive(eqn, ins)
-            for v, flag in zip(eqn.outvars, outs, strict=False):
-                if _is_var(v):
-                    env[v] = flag
-        out = tuple(read(v) for v in jaxpr.outvars)
-        self._positive[key] = (jaxpr, env, out)
-        return env, out
+        return self._forward(self._positive, jaxpr, in_pos, _positive_literal, self._eqn_positive)
 
     def _eqn_positive(self, eqn: Any, ins: list[bool]) -> list[bool]:
         name = eqn.primitive.name
@@ -378,27 +388,7 @@ class Analysis:
     # ---- taint (forward)
     def taint(self, jaxpr: Jaxpr, in_taint: Sequence[bool]) -> tuple[dict, tuple[bool, ...]]:
         """Per-variable taint and the taint of the outputs, given the inputs' taint."""
-        key = (id(jaxpr), tuple(in_taint))
-        hit = self._taint.get(key)
-        if hit is not None:
-            return hit[1], hit[2]
-        env: dict[Any, bool] = {}
-        for v in jaxpr.constvars:
-            env[v] = False
-        for v, t in zip(jaxpr.invars, in_taint, strict=False):
-            env[v] = bool(t)
-
-        def read(v: Any) -> bool:
-            return False if isinstance(v, Literal) else env.get(v, False)
-
-        for eqn in jaxpr.eqns:
-            outs = self._eqn_taint(eqn, [read(v) for v in eqn.invars])
-            for v, t in zip(eqn.outvars, outs, strict=False):
-                if _is_var(v):
-                    env[v] = t
-        out = tuple(read(v) for v in jaxpr.outvars)
-        self._taint[key] = (jaxpr, env, out)
-        return env, out
+        return self._forward(self._taint, jaxpr, in_taint, lambda v: False, self._eqn_taint)
 
     def _eqn_taint(self, eqn: Any, ins: list[bool]) -> list[bool]:
         n_out = len(eqn.outvars)
