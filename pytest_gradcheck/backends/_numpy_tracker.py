@@ -2,9 +2,9 @@
 
 During a tracked evaluation the checked inputs are handed to f as `Tracked` views.
 Every ufunc and array function applied to them returns `Tracked` again, and the
-max-like ones (maximum/minimum, comparisons, abs, sign, clip, rounding, max/min
-reductions, argmax/argmin, sort, where) record their outcome into the recorder of
-the running evaluation.
+max-like ones (maximum/minimum and their segment form ``maximum.at``, comparisons,
+abs, sign, clip, rounding, max/min reductions, argmax/argmin, sort, where) record
+their outcome into the recorder of the running evaluation.
 
 The max/min reductions also serve the shift test (see `_kinks.shift_offsets`): a
 session with `shift` adds offsets to their values, and one with `quiet` no longer
@@ -186,6 +186,12 @@ class Tracked(np.ndarray):
                     np.subtract(x, hi)
                 ).astype(np.int8)
                 _record(name, side)
+        elif method == "at" and ufunc in _WINNER and len(inputs) == 3:
+            # a segment max or min, in place: which of the values won their position
+            # (the array has been updated: a value won where it equals the result)
+            target, where, values = inputs
+            won = np.broadcast_to(values, np.shape(target[where])) == target[where]
+            _record(name + ".at", won)
         elif method in ("reduce", "accumulate", "reduceat") and ufunc in _WINNER:
             if method == "reduce":
                 fn = np.argmax if ufunc in (np.maximum, np.fmax) else np.argmin

@@ -359,6 +359,33 @@ def test_max_pooling_reductions_stay_kinks():
     assert result.tolerance is Tier.OK
 
 
+def test_a_segment_max_by_ufunc_at_is_a_tracked_kink():
+    # np.maximum.at, NumPy's segment max (graph pooling): which value wins a segment is
+    # a decision; near a tie, untracked, the crossing failed a correct gradient
+    segments = np.array([0, 0, 1, 1, 1, 2, 2])
+    w = np.array([0.5, -1.5, 2.0])
+    x = np.random.default_rng(0).standard_normal(7)
+    x[0], x[1] = 0.7, 0.7 + 1e-9
+
+    def f(x):
+        out = np.full(3, -np.inf)
+        np.maximum.at(out, segments, x)
+        return out @ w
+
+    def grad(x):
+        out = np.full(3, -np.inf)
+        np.maximum.at(out, segments, x)
+        return (np.where(x == out[segments], w[segments], 0.0),)
+
+    options = {"mode": "coords", "samples_per_block": None}
+    result = gradcheck(f, x, grad=grad, **options)
+    assert result.passed and result.kinks_present
+    crossed = {result.blocks[0].indices[i] for i in np.flatnonzero(result.blocks[0].kink_crossed)}
+    assert crossed == {(0,), (1,)}
+    with pytest.raises(GradcheckError):
+        gradcheck(f, x, grad=grad, kinks="off", **options)
+
+
 def test_a_shift_max_changing_winner_is_no_crossing():
     # two scores of a row 1e-9 apart: the step of either changes which one is the max,
     # which no longer counts as crossing a kink once the max is known to be a shift
