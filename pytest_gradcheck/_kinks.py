@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -89,3 +90,16 @@ def unchanged(a: float, b: float) -> bool:
     if a == b:
         return True
     return abs(a - b) <= SHIFT_RTOL * max(abs(a), abs(b))
+
+
+def shift_invariant(
+    center: tuple[float, Mapping[str, float]], shifted: tuple[float, Mapping[str, float]]
+) -> bool:
+    """Whether the shift test's ``(loss, terms)`` are the checked point's: the same terms,
+    each value `unchanged`."""
+    (loss, terms), (moved, moved_terms) = center, shifted
+    return (
+        unchanged(moved, loss)
+        and set(moved_terms) == set(terms)
+        and all(unchanged(v, terms[k]) for k, v in moved_terms.items())
+    )

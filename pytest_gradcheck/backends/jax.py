@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, unchanged
+from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant
 from ._base import (
     CPU_LOOP_BYTES,
     BlockSpec,
@@ -734,10 +734,10 @@ class JaxBackend:
         except Exception:
             return False
         values = [float(v) for v in np.asarray(outs).reshape(-1)]
-        expected = [loss, *(terms[name] for name in self._term_names)]
-        return len(values) == len(expected) and all(
-            unchanged(a, b) for a, b in zip(values, expected, strict=True)
-        )
+        if len(values) != 1 + len(self._term_names):
+            return False
+        moved = dict(zip(self._term_names, values[1:], strict=True))
+        return shift_invariant((loss, terms), (values[0], moved))
 
     def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
         if not points:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._kinks import EMPTY_SIGNATURE, unchanged
+from .._kinks import EMPTY_SIGNATURE, shift_invariant
 from ._base import (
     BlockSpec,
     Evaluation,
@@ -320,11 +320,7 @@ class NumpyBackend:
                 loss, terms = self._reduce(value)
         except Exception:
             return False
-        return (
-            unchanged(loss, center.loss)
-            and set(terms) == set(center.terms)
-            and all(unchanged(v, center.terms[k]) for k, v in terms.items())
-        )
+        return shift_invariant((center.loss, center.terms), (loss, terms))
 
     def _unpack(self, raw: Any, term: str | None, allow_missing: bool) -> list[np.ndarray | None]:
         """Match grad's return value to the blocks, validating each array."""

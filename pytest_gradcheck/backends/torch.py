@@ -108,7 +108,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, unchanged
+from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant
 from . import _torch_batch as tb
 from ._base import (
     BlockSpec,
@@ -865,11 +865,7 @@ class TorchBackend:
             return False
         finally:
             self._repair(versions)
-        return (
-            unchanged(loss, center.loss)
-            and set(values) == set(center.terms)
-            and all(unchanged(v, center.terms[k]) for k, v in values.items())
-        )
+        return shift_invariant((center.loss, center.terms), (loss, values))
 
     def evaluate(self, points: Sequence[Point], track: bool) -> list[Evaluation]:
         """The loss at each point, from the seeded RNGs and the starting buffers.
