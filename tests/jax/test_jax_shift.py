@@ -196,3 +196,17 @@ def test_a_segment_softmax_is_held_to_happy():
     # the maxima themselves, read by the loss: kinks
     pooled = gradcheck(lambda x: jax.ops.segment_max(x, SEGMENTS, num_segments=3) @ w[:3], x)
     assert pooled.passed and pooled.kinks_present and pooled.tolerance is Tier.OK
+
+
+def _has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _has_gpu(), reason="needs a GPU visible to JAX")
+def test_on_a_gpu_a_stable_softmax_is_a_shift():
+    result = gradcheck(lambda W: manual_nll(X @ W), _w(), device="gpu")
+    assert result.passed and not result.kinks_present
+    assert result.tolerance is Tier.HAPPY

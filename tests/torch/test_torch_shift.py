@@ -146,3 +146,20 @@ def test_data_that_needs_the_dispatch_mode_is_quiet_too(monkeypatch):
     assert result.tier is Tier.HAPPY
     assert result.kinks_crossed == 0
     assert fast_paths == [False]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_a_stable_softmax_is_a_shift_and_a_segment_max_a_kink():
+    x, y, W = _data()
+    shift = gradcheck(lambda W: stable_nll(x @ W.T, y), W, device="cuda")
+    assert shift.passed and shift.tolerance is Tier.HAPPY
+    segments = torch.tensor([0, 0, 1, 1, 1, 2])
+    index = segments[:, None].expand(-1, 3)
+
+    def pooled(W):
+        s = x @ W.T
+        base = torch.zeros(3, 3, dtype=s.dtype, device=s.device)
+        return base.scatter_reduce(0, index.to(s.device), s, "amax", include_self=False).sum()
+
+    kink = gradcheck(pooled, W, device="cuda")
+    assert kink.passed and kink.kinks_present and kink.tolerance is Tier.OK
