@@ -49,39 +49,16 @@ import numpy as np
 from jax import lax
 
 from .._kinks import shift_offsets
-
-# jaxpr_as_fun evaluates open jaxprs where jax.core.eval_jaxpr is missing
-try:
-    from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
-except ImportError:  # pragma: no cover - older releases
-    from jax.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun  # type: ignore
-
-try:  # a public evaluator of open jaxprs (consts passed apart)
-    from jax.core import eval_jaxpr as _eval_jaxpr
-except ImportError:  # pragma: no cover - releases without it
-    _eval_jaxpr = None
-
-try:  # DropVar lives in jax.extend.core in current releases
-    from jax.extend.core import DropVar
-except ImportError:  # pragma: no cover - older releases
-    from jax._src.core import DropVar  # type: ignore[no-redef]
-
-#: primitives that call one inner jaxpr with the same inputs and outputs as the call
-_CALL_PARAMS = {
-    "pjit": "jaxpr",
-    "jit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "remat": "jaxpr",
-    "remat2": "jaxpr",
-    "checkpoint": "jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-}
-
-#: calls whose gradient is defined by a user rule, not by the primal function
-CUSTOM_CALLS = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
+from ._jaxpr import (
+    CUSTOM_CALLS,
+    ClosedJaxpr,
+    Jaxpr,
+    Literal,
+    call_jaxpr,
+    eval_jaxpr,
+    is_var,
+    jaxpr_as_fun,
+)
 
 _COMPARISONS = frozenset({"gt", "ge", "lt", "le", "eq", "ne"})
 
@@ -89,23 +66,6 @@ _COMPARISONS = frozenset({"gt", "ge", "lt", "le", "eq", "ne"})
 _MAX_WINDOW_POSITIONS = 64
 
 _WHILE_PRIME = 0x100000001B3  # odd, so folding never cancels a single change
-
-
-def call_jaxpr(eqn: Any) -> tuple[Jaxpr, Sequence[Any]] | None:
-    """The inner jaxpr and consts of a call-like equation, if it maps inputs 1:1."""
-    key = _CALL_PARAMS.get(eqn.primitive.name)
-    if key is None or key not in eqn.params:
-        return None
-    inner = eqn.params[key]
-    if isinstance(inner, ClosedJaxpr):
-        jaxpr, consts = inner.jaxpr, inner.consts
-    elif isinstance(inner, Jaxpr) and not inner.constvars:
-        jaxpr, consts = inner, ()
-    else:
-        return None
-    if len(jaxpr.invars) != len(eqn.invars) or len(jaxpr.outvars) != len(eqn.outvars):
-        return None
-    return jaxpr, consts
 
 
 #: JAX's own functions that are smooth although they branch, to stay stable:
@@ -278,10 +238,6 @@ def _supported(eqn: Any) -> bool:
     return True
 
 
-def _is_var(v: Any) -> bool:
-    return not isinstance(v, (Literal, DropVar))
-
-
 # --------------------------------------------------------------------------- analyses
 
 
@@ -340,7 +296,7 @@ class Analysis:
         for eqn in jaxpr.eqns:
             outs = rule(eqn, [read(v) for v in eqn.invars])
             for v, flag in zip(eqn.outvars, outs, strict=False):
-                if _is_var(v):
+                if is_var(v):
                     env[v] = flag
         out = tuple(read(v) for v in jaxpr.outvars)
         memo[key] = (jaxpr, env, out)
@@ -455,17 +411,17 @@ class Analysis:
             return hit[1], hit[2]
         live: set = set()
         for v, flag in zip(jaxpr.outvars, out_live, strict=False):
-            if flag and _is_var(v):
+            if flag and is_var(v):
                 live.add(v)
         per_eqn: list = [None] * len(jaxpr.eqns)
         for i in range(len(jaxpr.eqns) - 1, -1, -1):
             eqn = jaxpr.eqns[i]
-            olive = [_is_var(v) and v in live for v in eqn.outvars]
+            olive = [is_var(v) and v in live for v in eqn.outvars]
             per_eqn[i] = olive
             if not any(olive):
                 continue
             for v, flag in zip(eqn.invars, self._eqn_live(eqn, olive), strict=False):
-                if flag and _is_var(v):
+                if flag and is_var(v):
                     live.add(v)
         in_live = tuple(v in live for v in jaxpr.invars)
         self._live[key] = (jaxpr, per_eqn, in_live)
@@ -562,7 +518,7 @@ def input_dependencies(closed: ClosedJaxpr, names: Sequence[str | None]) -> list
                 for sub in _sub_jaxprs(eqn):
                     walk(sub, [union] * len(sub.invars))
             for v, d in zip(eqn.outvars, outs, strict=False):
-                if _is_var(v):
+                if is_var(v):
                     env[v] = d
         return [read(v) for v in jaxpr.outvars]
 
@@ -871,7 +827,7 @@ class Interpreter:
                             outs = [self._shifted(eqn, outs[0])]
                         sites.add(prefix + name, hash_decision(d))
             for v, val in zip(eqn.outvars, outs, strict=False):
-                if _is_var(v):
+                if is_var(v):
                     env[v] = val
         return [read(v) for v in jaxpr.outvars]
 
@@ -1042,8 +998,8 @@ def make_tracked(jaxpr: Jaxpr, in_taint: Sequence[bool], shift: bool = False) ->
 
 def eval_open(jaxpr: Jaxpr, consts: Sequence[Any], *args: Any) -> list:
     """Evaluate an open jaxpr at the given consts and inputs (which may be tracers)."""
-    if _eval_jaxpr is not None:
-        return list(_eval_jaxpr(jaxpr, list(consts), *args))
+    if eval_jaxpr is not None:
+        return list(eval_jaxpr(jaxpr, list(consts), *args))
     return list(jaxpr_as_fun(ClosedJaxpr(jaxpr, list(consts)))(*args))  # pragma: no cover
 
 
@@ -1145,7 +1101,7 @@ def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
         def define(vs: Sequence[Any]) -> None:
             for v in vs:
                 value(getattr(v, "aval", None))
-                if _is_var(v):
+                if is_var(v):
                     index[v] = len(index)
                 else:
                     items.append(("drop",))

@@ -1,0 +1,77 @@
+"""What the JAX tracker and its analyses share: reading jaxprs across JAX releases.
+
+The jaxpr types (where each release keeps them), the call-like equations whose inner
+jaxpr maps the call's inputs and outputs one to one, and which operands are variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# jaxpr_as_fun evaluates open jaxprs where jax.core.eval_jaxpr is missing
+try:
+    from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
+except ImportError:  # pragma: no cover - older releases
+    from jax.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun  # type: ignore
+
+try:  # a public evaluator of open jaxprs (consts passed apart)
+    from jax.core import eval_jaxpr
+except ImportError:  # pragma: no cover - releases without it
+    eval_jaxpr = None
+
+try:  # DropVar lives in jax.extend.core in current releases
+    from jax.extend.core import DropVar
+except ImportError:  # pragma: no cover - older releases
+    from jax._src.core import DropVar  # type: ignore[no-redef]
+
+__all__ = [
+    "CUSTOM_CALLS",
+    "ClosedJaxpr",
+    "DropVar",
+    "Jaxpr",
+    "Literal",
+    "call_jaxpr",
+    "eval_jaxpr",
+    "is_var",
+    "jaxpr_as_fun",
+]
+
+#: primitives that call one inner jaxpr with the same inputs and outputs as the call
+_CALL_PARAMS = {
+    "pjit": "jaxpr",
+    "jit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "remat": "jaxpr",
+    "remat2": "jaxpr",
+    "checkpoint": "jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+}
+
+#: calls whose gradient is defined by a user rule, not by the primal function
+CUSTOM_CALLS = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
+
+
+def call_jaxpr(eqn: Any) -> tuple[Jaxpr, Sequence[Any]] | None:
+    """The inner jaxpr and consts of a call-like equation, if it maps inputs 1:1."""
+    key = _CALL_PARAMS.get(eqn.primitive.name)
+    if key is None or key not in eqn.params:
+        return None
+    inner = eqn.params[key]
+    if isinstance(inner, ClosedJaxpr):
+        jaxpr, consts = inner.jaxpr, inner.consts
+    elif isinstance(inner, Jaxpr) and not inner.constvars:
+        jaxpr, consts = inner, ()
+    else:
+        return None
+    if len(jaxpr.invars) != len(eqn.invars) or len(jaxpr.outvars) != len(eqn.outvars):
+        return None
+    return jaxpr, consts
+
+
+def is_var(v: Any) -> bool:
+    """Whether an equation's operand or result is a variable (not a literal or dropped)."""
+    return not isinstance(v, (Literal, DropVar))
