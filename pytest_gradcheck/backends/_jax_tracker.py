@@ -19,9 +19,9 @@ default tolerance when a function has kinks:
 * differentiable liveness: a decision is recorded only when its result reaches the
   loss through a path that is not cut by ``stop_gradient``. The shift
   ``x - stop_gradient(max(x))`` inside ``log_softmax`` is not a kink of the loss;
-* positivity: the sign of a value that is positive by construction (a sum of
-  exponentials, as in ``logsumexp``'s ``abs``) is the same at every point, and the
-  ``abs`` or ``sign`` of it is not recorded.
+* signs (`_jax_signs`): a decision that cannot change by construction is not
+  recorded: the ``abs`` or ``sign`` of a positive value (``logsumexp``'s sum of
+  exponentials), a variance clipped at 0 (``max(0, mean(x**2) - mean(x)**2)``).
 
 JAX's own ``logaddexp`` (behind ``softplus``, ``log_sigmoid``, ``mish``) branches to
 stay stable but is smooth: its decisions are not recorded (`smooth_library_call`).
@@ -49,6 +49,7 @@ import numpy as np
 from jax import lax
 
 from .._kinks import shift_offsets
+from ._jax_signs import UNKNOWN, Sign, Signs, literal_sign, no_kink
 from ._jaxpr import (
     CUSTOM_CALLS,
     ClosedJaxpr,
@@ -241,37 +242,13 @@ def _supported(eqn: Any) -> bool:
 # --------------------------------------------------------------------------- analyses
 
 
-#: primitives whose result is positive wherever it is finite, whatever the operands
-_POSITIVE_ALWAYS = frozenset({"exp", "exp2", "logistic"})
-#: primitives whose result is positive where all their operands are
-_POSITIVE_IF_ALL = frozenset(
-    {"add", "mul", "div", "min", "sqrt", "rsqrt", "cbrt", "integer_pow", "concatenate"}
-    | {"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose", "copy"}
-    | {"copy_p", "slice", "rev", "reduce_precision", "cumsum", "cumprod"}
-    | {"cummax", "cummin", "pad", "reduce_prod"}
-)
-#: positive where the first operand is (`pow`: the base; the others: the array, not
-#: its indices)
-_POSITIVE_IF_FIRST = frozenset({"pow", "gather", "dynamic_slice"})
-#: positive where any operand is
-_POSITIVE_IF_ANY = frozenset({"max"})
-
-
-def _positive_literal(v: Any) -> bool:
-    try:
-        value = np.asarray(v.val)
-        return value.size > 0 and bool(np.all(value > 0))
-    except Exception:  # an object that is not a number
-        return False
-
-
 class Analysis:
-    """Taint (depends on a checked block), differentiable liveness and positivity, memoised."""
+    """Taint (depends on a checked block), differentiable liveness and signs, memoised."""
 
     def __init__(self) -> None:
         self._taint: dict[tuple, tuple[Jaxpr, dict, tuple[bool, ...]]] = {}
         self._live: dict[tuple, tuple[Jaxpr, list, tuple[bool, ...]]] = {}
-        self._positive: dict[tuple, tuple[Jaxpr, dict, tuple[bool, ...]]] = {}
+        self.signs = Signs()  # what values are by construction (see `_jax_signs`)
 
     def _forward(
         self,
@@ -301,45 +278,6 @@ class Analysis:
         out = tuple(read(v) for v in jaxpr.outvars)
         memo[key] = (jaxpr, env, out)
         return env, out
-
-    # ---- positivity (forward)
-    def positive(self, jaxpr: Jaxpr, in_pos: Sequence[bool]) -> tuple[dict, tuple[bool, ...]]:
-        """Which variables are positive by construction, given which inputs are.
-
-        Sound for finite values, not complete: exponentials are positive, and sums,
-        products, maxima and reshapes of positive values stay so (a reduction over a
-        non-empty axis). Everything else is not known to be positive.
-        """
-        return self._forward(self._positive, jaxpr, in_pos, _positive_literal, self._eqn_positive)
-
-    def _eqn_positive(self, eqn: Any, ins: list[bool]) -> list[bool]:
-        name = eqn.primitive.name
-        n_out = len(eqn.outvars)
-        inner = call_jaxpr(eqn)
-        if inner is not None:
-            return list(self.positive(inner[0], ins)[1])
-        if n_out != 1 or not ins:
-            return [False] * n_out
-        if name in _POSITIVE_ALWAYS:
-            flag = True
-        elif name in _POSITIVE_IF_ALL:
-            flag = all(ins)
-        elif name in _POSITIVE_IF_FIRST:
-            flag = ins[0]
-        elif name in _POSITIVE_IF_ANY:
-            flag = any(ins)
-        elif name in ("reduce_sum", "reduce_max", "reduce_min"):  # over non-empty axes
-            shape = getattr(getattr(eqn.invars[0], "aval", None), "shape", ())
-            axes = eqn.params.get("axes", ())
-            flag = ins[0] and all(shape[a] > 0 for a in axes)
-        elif name == "convert_element_type":
-            dtype = getattr(getattr(eqn.outvars[0], "aval", None), "dtype", None)
-            flag = ins[0] and dtype is not None and jnp.issubdtype(dtype, jnp.floating)
-        elif name == "select_n":
-            flag = all(ins[1:])
-        else:
-            flag = False
-        return [flag]
 
     # ---- taint (forward)
     def taint(self, jaxpr: Jaxpr, in_taint: Sequence[bool]) -> tuple[dict, tuple[bool, ...]]:
@@ -688,14 +626,11 @@ _RULES: dict[str, tuple[str, Callable[[list, list, dict], Any]]] = {
 TRACKED_PRIMITIVES = frozenset(_RULES) | {"cond", "scan", "while"}
 
 
-#: decisions about a value's sign: none where the value is positive by construction
-_SIGN_DECISIONS = frozenset({"abs", "sign"})
-
-
-def _decision(eqn: Any, ins: list, outs: list, taint: list[bool], positive: bool) -> Any:
-    """The decision of one equation, or None; `positive`: its first operand is > 0."""
+def _decision(eqn: Any, ins: list, outs: list, taint: list[bool], signs: list[Sign]) -> Any:
+    """The decision of one equation, or None (also where the operands' `signs` show that
+    it cannot change: see `_jax_signs.no_kink`)."""
     rule = _RULES.get(eqn.primitive.name)
-    if rule is None or (positive and eqn.primitive.name in _SIGN_DECISIONS):
+    if rule is None or no_kink(eqn.primitive.name, signs):
         return None
     which, fn = rule
     if which == "any":
@@ -780,11 +715,11 @@ class Interpreter:
         out_live: Sequence[bool],
         sites: _Sites,
         prefix: str,
-        in_pos: Sequence[bool] = (),
+        in_signs: Sequence[Sign] = (),
     ) -> list:
         var_taint, _ = self.analysis.taint(jaxpr, in_taint)
         eqn_live, _ = self.analysis.live(jaxpr, out_live)
-        var_pos, _ = self.analysis.positive(jaxpr, in_pos)
+        var_signs, _ = self.analysis.signs.run(jaxpr, in_signs)
         env: dict[Any, Any] = {}
         for v, c in zip(jaxpr.constvars, consts, strict=False):
             env[v] = c
@@ -797,8 +732,8 @@ class Interpreter:
         def tainted(v: Any) -> bool:
             return False if isinstance(v, Literal) else var_taint.get(v, False)
 
-        def positive(v: Any) -> bool:
-            return _positive_literal(v) if isinstance(v, Literal) else var_pos.get(v, False)
+        def sign(v: Any) -> Sign:
+            return literal_sign(v) if isinstance(v, Literal) else var_signs.get(v, UNKNOWN)
 
         for eqn, olive in zip(jaxpr.eqns, eqn_live, strict=False):
             invals = [read(v) for v in eqn.invars]
@@ -809,8 +744,8 @@ class Interpreter:
             if inner is not None and hot and any(taint) and not smooth_library_call(eqn):
                 label = call_name(eqn)
                 sub = f"{prefix}{name}" + (f"({label})" if label else "") + "/"
-                pos = [positive(v) for v in eqn.invars]
-                outs = self.run(inner[0], inner[1], invals, taint, olive, sites, sub, pos)
+                signs = [sign(v) for v in eqn.invars]
+                outs = self.run(inner[0], inner[1], invals, taint, olive, sites, sub, signs)
             elif name == "cond" and hot and any(taint):
                 outs = self._cond(eqn, invals, taint, olive, sites, prefix)
             elif name == "scan" and hot and any(taint):
@@ -820,8 +755,7 @@ class Interpreter:
             else:
                 outs = _bind(eqn, invals)
                 if hot:
-                    first = bool(eqn.invars) and positive(eqn.invars[0])
-                    d = _decision(eqn, invals, outs, taint, first)
+                    d = _decision(eqn, invals, outs, taint, [sign(v) for v in eqn.invars])
                     if d is not None:
                         if self.shift and name in SHIFTED_PRIMITIVES:
                             outs = [self._shifted(eqn, outs[0])]

@@ -1,5 +1,5 @@
-"""JAX: a max that only stabilizes a softmax, a sign that cannot change, or the
-branches of JAX's own `logaddexp`, are no kinks.
+"""JAX: a max that only stabilizes a softmax, a sign that cannot change, a variance
+clipped at 0, or the branches of JAX's own `logaddexp`, are no kinks.
 
 `jax.nn.log_softmax` takes its max through `stop_gradient`; `jax.nn.logsumexp` adds
 the max back and takes the `abs` of a sum of exponentials, positive by construction
@@ -210,3 +210,42 @@ def test_on_a_gpu_a_stable_softmax_is_a_shift():
     result = gradcheck(lambda W: manual_nll(X @ W), _w(), device="gpu")
     assert result.passed and not result.kinks_present
     assert result.tolerance is Tier.HAPPY
+
+
+GAIN = jnp.asarray(np.random.default_rng(8).standard_normal(6))
+
+
+def flax_layer_norm(x, eps=1e-6):
+    """flax.linen.LayerNorm's fast variance: max(0, mean(x**2) - mean(x)**2)."""
+    mu, mu2 = x.mean(-1), jnp.square(x).mean(-1)
+    var = jnp.maximum(0.0, mu2 - jnp.square(mu))
+    return (x - mu[:, None]) * jax.lax.rsqrt(var[:, None] + eps) * GAIN
+
+
+@pytest.mark.parametrize(
+    "f, kink",
+    [
+        (lambda x: jnp.sum(jax.nn.standardize(x, axis=-1) * GAIN), False),
+        (lambda x: jnp.sum(flax_layer_norm(x) ** 2), False),
+        (jax.jit(lambda x: jnp.sum(flax_layer_norm(x) ** 2)), False),
+        # not a variance: the square of another value's mean, or over other axes
+        (
+            lambda x: jnp.maximum(
+                0.0, jnp.square(x).mean(-1) - jnp.square((1.5 * x).mean(-1))
+            ).sum(),
+            True,
+        ),
+        (
+            lambda x: jnp.maximum(0.0, jnp.square(x).mean(-1) - jnp.square(x.mean(0)).mean()).sum(),
+            True,
+        ),
+        (lambda x: jnp.maximum(0.0, x).sum(), True),  # a ReLU
+    ],
+    ids=["standardize", "flax LayerNorm", "jitted", "other value", "other axes", "relu"],
+)
+def test_a_variance_clipped_at_zero_is_no_kink(f, kink):
+    x = jnp.asarray(np.random.default_rng(9).standard_normal((4, 6)))
+    result = gradcheck(f, x)
+    assert result.passed
+    assert result.kinks_present is kink
+    assert result.tolerance is (Tier.OK if kink else Tier.HAPPY)
