@@ -132,13 +132,18 @@ class Signs:
         return [_rule(eqn, ins)]
 
     def _call(self, eqn: Any, inner: Jaxpr, ins: list[Sign]) -> list[Sign]:
-        """An inner jaxpr's outputs, with moments of its inputs named by the caller's."""
+        """An inner jaxpr's outputs, its moments told in the caller's variables: of an
+        inner input, of the caller's operand; of another inner variable, unknown (the
+        caller cannot name it); of a caller's variable passed in, unchanged."""
         rename = {id(v): id(o) for v, o in zip(inner.invars, eqn.invars, strict=False)}
+        local = {id(v) for e in inner.eqns for v in e.outvars} | {id(v) for v in inner.constvars}
         outs = []
         for s in self.run(inner, ins)[1]:
-            if s.moment is not None:
-                var = rename.get(s.moment.var)
-                s = s._replace(moment=None if var is None else s.moment._replace(var=var))
+            m = s.moment
+            if m is not None and m.var in rename:
+                s = s._replace(moment=m._replace(var=rename[m.var]))
+            elif m is not None and m.var in local:
+                s = s._replace(moment=None)
             outs.append(s)
         return outs
 

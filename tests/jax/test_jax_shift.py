@@ -222,6 +222,21 @@ def flax_layer_norm(x, eps=1e-6):
     return (x - mu[:, None]) * jax.lax.rsqrt(var[:, None] + eps) * GAIN
 
 
+@jax.jit
+def _mean_sq(x):
+    return jnp.square(x).mean(-1)
+
+
+@jax.jit
+def _sq(m):
+    return jnp.square(m)
+
+
+@jax.jit
+def _sq_mean_of_double(x):
+    return jnp.square((2.0 * x).mean(-1))  # the mean of a value made inside the jit
+
+
 @pytest.mark.parametrize(
     "f, kink",
     [
@@ -240,8 +255,20 @@ def flax_layer_norm(x, eps=1e-6):
             True,
         ),
         (lambda x: jnp.maximum(0.0, x).sum(), True),  # a ReLU
+        # the two moments computed in jitted helpers: followed through the calls
+        (lambda x: jnp.maximum(0.0, _mean_sq(x) - _sq(x.mean(-1))).sum(), False),
+        (lambda x: jnp.maximum(0.0, _mean_sq(x) - _sq_mean_of_double(x)).sum(), True),
     ],
-    ids=["standardize", "flax LayerNorm", "jitted", "other value", "other axes", "relu"],
+    ids=[
+        "standardize",
+        "flax LayerNorm",
+        "jitted",
+        "other value",
+        "other axes",
+        "relu",
+        "through calls",
+        "inner value",
+    ],
 )
 def test_a_variance_clipped_at_zero_is_no_kink(f, kink):
     x = jnp.asarray(np.random.default_rng(9).standard_normal((4, 6)))
