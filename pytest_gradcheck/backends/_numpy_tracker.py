@@ -6,9 +6,10 @@ max-like ones (maximum/minimum and their segment form ``maximum.at``, comparison
 abs, sign, clip, rounding, max/min reductions, argmax/argmin, sort, where) record
 their outcome into the recorder of the running evaluation.
 
-The max/min reductions also serve the shift test (see `_kinks.shift_offsets`): a
-session with `shift` adds offsets to their values, and one with `quiet` no longer
-records them, once the test has shown that the loss does not depend on them.
+The max/min reductions (and segment maxima) also serve the shift test (see
+`_kinks.shift_offsets`): a session with `shift` adds offsets to their values, and one
+with `quiet` no longer records them, once the test has shown that the loss does not
+depend on them.
 """
 
 from __future__ import annotations
@@ -113,6 +114,23 @@ def _shifted(ufunc: np.ufunc, x: Any, axis: Any, result: Any, session: Session, 
     return value + offsets
 
 
+def _shift_segments(ufunc: np.ufunc, inputs: tuple, session: Session) -> None:
+    """A segment max's (``np.maximum.at``) array moved by the shift test, in place."""
+    target, where, values = inputs
+    values = np.asarray(values)
+    kind = "max.at" if ufunc in (np.maximum, np.fmax) else "min.at"
+    key = (
+        kind,
+        target.__array_interface__["data"][0],
+        id(where),
+        values.__array_interface__["data"][0],
+    )
+    ordinal = session.shifts.setdefault(key, len(session.shifts))
+    offsets = shift_offsets(target.size, ordinal).reshape(target.shape)
+    np.add(target, offsets, out=target)
+    session.reductions += 1
+
+
 def _arg_along(x: np.ndarray, axis: Any, fn: Any) -> np.ndarray:
     """The winning index of a max/min reduction over `axis` (None, int or tuple)."""
     x = np.asarray(x)
@@ -151,8 +169,11 @@ class Tracked(np.ndarray):
         floating = any(_is_floating(x) for x in raw_inputs if not isinstance(x, np.ufunc))
         if floating:
             session = _SESSION.get()
-            if method == "reduce" and ufunc in _WINNER and session is not None:
-                if session.shift:
+            segment = method == "at" and len(raw_inputs) == 3
+            if (method == "reduce" or segment) and ufunc in _WINNER and session is not None:
+                if session.shift and segment:
+                    _shift_segments(ufunc, raw_inputs, session)
+                elif session.shift:
                     axis = kwargs.get("axis", 0)
                     out = kwargs.get("out")
                     result = _shifted(ufunc, raw_inputs[0], axis, result, session, out)
@@ -191,7 +212,7 @@ class Tracked(np.ndarray):
             # (the array has been updated: a value won where it equals the result)
             target, where, values = inputs
             won = np.broadcast_to(values, np.shape(target[where])) == target[where]
-            _record(name + ".at", won)
+            _record(name + ".at", won, reduction=True)
         elif method in ("reduce", "accumulate", "reduceat") and ufunc in _WINNER:
             if method == "reduce":
                 fn = np.argmax if ufunc in (np.maximum, np.fmax) else np.argmin

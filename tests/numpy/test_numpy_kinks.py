@@ -386,6 +386,31 @@ def test_a_segment_max_by_ufunc_at_is_a_tracked_kink():
         gradcheck(f, x, grad=grad, kinks="off", **options)
 
 
+def test_a_segment_softmax_by_ufunc_at_is_held_to_happy():
+    # the segment maxima are a shift: the shift test moves them, and nothing changes
+    segments = np.array([0, 0, 1, 1, 1, 2, 2])
+    w = np.random.default_rng(1).standard_normal(7)
+
+    def parts(x):
+        m = np.full(3, -np.inf)
+        np.maximum.at(m, segments, x)
+        e = np.exp(x - m[segments])
+        total = np.zeros(3)
+        np.add.at(total, segments, e)
+        return e / total[segments]
+
+    def grad(x):
+        p = parts(x)
+        mean_w = np.zeros(3)
+        np.add.at(mean_w, segments, p * w)
+        return (p * (w - mean_w[segments]),)
+
+    x = np.random.default_rng(0).standard_normal(7)
+    result = gradcheck(lambda x: parts(x) @ w, x, grad=grad)
+    assert result.passed and not result.kinks_present
+    assert result.tolerance is Tier.HAPPY
+
+
 def test_a_shift_max_changing_winner_is_no_crossing():
     # two scores of a row 1e-9 apart: the step of either changes which one is the max,
     # which no longer counts as crossing a kink once the max is known to be a shift
