@@ -110,6 +110,27 @@ def test_large_step_on_a_kinked_net_is_ok(gradcheck):
     assert result.kinks_present and result.tolerance is Tier.OK
 
 
+def softmax_loss(s, y):
+    """Cross-entropy of the stable softmax: the row max is subtracted first."""
+    z = s - s.max(axis=1, keepdims=True)
+    return -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))).mean()
+
+
+def softmax_grad(s, y, factor=1.0):
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1
+    return factor * p / len(y), None
+
+
+def test_stable_softmax_is_held_to_happy(gradcheck):
+    """The stabilizing max is a decision, but the loss does not read its value: one
+    more evaluation with it moved shows that, so the tolerance stays HAPPY."""
+    s, y = np.random.default_rng(7).standard_normal((5, 4)), np.array([0, 3, 1, 2, 3])
+    result = gradcheck(softmax_loss, s, y, grad=softmax_grad)
+    assert not result.kinks_present and result.tolerance is Tier.HAPPY
+
+
 def test_dropout_is_checked_exactly(gradcheck):
     """Dropout draws its mask from np.random: every evaluation is reset to the same seed."""
     x = np.random.default_rng(4).standard_normal((5, 6))
@@ -132,6 +153,12 @@ def test_dropout_is_checked_exactly(gradcheck):
 def test_planted_scaled_gradient(gradcheck):
     x = np.random.default_rng(5).standard_normal((3, 3))
     gradcheck(lambda x: np.sum(x**3), x, grad=lambda x: (1.01 * 3 * x**2,))
+
+
+@pytest.mark.xfail(raises=GradcheckError, strict=True, reason="planted: gradient 1e-5 off")
+def test_planted_tiny_error_behind_a_stable_softmax(gradcheck):
+    s, y = np.random.default_rng(7).standard_normal((5, 4)), np.array([0, 3, 1, 2, 3])
+    gradcheck(softmax_loss, s, y, grad=lambda s, y: softmax_grad(s, y, 1.0 + 1e-5))
 
 
 @pytest.mark.xfail(raises=GradcheckError, strict=True, reason="planted: ReLU mask forgotten")
