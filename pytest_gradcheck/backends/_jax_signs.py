@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from ._jaxpr import Jaxpr, Literal, call_jaxpr, is_var
+from ._jaxpr import Jaxpr, call_jaxpr, forward, is_var
 
 
 class Moment(NamedTuple):
@@ -107,21 +107,10 @@ class Signs:
         """Per-variable signs and the outputs', given the inputs'."""
         key = (id(jaxpr), tuple(in_signs))
         hit = self._memo.get(key)
-        if hit is not None:
-            return hit[1], hit[2]
-        env: dict[Any, Sign] = dict(zip(jaxpr.invars, in_signs, strict=False))
-
-        def read(v: Any) -> Sign:
-            return literal_sign(v) if isinstance(v, Literal) else env.get(v, UNKNOWN)
-
-        for eqn in jaxpr.eqns:
-            outs = self._eqn(eqn, [read(v) for v in eqn.invars])
-            for v, sign in zip(eqn.outvars, outs, strict=False):
-                if is_var(v):
-                    env[v] = sign
-        out = tuple(read(v) for v in jaxpr.outvars)
-        self._memo[key] = (jaxpr, env, out)
-        return env, out
+        if hit is None:
+            env, out = forward(jaxpr, in_signs, literal_sign, self._eqn, UNKNOWN)
+            hit = self._memo[key] = (jaxpr, env, out)
+        return hit[1], hit[2]
 
     def _eqn(self, eqn: Any, ins: list[Sign]) -> list[Sign]:
         inner = call_jaxpr(eqn)

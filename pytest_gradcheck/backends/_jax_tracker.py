@@ -57,6 +57,7 @@ from ._jaxpr import (
     Literal,
     call_jaxpr,
     eval_jaxpr,
+    forward,
     is_var,
     jaxpr_as_fun,
 )
@@ -250,39 +251,15 @@ class Analysis:
         self._live: dict[tuple, tuple[Jaxpr, list, tuple[bool, ...]]] = {}
         self.signs = Signs()  # what values are by construction (see `_jax_signs`)
 
-    def _forward(
-        self,
-        memo: dict,
-        jaxpr: Jaxpr,
-        in_flags: Sequence[bool],
-        literal: Callable[[Any], bool],
-        rule: Callable[[Any, list[bool]], list[bool]],
-    ) -> tuple[dict, tuple[bool, ...]]:
-        """A forward analysis of booleans: per-variable flags and the outputs', memoised."""
-        key = (id(jaxpr), tuple(in_flags))
-        hit = memo.get(key)
-        if hit is not None:
-            return hit[1], hit[2]
-        env: dict[Any, bool] = {v: False for v in jaxpr.constvars}
-        for v, flag in zip(jaxpr.invars, in_flags, strict=False):
-            env[v] = bool(flag)
-
-        def read(v: Any) -> bool:
-            return literal(v) if isinstance(v, Literal) else env.get(v, False)
-
-        for eqn in jaxpr.eqns:
-            outs = rule(eqn, [read(v) for v in eqn.invars])
-            for v, flag in zip(eqn.outvars, outs, strict=False):
-                if is_var(v):
-                    env[v] = flag
-        out = tuple(read(v) for v in jaxpr.outvars)
-        memo[key] = (jaxpr, env, out)
-        return env, out
-
-    # ---- taint (forward)
     def taint(self, jaxpr: Jaxpr, in_taint: Sequence[bool]) -> tuple[dict, tuple[bool, ...]]:
         """Per-variable taint and the taint of the outputs, given the inputs' taint."""
-        return self._forward(self._taint, jaxpr, in_taint, lambda v: False, self._eqn_taint)
+        key = (id(jaxpr), tuple(in_taint))
+        hit = self._taint.get(key)
+        if hit is None:
+            flags = [bool(t) for t in in_taint]
+            env, out = forward(jaxpr, flags, lambda v: False, self._eqn_taint, False)
+            hit = self._taint[key] = (jaxpr, env, out)
+        return hit[1], hit[2]
 
     def _eqn_taint(self, eqn: Any, ins: list[bool]) -> list[bool]:
         n_out = len(eqn.outvars)

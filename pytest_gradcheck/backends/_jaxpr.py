@@ -6,7 +6,7 @@ jaxpr maps the call's inputs and outputs one to one, and which operands are vari
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # jaxpr_as_fun evaluates open jaxprs where jax.core.eval_jaxpr is missing
@@ -33,6 +33,7 @@ __all__ = [
     "Literal",
     "call_jaxpr",
     "eval_jaxpr",
+    "forward",
     "is_var",
     "jaxpr_as_fun",
 ]
@@ -75,3 +76,26 @@ def call_jaxpr(eqn: Any) -> tuple[Jaxpr, Sequence[Any]] | None:
 def is_var(v: Any) -> bool:
     """Whether an equation's operand or result is a variable (not a literal or dropped)."""
     return not isinstance(v, (Literal, DropVar))
+
+
+def forward(
+    jaxpr: Jaxpr,
+    inputs: Sequence[Any],
+    literal: Callable[[Any], Any],
+    rule: Callable[[Any, list[Any]], list[Any]],
+    default: Any,
+) -> tuple[dict[Any, Any], tuple[Any, ...]]:
+    """A forward analysis: each variable's value, from its equation's `rule` over its
+    operands' (a literal's from `literal`, an unknown one `default`), and the outputs'."""
+    env: dict[Any, Any] = dict.fromkeys(jaxpr.constvars, default)
+    env.update(zip(jaxpr.invars, inputs, strict=False))
+
+    def read(v: Any) -> Any:
+        return literal(v) if isinstance(v, Literal) else env.get(v, default)
+
+    for eqn in jaxpr.eqns:
+        outs = rule(eqn, [read(v) for v in eqn.invars])
+        for v, value in zip(eqn.outvars, outs, strict=False):
+            if is_var(v):
+                env[v] = value
+    return env, tuple(read(v) for v in jaxpr.outvars)

@@ -15,6 +15,7 @@ depend on them.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -41,6 +42,12 @@ class Session:
         self.others = 0
         self.shift = shift
         self.quiet = quiet
+
+    def offsets(self, key: tuple, shape: tuple[int, ...]) -> np.ndarray:
+        """The shift test's offsets for one reduction: the same for the same `key`."""
+        ordinal = self.shifts.setdefault(key, len(self.shifts))
+        self.reductions += 1
+        return shift_offsets(math.prod(shape), ordinal).reshape(shape)
 
 
 _SESSION: ContextVar[Session | None] = ContextVar("gradcheck_numpy_session", default=None)
@@ -104,9 +111,7 @@ def _shifted(ufunc: np.ufunc, x: Any, axis: Any, result: Any, session: Session, 
         axes = tuple(sorted(a % max(x.ndim, 1) for a in axes))
     kind = "max" if ufunc in (np.maximum, np.fmax) else "min"
     key = (kind, x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str, axes)
-    ordinal = session.shifts.setdefault(key, len(session.shifts))
-    offsets = shift_offsets(value.size, ordinal).reshape(value.shape)
-    session.reductions += 1
+    offsets = session.offsets(key, value.shape)
     if out is not None:
         target = out[0] if isinstance(out, tuple) else out
         np.add(target, offsets, out=target)
@@ -125,10 +130,7 @@ def _shift_segments(ufunc: np.ufunc, inputs: tuple, session: Session) -> None:
         id(where),
         values.__array_interface__["data"][0],
     )
-    ordinal = session.shifts.setdefault(key, len(session.shifts))
-    offsets = shift_offsets(target.size, ordinal).reshape(target.shape)
-    np.add(target, offsets, out=target)
-    session.reductions += 1
+    np.add(target, session.offsets(key, target.shape), out=target)
 
 
 def _arg_along(x: np.ndarray, axis: Any, fn: Any) -> np.ndarray:

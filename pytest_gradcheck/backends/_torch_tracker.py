@@ -346,6 +346,12 @@ def _scatter_extremum(func: Any, args: tuple, kwargs: dict) -> bool:
     return _arg(func, args, kwargs, "reduce") in ("amax", "amin")
 
 
+def _scatter_source(func: Any, args: tuple, kwargs: dict) -> Any:
+    """The values a ``scatter_reduce`` (`src`) or ``index_reduce`` (`source`) scatters."""
+    scatter = func.overloadpacket.__name__.startswith("scatter")
+    return _arg(func, args, kwargs, "src" if scatter else "source")
+
+
 def _scatter_winners(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     """Which source entries won their position in a max/min ``scatter_reduce`` or
     ``index_reduce`` (ties included): PyG's max aggregation, segment maxima.
@@ -357,7 +363,7 @@ def _scatter_winners(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
         return None
     scatter = func.overloadpacket.__name__.startswith("scatter")
     x = args[0]
-    src = _arg(func, args, kwargs, "src" if scatter else "source")
+    src = _scatter_source(func, args, kwargs)
     if not _any_float(x, src):
         return None
     dim = _arg(func, args, kwargs, "dim")
@@ -768,7 +774,7 @@ class WinnerTracker(TorchDispatchMode):
         """
         x = args[0]
         if func.overloadpacket in _SCATTERS:  # the same sources into the same places
-            src = args[3] if len(args) > 3 else kwargs.get("src", kwargs.get("source"))
+            src = _scatter_source(func, args, kwargs)
             index = _arg(func, args, kwargs, "index")
             key = (
                 func.overloadpacket.__name__.rstrip("_"),
