@@ -353,23 +353,27 @@ def test_a_large_model_is_batched_per_lane_and_agrees_with_the_loop():
     # W's coordinates and its direction travel apart (one index each vs the whole block)
     w_groups = [members for batched, members, _ in groups if batched == frozenset({0})]
     assert sorted(map(len, w_groups)) == [1, 6]
-    assert not any(loop for _, _, loop in groups)  # W (45 KB) is small enough to batch
+    assert {how for _, _, how in groups} == {"vmap"}  # W (45 KB) is small enough to batch
 
 
-def test_a_large_block_on_the_cpu_is_evaluated_point_by_point(monkeypatch):
-    """A block over _LOOP_BLOCK_BYTES is evaluated one point at a time on CPU (a batch
-    would copy it per row); the values are those of the batch and of batch=False."""
+def test_a_large_block_on_the_cpu_is_looped_inside_xla_or_point_by_point(monkeypatch):
+    """A block over _LOOP_BLOCK_BYTES is not vmapped on CPU (a batch would copy it per
+    row): its points are evaluated one after another by one program looping inside XLA
+    up to _MAP_BLOCK_BYTES, one call per point past it. The values and the decisions
+    are those of the vmapped batch and of batch=False."""
     gen = np.random.default_rng(1)
     x = jnp.asarray(gen.standard_normal((3, 120)))
 
     def f(W, b):
-        return jnp.sum(jnp.tanh(x @ W + b))
+        z = x @ W + b
+        return jnp.sum(jnp.tanh(z)) + jnp.sum(jnp.maximum(z, 0.0))  # decisions to hash
 
     W = jnp.asarray(gen.standard_normal((120, 110)) / 11)  # 105,600 bytes
     b = jnp.asarray(gen.standard_normal(110))
-    assert W.size * 8 > jax_backend._LOOP_BLOCK_BYTES
+    assert jax_backend._LOOP_BLOCK_BYTES < W.size * 8 <= jax_backend._MAP_BLOCK_BYTES
+    # an odd number of coordinates, so the map's padded rows are not evaluated
     points = [_coord(k, i, s * 1e-4) for k in range(2) for i in (0, 9, 101) for s in (1, -1)]
-    points.append(Point(((0, range(W.size), np.full(W.size, 1e-5)),)))
+    points += [_coord(0, 7, 0.5), Point(((0, range(W.size), np.full(W.size, 1e-5)),))]
 
     def run(batch):
         backend = _backend(f, W, b, batch=batch)
@@ -379,18 +383,24 @@ def test_a_large_block_on_the_cpu_is_evaluated_point_by_point(monkeypatch):
         finally:
             backend.close()
 
-    looped, groups = run(True)
-    assert {(batched, loop) for batched, _, loop in groups} == {
-        (frozenset({0}), True),
-        (frozenset({1}), False),
+    mapped, groups = run(True)
+    assert {(batched, how) for batched, _, how in groups} == {
+        (frozenset({0}), "map"),
+        (frozenset({1}), "vmap"),
     }
     unbatched, _ = run(False)
+    monkeypatch.setattr(jax_backend, "_MAP_BLOCK_BYTES", jax_backend._LOOP_BLOCK_BYTES)
+    looped, groups = run(True)
+    assert {how for _, _, how in groups} == {"loop", "vmap"}
     monkeypatch.setattr(jax_backend, "_LOOP_BLOCK_BYTES", 2**40)
     batched, groups = run(True)
-    assert not any(loop for _, _, loop in groups)
-    for other in (unbatched, batched):
-        np.testing.assert_allclose([e.loss for e in looped], [e.loss for e in other], rtol=1e-13)
-        assert [e.signature for e in looped] == [e.signature for e in other]
+    assert {how for _, _, how in groups} == {"vmap"}
+    # the large step at W[7] moves some z across 0: a signature of its own
+    assert mapped[-2].signature != mapped[0].signature
+    for other in (unbatched, looped, batched):
+        np.testing.assert_allclose([e.loss for e in mapped], [e.loss for e in other], rtol=1e-13)
+        assert [e.signature for e in mapped] == [e.signature for e in other]
+        assert [e.decisions for e in mapped] == [e.decisions for e in other]
 
 
 @jax.custom_vjp
