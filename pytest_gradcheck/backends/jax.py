@@ -893,27 +893,31 @@ class JaxBackend:
         values are -0.0, since ``x + (-0.0) == x`` for every x, -0.0 included. A delta
         over a whole block (`whole`: a direction) is added as one dense row.
         """
-        n_blocks = len(self._base_np)
-        # per block and point: the (flat indices or None for the whole block, values)
-        per: list[list[list[tuple[np.ndarray | None, np.ndarray]]]] = [
-            [[] for _ in points] for _ in range(n_blocks)
+        n_blocks, n = len(self._base_np), len(points)
+        # per block: the whole-block deltas (point, values), and the scattered entries
+        # as parallel lists of (point, flat indices, values) collected over the points
+        dense_rows: list[list[tuple[int, np.ndarray]]] = [[] for _ in range(n_blocks)]
+        entries: list[tuple[list[int], list[np.ndarray], list[np.ndarray]]] = [
+            ([], [], []) for _ in range(n_blocks)
         ]
         for p, point in enumerate(points):
             for b, indices, values in point.deltas:
                 if not 0 <= b < n_blocks:
                     raise IndexError(f"gradcheck: point names block {b}; there are {n_blocks}")
                 size = self._base_np[b].size
-                values = np.asarray(values, dtype=np.float64)
+                values = np.asarray(values, dtype=np.float64).reshape(-1)
                 if whole(indices, size):
-                    per[b][p].append((None, np.broadcast_to(values.reshape(-1), (size,))))
+                    if values.size != size:
+                        values = np.broadcast_to(values, (size,))
+                    dense_rows[b].append((p, values))
                     continue
                 ind = index_array(indices)
-                if ind.size and (ind.min() < 0 or ind.max() >= size):
-                    raise IndexError(
-                        f"gradcheck: flat index out of range for block {self._name(b)!r} "
-                        f"of {size} entries"
-                    )
-                per[b][p].append((ind, np.broadcast_to(values, ind.shape)))
+                if values.size != ind.size:
+                    values = np.broadcast_to(values, ind.shape)
+                owners, inds, vals = entries[b]
+                owners.append(p)
+                inds.append(ind)
+                vals.append(values)
         idx_arrays: list[np.ndarray | None] = []
         val_arrays: list[np.ndarray | None] = []
         for b in range(n_blocks):
@@ -922,26 +926,34 @@ class JaxBackend:
                 val_arrays.append(None)
                 continue
             size = self._base_np[b].size
+            owners, inds, vals = entries[b]
+            counts = [i.size for i in inds]
+            flat = np.concatenate(inds) if inds else np.zeros(0, np.int64)
+            if flat.size and (flat.min() < 0 or flat.max() >= size):
+                raise IndexError(
+                    f"gradcheck: flat index out of range for block {self._name(b)!r} "
+                    f"of {size} entries"
+                )
+            rows = np.repeat(np.asarray(owners, np.int64), counts)
+            values = np.concatenate(vals) if vals else np.zeros(0)
             # every shape compiles a program: small blocks always travel whole (one
             # shape), large ones as one index (coordinates) or whole (directions)
-            most = max([sum(size if i is None else i.size for i, _ in row) for row in per[b]] + [1])
-            if self._dense or most > 1:
-                dense = np.full((len(points), size), -0.0)
-                for p, row in enumerate(per[b]):
-                    for i, v in row:
-                        if i is None:
-                            dense[p] += v
-                        else:
-                            np.add.at(dense[p], i, v)
+            per_point = np.bincount(rows, minlength=n) if rows.size else np.zeros(n, np.int64)
+            for p, _ in dense_rows[b]:
+                per_point[p] += size
+            if self._dense or per_point.max(initial=0) > 1:
+                dense = np.full((n, size), -0.0)
+                for p, v in dense_rows[b]:
+                    dense[p] += v
+                np.add.at(dense, (rows, flat), values)
                 idx_arrays.append(None)
                 val_arrays.append(dense)
                 continue
-            idx = np.zeros((len(points), 1), np.int32 if size < 2**31 else np.int64)
-            val = np.full((len(points), 1), -0.0)
-            for p, row in enumerate(per[b]):
-                for i, v in row:  # at most one entry in all (most <= 1)
-                    idx[p, : i.size] = i
-                    val[p, : v.size] = v
+            # at most one entry per point
+            idx = np.zeros((n, 1), np.int32 if size < 2**31 else np.int64)
+            val = np.full((n, 1), -0.0)
+            idx[rows, 0] = flat
+            val[rows, 0] = values
             idx_arrays.append(idx)
             val_arrays.append(val)
         return idx_arrays, val_arrays
@@ -1073,11 +1085,8 @@ class JaxBackend:
         size = min(self._chunk, size)
         pad = size - rows
         if how != "loop" and self._vmap_ok[track] is not False:
-            pidx = [None if a is None else np.pad(a, ((0, pad), (0, 0))) for a in idx]
-            pval = [
-                None if a is None else np.pad(a, ((0, pad), (0, 0)), constant_values=-0.0)
-                for a in val
-            ]
+            pidx = [_pad_rows(a, pad, 0) for a in idx]
+            pval = [_pad_rows(a, pad, -0.0) for a in val]
         if how == "map" and self._vmap_ok[track] is not False and self._map_ok[track] is not False:
             try:
                 # the rows' count is an argument: the padding rows are not evaluated
@@ -1141,6 +1150,16 @@ class JaxBackend:
         dev = [jax.device_put(x, d.sharding) for x, d in zip(blocks, self._base_dev, strict=False)]
         outs = [float(o) for o in self._raw(dev, self._dyn_vals)]
         return Evaluation(outs[0], dict(zip(self._term_names, outs[1:], strict=False)), None, 0)
+
+
+def _pad_rows(a: np.ndarray | None, pad: int, fill: float) -> np.ndarray | None:
+    """`a` with `pad` rows of `fill` appended (`a` itself without padding; np.pad costs
+    tens of microseconds a call, a copy of a large block's rows for nothing)."""
+    if a is None or pad == 0:
+        return a
+    out = np.full((a.shape[0] + pad, *a.shape[1:]), fill, a.dtype)
+    out[: a.shape[0]] = a
+    return out
 
 
 def _describe(err: Exception) -> str:
