@@ -360,7 +360,18 @@ def _jitted(fn: Callable, n_static: int) -> tuple[Callable, Callable]:
 # shardings, and the x64/precision/device context: a check of a computation already
 # compiled, at the same shapes and settings, compiles nothing. Index 1: quick compile.
 _GRAD = _jitted(_grad_body, 2)
-_BATCHED = _jitted(_batched_body, 2)
+#: XLA's YNN fusions (jaxlib 0.10, CPU) fuse a product that the batch does not change
+#: (x @ W1 for the points that perturb b2) into the batched computation that reads it,
+#: which then recomputes it for every row: the 66 rows of the small blocks of a 1e5
+#: MLP took 5.3 ms with them and 2.2 ms without (one CPU thread). For optimised batch
+#: programs on CPU only: unoptimised (quick) ones measured faster with them
+_NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_NO_YNN_SINCE = (0, 10)
+#: index 2: optimised, without YNN fusions (`_NO_YNN`)
+_BATCHED = (
+    *_jitted(_batched_body, 2),
+    jax.jit(_batched_body, static_argnums=(0, 1), compiler_options=_NO_YNN),
+)
 _SINGLE = _jitted(_point_body, 2)
 _MAPPED = _jitted(_mapped_body, 2)
 _EVAL = _jitted(_eval_body, 1)
@@ -643,6 +654,8 @@ class JaxBackend:
             self._dense = sum(b.size for b in self._base_np) <= _DENSE_COORDINATES
             self._platform = self._find_platform()
             self._quick = int(self._platform == "cpu" and per_point <= _QUICK_COMPILE_BYTES)
+            no_ynn = self._platform == "cpu" and not self._quick and _jaxlib() >= _NO_YNN_SINCE
+            self._batch_program = 2 if no_ynn else self._quick
             _bound_programs()
 
     def _place_const(self, value: Any) -> Any:
@@ -1110,13 +1123,18 @@ class JaxBackend:
                 self.batch_fallbacks.append(_describe(err))
         if how == "vmap" and self._vmap_ok[track] is not False:
             try:
-                o, h = _BATCHED[self._quick](
+                o, h = _BATCHED[self._batch_program](
                     self._program, track, self._consts, self._base_dev, pidx, pval, self._dyn_vals
                 )
                 o, h = jax.device_get((o, h))
                 self._vmap_ok[track] = True
                 return np.asarray(o)[:rows], np.asarray(h)[:rows]
             except Exception as err:
+                if self._batch_program == 2 and "compile option" in str(err):
+                    # a jaxlib without the option: the default program (same values)
+                    self._batch_program = self._quick
+                    self.batch_fallbacks.append(_describe(err))
+                    return self._run_chunk(idx, val, track, how)
                 if self._vmap_ok[track]:
                     raise
                 self._vmap_ok[track] = False
@@ -1150,6 +1168,17 @@ class JaxBackend:
         dev = [jax.device_put(x, d.sharding) for x, d in zip(blocks, self._base_dev, strict=False)]
         outs = [float(o) for o in self._raw(dev, self._dyn_vals)]
         return Evaluation(outs[0], dict(zip(self._term_names, outs[1:], strict=False)), None, 0)
+
+
+def _jaxlib() -> tuple[int, ...]:
+    """jaxlib's version as numbers (a dev build or release candidate as its release)."""
+    import jaxlib
+
+    numbers = []
+    for part in jaxlib.__version__.split(".")[:3]:
+        digits = re.match(r"\d+", part)
+        numbers.append(int(digits.group()) if digits else 0)
+    return tuple(numbers)
 
 
 def _pad_rows(a: np.ndarray | None, pad: int, fill: float) -> np.ndarray | None:

@@ -403,6 +403,70 @@ def test_a_large_block_on_the_cpu_is_looped_inside_xla_or_point_by_point(monkeyp
         assert [e.decisions for e in mapped] == [e.decisions for e in other]
 
 
+def _small_block_points(gen):
+    x = jnp.asarray(gen.standard_normal((4, 30)))
+
+    def f(W, b):
+        return jnp.sum(jnp.maximum(x @ W + b, 0.0) ** 2)
+
+    W = jnp.asarray(gen.standard_normal((30, 20)))
+    b = jnp.asarray(gen.standard_normal(20))
+    points = [_coord(k, i, s * 1e-3) for k in range(2) for i in (0, 7, 19) for s in (1, -1)]
+    return f, (W, b), points
+
+
+def test_optimised_cpu_batches_are_compiled_without_ynn_fusions(monkeypatch):
+    """Optimised batch programs on CPU are compiled without XLA's YNN fusions (which
+    recompute per row a product the batch does not change); unoptimised ones keep
+    them. The values are those of one point at a time."""
+    f, args, points = _small_block_points(np.random.default_rng(3))
+    results = {}
+    for quick_bytes in (2**40, 0):
+        monkeypatch.setattr(jax_backend, "_QUICK_COMPILE_BYTES", quick_bytes)
+        backend = _backend(f, *args)
+        try:
+            backend.gradient(True)
+            results[quick_bytes] = backend.evaluate(points, True)
+            program, fallbacks = backend._batch_program, list(backend.batch_fallbacks)
+        finally:
+            backend.close()
+        assert not fallbacks
+        assert program == (1 if quick_bytes else 2)
+    _, looped, _, _ = _run(f, *args, points=points, track=True, batch=False)
+    for evaluations in results.values():
+        np.testing.assert_allclose(
+            [e.loss for e in evaluations], [e.loss for e in looped], rtol=1e-13
+        )
+        assert [e.signature for e in evaluations] == [e.signature for e in looped]
+
+
+def test_a_jaxlib_without_the_ynn_option_gets_the_default_batch_program(monkeypatch):
+    """A compile option this jaxlib does not know (as an older one would not know the
+    YNN one) is recorded as a batch fallback and the default program runs instead: the
+    points are still batched, with the same values."""
+    f, args, points = _small_block_points(np.random.default_rng(4))
+    unknown = jax.jit(
+        jax_backend._batched_body,
+        static_argnums=(0, 1),
+        compiler_options={"xla_cpu_no_such_option_of_pytest_gradcheck": ""},
+    )
+    monkeypatch.setattr(jax_backend, "_BATCHED", (*jax_backend._BATCHED[:2], unknown))
+    monkeypatch.setattr(jax_backend, "_QUICK_COMPILE_BYTES", 0)
+    backend = _backend(f, *args)
+    try:
+        backend.gradient(True)
+        assert backend._batch_program == 2
+        evaluations = backend.evaluate(points, True)
+        program, fallbacks = backend._batch_program, list(backend.batch_fallbacks)
+        vmapped = backend._vmap_ok[True]
+    finally:
+        backend.close()
+    assert program == 0 and vmapped is True
+    assert len(fallbacks) == 1 and "no_such_option" in fallbacks[0]
+    _, looped, _, _ = _run(f, *args, points=points, track=True, batch=False)
+    np.testing.assert_allclose([e.loss for e in evaluations], [e.loss for e in looped], rtol=1e-13)
+
+
 @jax.custom_vjp
 def _host_sin(x):
     # a kernel outside JAX (think FFI), with a backward rule
