@@ -1216,9 +1216,24 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   loop's evaluation (this version cut it by half), the higher that ratio. A block
   over 96 KiB (the first weight from about 1.5e4 parameters on) is evaluated point by
   point even with batching on, since copying it per row made the batch 1.3-3.5 times
-  slower than the loop (see the [design notes](design.md)). JAX gains more from its
-  batches (one compiled program for all the rows, no Python per op): 0.34-0.45 of the
-  unbatched check up to 1e4; at 1e5 its first weight (774 KB) is looped in both.
+  slower than the loop (see the [design notes](design.md)).
+- **Why PyTorch misses target 4 here.** A check's time is F + B batched and F + U
+  unbatched, F being what both pay (the analytic pass, the bookkeeping of 89
+  comparisons, the report), B and U the evaluations batched and looped. Half needs
+  F <= U - 2B. Measured at 1e3 on a busy day in the interleaved setting: F 4.2 ms,
+  B 3.5 ms, U 9.1 ms, so F would have to be 2.1 ms, less than `mode="directions"`
+  alone; at 1e4 the first weight's rows cost as much batched as looped, so U - 2B is
+  about 0 and no cut in F gets there. The target needs a device where rows are
+  computed in parallel (a GPU) or a costlier f per point.
+- **JAX gains more from its batches** (one compiled program for all the rows, no
+  Python per op): 0.35-0.45 of the unbatched check up to 1e5. Two changes got 1e5
+  there (0.52 before, git 04ac72c): the points of a block over 96 KiB (the first
+  weight, 774 KB) run in one program that loops over them inside XLA, instead of one
+  call from Python each (its 20 coordinate points: 6.3 -> 3.5 ms; past 4 MiB, as at
+  1e6, the loop inside XLA measured slower, so those points are one call each, as with
+  `batch=False`), and optimised batch programs are compiled without XLA's YNN fusions,
+  which recomputed the first layer's product, the same for every row of the small
+  blocks, once per row (those 66 rows: 5.3 -> 2.2 ms).
 """
 
 
