@@ -1226,7 +1226,7 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   about 0 and no cut in F gets there. The target needs a device where rows are
   computed in parallel (a GPU) or a costlier f per point.
 - **JAX gains more from its batches** (one compiled program for all the rows, no
-  Python per op): 0.35-0.45 of the unbatched check up to 1e5. Two changes got 1e5
+  Python per op): 0.3-0.47 of the unbatched check up to 1e5. Two changes got 1e5
   there (0.52 before, git 04ac72c): the points of a block over 96 KiB (the first
   weight, 774 KB) run in one program that loops over them inside XLA, instead of one
   call from Python each (its 20 coordinate points: 6.3 -> 3.5 ms; past 4 MiB, as at
