@@ -243,6 +243,13 @@ class Result:
             f"{self.kinks_crossed} kink(s) crossed, {self.evaluations} evaluation(s)"
         )
 
+    def __str__(self) -> str:
+        """`summary()`, and for a failing check the table of its failing blocks (what
+        `print(result)` shows; the dataclass repr, with every array, stays `repr`)."""
+        if self.passed:
+            return self.summary()
+        return self.summary() + "\n" + self.report(only_failing=True)
+
     def report(self, limit: int = 5, only_failing: bool = False) -> str:
         """A text table of the worst coordinates of each (failing) block."""
         from ._text import result_table
@@ -297,4 +304,4 @@ class GradcheckError(AssertionError):
 
     def __init__(self, result: Result) -> None:
         self.result = result
-        super().__init__(result.summary() + "\n" + result.report(only_failing=True))
+        super().__init__(str(result))

@@ -549,3 +549,29 @@ def test_unchanged_allows_round_off_only():
     assert unchanged(2.5, 2.5 * (1 + 5e-13))
     assert not unchanged(2.5, 2.5 * (1 + 5e-12))
     assert not unchanged(0.0, 1e-300)  # nothing is round-off of an exact zero
+
+
+def test_print_result_is_the_summary_and_for_a_failure_the_failing_blocks():
+    """str(result) (what print shows): the summary line, plus the table of the failing
+    blocks when the check failed; no arrays. repr stays the dataclass's."""
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    y = np.random.default_rng(1).standard_normal(5)
+
+    def f(x, y):
+        return np.exp(x).sum() + np.sin(y).sum()
+
+    good = gradcheck(f, x, y, grad=lambda x, y: (np.exp(x), np.cos(y)))
+    assert str(good) == good.summary()
+    assert "\n" not in str(good) and "array(" not in str(good)
+    assert "array(" in repr(good)
+
+    bad = gradcheck(f, x, y, grad=lambda x, y: (np.exp(x), 1.001 * np.cos(y)), raise_on_fail=False)
+    text = str(bad)
+    first, rest = text.split("\n", 1)
+    assert first == bad.summary() and first.startswith("gradcheck FAILED")
+    assert rest == bad.report(only_failing=True)
+    assert "'args[1]'" in rest and "'args[0]'" not in rest  # only the failing block
+    assert "array(" not in text
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, x, y, grad=lambda x, y: (np.exp(x), 1.001 * np.cos(y)))
+    assert str(info.value) == text
