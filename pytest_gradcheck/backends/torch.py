@@ -107,6 +107,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant
 from . import _torch_batch as tb
@@ -126,6 +127,7 @@ from ._base import (
     whole,
 )
 from ._rng import GlobalRng
+from ._torch_promote import Promoting, hook_recurrent
 from ._torch_tracker import WinnerTracker, tracker
 from ._tree import iter_leaves, map_leaves
 
@@ -390,6 +392,16 @@ _MISMATCH = re.compile(
 )
 
 
+#: messages of dtype checks made before dispatch (convolution, bilinear, prelu, RNNs)
+_EARLY_DTYPE = re.compile(r"dtype|scalar type|Input type|Type promoting", re.I)
+
+
+def _dtype_mismatch(err: BaseException) -> bool:
+    """Whether `err` (or what it wraps) reports mixed dtypes."""
+    cause = err.__cause__
+    return bool(_EARLY_DTYPE.search(str(err)) or (cause and _EARLY_DTYPE.search(str(cause))))
+
+
 @dataclass(frozen=True)
 class _Reference:
     """f at the checked point, unbatched: what every batched evaluation is checked against."""
@@ -515,6 +527,10 @@ class TorchBackend:
         self._quiet = False
         #: points evaluated without the dispatch mode (for tests and benchmarks)
         self.fast_points = 0
+        #: f needs its inputs cast before dispatch (`_torch_promote`); the hooks on
+        #: the recurrent modules of params that do so for those modules
+        self._promoting = False
+        self._hooks: list[RemovableHandle] = []
 
         self._rng = GlobalRng(settings.seed)  # validates the seed; saves random and numpy
         self._device = _resolve_device(settings.device)
@@ -702,6 +718,7 @@ class TorchBackend:
         """Save train/eval flags; give every buffer float64 (or copied) storage."""
         swapped = {id(s.tensor) for s in self._swaps}
         self._training.extend((m, m.training) for m in module.modules())
+        self._hooks.extend(hook_recurrent(module.modules()))
         works: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for sub in module.modules():
             for name, buf in sub._buffers.items():
@@ -736,7 +753,22 @@ class TorchBackend:
         return specs
 
     def gradient(self, track: bool) -> Gradient:
-        """The analytic gradient at the base point, from one call of f with the seed reset."""
+        """The analytic gradient at the base point, from one call of f with the seed reset.
+
+        An f that fails on a dtype mismatch the tracker could not fix (a convolution of
+        float32 data with the check's float64 weights is refused before dispatch) is
+        called again with its inputs cast ahead of dispatch, for the rest of the check
+        (`_torch_promote`).
+        """
+        try:
+            return self._gradient_pass(track)
+        except (RuntimeError, ValueError, TypeError) as err:
+            if self._promoting or not _dtype_mismatch(err):
+                raise
+            self._promoting = True
+            return self._gradient_pass(track)
+
+    def _gradient_pass(self, track: bool) -> Gradient:
         self._quiet = False  # decided anew at every checked point (`_shift_invariant`)
         recorder = SignatureRecorder() if track else None
         mode = self._mode(recorder, watch_precision=True, measure=True, watch=self._watch())
@@ -937,6 +969,9 @@ class TorchBackend:
             except BaseException as err:  # keep restoring the rest
                 errors.append(err)
 
+        for handle in self._hooks:
+            attempt(handle.remove)
+        self._hooks = []
         for buffer in self._buffers:
             attempt(lambda b=buffer: b.module._buffers.__setitem__(b.name, b.obj))
         for swap in reversed(self._swaps):
@@ -1029,15 +1064,19 @@ class TorchBackend:
                     buffer.module._buffers[buffer.name] = buffer.obj
                 buffer.work.copy_(buffer.start)
 
+    def _promotion(self) -> contextlib.AbstractContextManager:
+        """Casts ahead of dispatch, for an f that needs them (see `gradient`)."""
+        return Promoting() if self._promoting else contextlib.nullcontext()
+
     def _forward(self, grad_enabled: bool, mode: WinnerTracker | None) -> Any:
         """One call of f from the seeded RNGs and the starting buffers (mode None: plain)."""
         self._reseed()
         self._reset_buffers()
         try:
             if mode is None:
-                with _GradMode(grad_enabled):
+                with _GradMode(grad_enabled), self._promotion():
                     return self.f(*self._args)
-            with _GradMode(grad_enabled), mode:
+            with _GradMode(grad_enabled), self._promotion(), mode:
                 return self.f(*self._args)
         except RuntimeError as err:
             if _MISMATCH.search(str(err)):
@@ -1454,7 +1493,7 @@ class TorchBackend:
             buffers = self._batched_buffers(n)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=tb.PERFORMANCE_WARNING)
-                with torch.no_grad(), mode:
+                with torch.no_grad(), self._promotion(), mode:
                     out = torch.func.vmap(call, randomness="same")(buffers, *inputs)
             values = tb.batch_losses(out, n, self._kind, self._weights)
         except Exception as err:  # vmap's refusals, and anything f raises: the loop decides
