@@ -98,6 +98,9 @@ _NEEDS_CONCRETE = (
     jax.errors.NonConcreteBooleanIndexError,
 )
 
+#: the message of a lax operation refusing mixed dtypes (conv_general_dilated & co.)
+_MIXED_DTYPES = re.compile(r"same dtypes?\b", re.IGNORECASE)
+
 #: memory one vmapped chunk of points may use (estimated from the jaxpr's values)
 _CHUNK_BYTES = 512 * 2**20
 #: most points evaluated in one vmapped call; a batch is padded to one of _BATCH_SIZES
@@ -629,6 +632,17 @@ class JaxBackend:
                 f"{type(err).__name__}), so it is evaluated eagerly, one point at a time, "
                 "and winner tracking is off (kinks are not detected)"
             )
+        except TypeError as err:  # after _NEEDS_CONCRETE: those are TypeErrors too
+            if not _MIXED_DTYPES.search(str(err)):
+                raise
+            raise TypeError(
+                f"gradcheck: f failed in float64: {str(err).splitlines()[0]}\n"
+                "The check runs f on float64 copies of the checked arrays. An array f "
+                "reads without the check (data in a closure) is still in lower precision, "
+                "and this lax operation does not promote mixed dtypes (jnp functions and "
+                "flax layers do). Cast it where f combines it with a checked array "
+                "(x.astype(w.dtype)), or pass it in float64."
+            ) from err
         if self._out_dtype not in ("float64", "complex128"):
             self.warnings.append(
                 f"gradcheck: f returns {self._out_dtype} although its inputs are float64; "

@@ -379,3 +379,26 @@ def test_fixture_and_marker_work_with_jax(gradcheck):
     result = gradcheck(lambda w: jnp.sum(jnp.sin(w) ** 2), jnp.linspace(0.1, 1.0, 6))
     assert result.passed and result.framework == "jax"
     assert all(len(b.indices) == 4 for b in result.blocks)
+
+
+def test_float32_data_meeting_a_lax_conv_names_the_cast_to_make():
+    """lax.conv refuses a float32 input beside the check's float64 kernel (it does not
+    promote, unlike jnp and flax): the error says why and what to do, and f with the
+    cast it suggests checks."""
+    gen = np.random.default_rng(0)
+    x32 = jnp.asarray(gen.standard_normal((2, 3, 6, 6)), jnp.float32)
+    w = jnp.asarray(gen.standard_normal((4, 3, 3, 3)), jnp.float32)
+
+    def f(w):
+        return jnp.sum(jax.lax.conv(x32, w, (1, 1), "SAME") ** 2)
+
+    with pytest.raises(TypeError, match="requires arguments to have the same dtypes") as info:
+        gradcheck(f, w)
+    assert "x.astype(w.dtype)" in str(info.value)
+    assert isinstance(info.value.__cause__, TypeError)
+
+    def cast(w):
+        return jnp.sum(jax.lax.conv(x32.astype(w.dtype), w, (1, 1), "SAME") ** 2)
+
+    assert gradcheck(cast, w).tier is Tier.HAPPY
+    assert x32.dtype == w.dtype == jnp.float32
