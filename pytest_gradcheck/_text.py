@@ -170,6 +170,10 @@ def _factor_hint(failing: list[tuple[str | None, BlockResult]]) -> str | None:
     return None
 
 
+#: the backends' warnings that f lowers the precision of what it computes
+_LOWERED_INSIDE = ("computes in lower precision inside", "computed in reduced precision")
+
+
 def hints(result: Result) -> list[str]:
     """One line for each known pitfall that the failure looks like (none if it passed).
 
@@ -184,13 +188,22 @@ def hints(result: Result) -> list[str]:
     failing = result.failing()
     text = " ".join(result.warnings)
 
+    # the check evaluates f on float64 copies whatever the inputs' dtype: low precision
+    # explains a failure only where f itself computes in it (which torch and JAX report;
+    # NumPy cannot see a cast inside f, so there a float32 input is the clue)
     lowp = sorted({b.name for _, b in failing if str(b.dtype).lower() in LOW_PRECISION})
-    if lowp or "float32" in text or "float16" in text or "lower precision" in text:
-        where = f"block(s) {', '.join(map(repr, lowp))} are low precision; " if lowp else ""
+    if any(w in text for w in _LOWERED_INSIDE):
         out.append(
-            f"{where}in float32 the round-off of f (~1e-7 relative) divided by the step h "
-            "swamps the difference: pass float64 inputs and remove .float()/astype(float32)/"
-            "autocast inside f"
+            "f computes in lower precision inside (see the warning): in float32 the "
+            "round-off of f (~1e-7 relative) divided by the step h swamps the difference; "
+            "remove the .float()/astype/dtype=/autocast inside f for the check"
+        )
+    elif lowp and result.framework == "numpy":
+        out.append(
+            f"block(s) {', '.join(map(repr, lowp))} are low precision in your code; the "
+            "check evaluates f on float64 copies, but a cast inside f back to float32 "
+            "(np.asarray(x, dtype=np.float32), x.astype(np.float32)) makes its round-off "
+            "(~1e-7 relative) divided by the step h swamp the difference: remove such a cast"
         )
 
     tiny = []

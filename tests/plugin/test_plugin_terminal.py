@@ -294,6 +294,26 @@ def test_hints_name_each_known_pitfall() -> None:
     assert "sign is flipped" in sign
     lowp = hints(_result(_block(analytic=(1.0, 2.0), numeric=(1.1, 2.5), dtype="float32")))
     assert len(lowp) == 1 and "low precision" in lowp[0] and "float64" in lowp[0]
+    # torch and JAX cast float32 inputs and report a cast inside f: an input's dtype
+    # alone explains nothing there (the check ran in float64)
+    f32 = _block(analytic=(1.0, 2.0), numeric=(1.1, 2.5), dtype="float32")
+    assert hints(_result(f32, framework="torch")) == [] != hints(_result(f32))
+    (inside,) = hints(
+        _result(
+            f32,
+            framework="torch",
+            warnings=["gradcheck: f computes in lower precision inside (aten.mm -> float32)"],
+        )
+    )
+    assert "f computes in lower precision inside" in inside and "autocast" in inside
+    (jax_inside,) = hints(
+        _result(
+            _block(analytic=(1.0, 2.0), numeric=(1.1, 2.5)),
+            framework="jax",
+            warnings=["f returns float32 ...; the loss is computed in reduced precision"],
+        )
+    )
+    assert jax_inside == inside
     tiny = hints(_result(_block(analytic=(1e-12, 3e-12), numeric=(2e-12, 1e-12))))
     assert len(tiny) == 1 and "tiny" in tiny[0] and "scale='auto'" in tiny[0]
     kinks = _block(analytic=(1.0, 2.0, 5.0), numeric=(1.5, 2.0, 3.0), kinks=[False, False, True])
