@@ -33,7 +33,7 @@ from ._pairs import (
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import Streams, direction, sample_coordinates
 from ._steps import TINY, absmax, step_for, steps, value_floor
-from ._tiers import Tier, default_tolerance, relative_error
+from ._tiers import THRESHOLDS, Tier, default_tolerance, relative_error
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
 
 #: the sweep's steps, h = 1e-1 ... 1e-10
@@ -231,7 +231,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         dp = dir_pairs[b]
         if dp is not None:
             pairs.append(dp)
-        _noise_warning(spec, pairs, results[TOTAL].blocks[b], scale, warnings)
+        _noise_warning(spec, pairs, results[TOTAL].blocks[b], scale, largests[b][TOTAL], warnings)
 
     mostly_excluded = _excluded_warnings(results[TOTAL], warnings)
     if mostly_excluded or not all(r.passed for r in results.values()):
@@ -452,14 +452,27 @@ def _dominance_warnings(
 
 
 def _noise_warning(
-    spec: BlockSpec, pairs: Sequence[Pair], block: BlockResult, scale: float, warnings: list[str]
+    spec: BlockSpec,
+    pairs: Sequence[Pair],
+    block: BlockResult,
+    scale: float,
+    largest: float,
+    warnings: list[str],
 ) -> None:
-    """Say where f's round-off was measured, what it hides, and what became of it."""
+    """Say where f's round-off was measured, what it hides, and what became of it.
+
+    Nothing is said where what it hides is below the happy tier's share of the block's
+    largest gradient (`largest`, unscaled): the measurement then changes nothing a
+    reader of the report could act on (a wrong entry is confirmed, and noise measured,
+    even where f is exact to 1e-9).
+    """
     measured = [p for p in pairs if p.noise]
     if not measured:
         return
     worst = max(measured, key=lambda p: p.noise.get(TOTAL, 0.0) / p.step)
     limit = NOISE_SIGMAS * worst.noise.get(TOTAL, 0.0) / worst.step * scale
+    if limit <= THRESHOLDS[Tier.HAPPY] * largest * scale:
+        return
     judged = int(np.count_nonzero(block.within_noise))
     if block.direction is not None and block.direction.within_noise:
         judged += 1
