@@ -9,6 +9,7 @@ positional arguments are data; without it, the blocks are the floating leaves of
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -273,6 +274,14 @@ class NumpyBackend:
             ),
         )
         kwargs = {"dout": self._weights.copy()} if self._kind == "array" else {}
+        if kwargs and not _takes_dout(self.grad):
+            raise TypeError(
+                f"gradcheck: f returns an array of shape {self._weights.shape}, not a scalar "
+                "loss, so the check reduces it to sum(out * dout) with a fixed random dout "
+                "and calls grad(..., dout=dout); grad has no dout parameter. Give it one "
+                "(the upstream gradient, shaped like f's output, as a layer's backward "
+                "takes), or make f return a scalar loss"
+            )
         self._rng.reseed()
         raw = self.grad(*call_args, **kwargs)
         if self._kind == "terms":
@@ -375,6 +384,19 @@ def _evaluation(loss: float, terms: dict[str, float], session: Session | None) -
 def _data_copy(leaf: Any) -> Any:
     """A copy of an array argument that is not checked, so f cannot change the user's."""
     return leaf.copy() if isinstance(leaf, np.ndarray) else leaf
+
+
+def _takes_dout(grad: Callable[..., Any]) -> bool:
+    """Whether `grad` accepts the keyword `dout` (True where its signature is unknown)."""
+    try:
+        parameters = inspect.signature(grad).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == "dout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )
 
 
 def _no_gradient(name: str) -> str:

@@ -615,3 +615,21 @@ def test_huge_finite_gradients_whose_sum_overflows_are_not_called_non_finite():
             lambda x: 5e307 * np.sum(x**2), x, grad=lambda x: (1e308 * x,), raise_on_fail=False
         )
     assert np.all(result.blocks[0].analytic == 1e306)
+
+
+def test_an_array_output_needs_a_grad_that_takes_dout():
+    """f returning an array is reduced with a fixed random dout, which grad receives as
+    a keyword: a grad without it is told so (not a bare TypeError from the call), while
+    one with it (or **kwargs) checks."""
+    x = np.random.default_rng(0).standard_normal(5)
+    with pytest.raises(TypeError, match="grad has no dout parameter") as info:
+        gradcheck(lambda a: a**2, x, grad=lambda a: (2 * a,))
+    assert "shape (5,)" in str(info.value)
+    assert gradcheck(lambda a: a**2, x, grad=lambda a, dout: (2 * a * dout,)).passed
+    assert gradcheck(lambda a: a**2, x, grad=lambda a, **kw: (2 * a * kw["dout"],)).passed
+
+    def grad_raising(a, *, dout):  # a TypeError inside grad stays grad's own
+        raise TypeError("my backward is broken")
+
+    with pytest.raises(TypeError, match="my backward is broken"):
+        gradcheck(lambda a: a**2, x, grad=grad_raising)
