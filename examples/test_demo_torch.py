@@ -1,5 +1,6 @@
 """Gradient checks of PyTorch code: a module with dropout and batch norm in train mode,
-and a custom autograd.Function whose backward is wrong on purpose (xfail)."""
+a CNN and an LSTM on float32 data, and a custom autograd.Function whose backward is
+wrong on purpose (xfail)."""
 
 import pytest
 
@@ -19,6 +20,22 @@ def test_mlp_with_dropout_and_batchnorm_in_train_mode(gradcheck):
     x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
     gradcheck(lambda: F.cross_entropy(model(x), y), params=model)
     assert model.training and model[0].weight.dtype == torch.float32  # all restored
+
+
+def test_cnn_and_lstm_on_float32_data(gradcheck):
+    """A convolution and an LSTM read their float32 data in float64 too (both check
+    their inputs' dtype against their weights' before computing anything)."""
+    torch.manual_seed(0)
+    conv, lstm = nn.Conv2d(2, 3, 3, padding=1), nn.LSTM(3, 4, batch_first=True)
+    images = torch.randn(2, 2, 4, 4)
+
+    def loss():
+        features = torch.relu(conv(images)).mean(dim=(2, 3))  # (2, 3)
+        out, _ = lstm(features.unsqueeze(1).repeat(1, 3, 1))  # a 3-step sequence
+        return out.square().sum()
+
+    gradcheck(loss, params={"conv": conv, "lstm": lstm})
+    assert conv.weight.dtype == lstm.weight_hh_l0.dtype == images.dtype == torch.float32
 
 
 class Swish(torch.autograd.Function):
