@@ -12,6 +12,7 @@ numerical framework.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -170,6 +171,9 @@ def _factor_hint(failing: list[tuple[str | None, BlockResult]]) -> str | None:
     return None
 
 
+#: the torch backend's warning that f wrote into a checked block (names the block)
+_WRITTEN = re.compile(r"f writes into ('[^']*') in place")
+
 #: the backends' warnings that f lowers the precision of what it computes
 _LOWERED_INSIDE = ("computes in lower precision inside", "computed in reduced precision")
 
@@ -229,6 +233,16 @@ def hints(result: Result) -> list[str]:
         out.append(
             "kinks='off' but f takes max-like decisions: a difference across a kink looks "
             "like a wrong gradient; check again with kinks='track'"
+        )
+
+    written = sorted(set(_WRITTEN.findall(text)))
+    if written:
+        out.append(
+            f"f writes into {', '.join(written)} in place, outside autograd "
+            "(nn.Embedding(max_norm=...) renormalizes the rows it reads, spectral_norm "
+            "updates its vectors): the gradient autograd returns leaves out how those "
+            "writes depend on the values, the differences do not; check without the "
+            "write (max_norm=None, eval mode) or at a point it leaves unchanged"
         )
 
     if "dominates" in text:

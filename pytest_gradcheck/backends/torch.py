@@ -815,7 +815,9 @@ class TorchBackend:
             raise ValueError(
                 "gradcheck: the loss returned by f has no autograd graph, so no checked block "
                 f"({_names([b.name for b in self._blocks])}) receives a gradient. f detached "
-                "it (.item(), .detach(), .numpy(), torch.no_grad) or does not use the blocks; "
+                "it (.item(), .detach(), .numpy(), torch.no_grad, a reentrant "
+                "torch.utils.checkpoint whose inputs do not require grad) or does not use "
+                "the blocks; "
                 "return the loss as a tensor computed from the inputs"
             )
         # the backward passes run under a precision watch too, unless they cannot lower

@@ -314,6 +314,15 @@ def test_hints_name_each_known_pitfall() -> None:
         )
     )
     assert jax_inside == inside
+    (written,) = hints(
+        _result(
+            _block(analytic=(1.0, 1.0), numeric=(0.3, 0.5)),
+            framework="torch",
+            warnings=["gradcheck: f writes into 'weight' in place; the check put its values back"],
+        )
+    )
+    assert "f writes into 'weight' in place, outside autograd" in written
+    assert "max_norm" in written
     tiny = hints(_result(_block(analytic=(1e-12, 3e-12), numeric=(2e-12, 1e-12))))
     assert len(tiny) == 1 and "tiny" in tiny[0] and "scale='auto'" in tiny[0]
     kinks = _block(analytic=(1.0, 2.0, 5.0), numeric=(1.5, 2.0, 3.0), kinks=[False, False, True])

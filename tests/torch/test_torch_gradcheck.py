@@ -451,3 +451,23 @@ def test_cuda_conv_and_numerics_flags_are_restored():
     )
     assert after == flags
     np.testing.assert_equal(model[0].weight.dtype, torch.float32)
+
+
+def test_an_embedding_renormalizing_in_place_fails_and_says_why():
+    """nn.Embedding(max_norm=1) renormalizes the rows it reads in place, under no_grad:
+    autograd's gradient leaves that out, the differences do not. The check fails (the
+    gradient is not the derivative of what f computes), says f writes into the weight
+    in place, hints at the cause, and puts the weight back."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4, max_norm=1.0)
+    before = emb.weight.detach().clone()
+    ids = torch.tensor([1, 2, 3])
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda: emb(ids).sum(), params=emb)
+    message = str(info.value)
+    assert "f writes into 'weight' in place; the check put" in message
+    assert "hint: f writes into 'weight' in place, outside autograd" in message
+    assert torch.equal(emb.weight.detach(), before)
+    # without the renormalization, the same check passes
+    plain = torch.nn.Embedding(10, 4)
+    assert gradcheck(lambda: plain(ids).sum(), params=plain).passed
