@@ -6,7 +6,7 @@ jaxpr maps the call's inputs and outputs one to one, and which operands are vari
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 # jaxpr_as_fun evaluates open jaxprs where jax.core.eval_jaxpr is missing
@@ -31,6 +31,7 @@ __all__ = [
     "DropVar",
     "Jaxpr",
     "Literal",
+    "all_eqns",
     "call_jaxpr",
     "eval_jaxpr",
     "forward",
@@ -99,3 +100,23 @@ def forward(
             if is_var(v):
                 env[v] = value
     return env, tuple(read(v) for v in jaxpr.outvars)
+
+
+def _inner_jaxprs(value: Any) -> list[Jaxpr]:
+    """The jaxprs in one equation parameter (a jaxpr, a closed one, or a tuple of them)."""
+    if isinstance(value, ClosedJaxpr):
+        return [value.jaxpr]
+    if isinstance(value, Jaxpr):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [j for v in value for j in _inner_jaxprs(v)]
+    return []
+
+
+def all_eqns(jaxpr: Jaxpr) -> Iterator[Any]:
+    """Every equation of `jaxpr` and of the jaxprs inside it (calls, loops, branches)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for inner in _inner_jaxprs(value):
+                yield from all_eqns(inner)

@@ -88,6 +88,7 @@ from ._jax_tracker import (
     make_tracked,
     safe_fingerprint,
 )
+from ._jaxpr import all_eqns
 from ._rng import GlobalRng
 
 #: errors that mean `f` needs concrete values (Python control flow on array values)
@@ -97,6 +98,9 @@ _NEEDS_CONCRETE = (
     jax.errors.TracerIntegerConversionError,
     jax.errors.NonConcreteBooleanIndexError,
 )
+
+#: floating dtypes below float64 (a cast into one lowers f's precision)
+_LOWER_FLOATS = frozenset({"float32", "float16", "bfloat16"})
 
 #: the message of a lax operation refusing mixed dtypes (conv_general_dilated & co.)
 _MIXED_DTYPES = re.compile(r"same dtypes?\b", re.IGNORECASE)
@@ -643,6 +647,8 @@ class JaxBackend:
                 "flax layers do). Cast it where f combines it with a checked array "
                 "(x.astype(w.dtype)), or pass it in float64."
             ) from err
+        if self._mode == "jit":
+            self._warn_lowered(self._closed_jaxpr.jaxpr)
         if self._out_dtype not in ("float64", "complex128"):
             self.warnings.append(
                 f"gradcheck: f returns {self._out_dtype} although its inputs are float64; "
@@ -671,6 +677,29 @@ class JaxBackend:
             no_ynn = self._platform == "cpu" and not self._quick and _jaxlib() >= _NO_YNN_SINCE
             self._batch_program = 2 if no_ynn else self._quick
             _bound_programs()
+
+    def _warn_lowered(self, jaxpr: Any) -> None:
+        """Warn where f casts float64 values to a lower precision (torch's precision
+        watch, for JAX): such an f does not run in float64 throughout, whatever the
+        check does, and a correct gradient can fail by round-off there."""
+        sites: dict[str, None] = {}
+        for eqn in all_eqns(jaxpr):
+            if eqn.primitive.name != "convert_element_type" or not eqn.invars:
+                continue
+            source = getattr(getattr(eqn.invars[0], "aval", None), "dtype", None)
+            target = eqn.params.get("new_dtype")
+            if source != np.float64 or str(target) not in _LOWER_FLOATS:
+                continue
+            sites[f"float64 -> {target}{_where(eqn)}"] = None
+        if sites:
+            listed = "; ".join(list(sites)[:3]) + (" and more" if len(sites) > 3 else "")
+            self.warnings.append(
+                f"gradcheck: f computes in lower precision inside ({listed}): part of f "
+                "runs below float64, so a correct gradient can show large relative errors; "
+                "remove the cast (astype, dtype=) inside f for the check. A library "
+                "function may cast on its own (jax.nn.dot_product_attention computes its "
+                "softmax in float32): no check of it gets past that precision"
+            )
 
     def _place_const(self, value: Any) -> Any:
         """A const of the traced jaxpr, on the check's device, as a program argument."""
@@ -1203,6 +1232,16 @@ def _pad_rows(a: np.ndarray | None, pad: int, fill: float) -> np.ndarray | None:
     out = np.full((a.shape[0] + pad, *a.shape[1:]), fill, a.dtype)
     out[: a.shape[0]] = a
     return out
+
+
+def _where(eqn: Any) -> str:
+    """ " at file:line (function)" of the user code behind an equation, where known."""
+    try:
+        from jax._src import source_info_util
+
+        return f" at {source_info_util.summarize(eqn.source_info)}"
+    except Exception:  # a private helper: absent or changed in another release
+        return ""
 
 
 def _describe(err: Exception) -> str:

@@ -15,6 +15,7 @@ jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
 from pytest_gradcheck import GradcheckError, Tier, gradcheck  # noqa: E402
+from pytest_gradcheck._text import hints  # noqa: E402
 
 X64_AT_IMPORT = bool(jax.config.jax_enable_x64)
 
@@ -402,3 +403,27 @@ def test_float32_data_meeting_a_lax_conv_names_the_cast_to_make():
 
     assert gradcheck(cast, w).tier is Tier.HAPPY
     assert x32.dtype == w.dtype == jnp.float32
+
+
+def test_a_cast_to_float32_inside_f_is_reported_and_hinted():
+    """JAX's answer to torch's precision watch: a float64 value cast to float32 inside
+    f (here in a scan's body, as jax.nn.dot_product_attention does in its softmax)
+    is named with the user's line, and a failure points at it; f in float64 passes
+    without any such warning."""
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 6)))
+
+    def f(x, low=True):
+        def step(carry, row):
+            z = row.astype(jnp.float32) if low else row
+            return carry + jnp.sum(jnp.exp(z) ** 2).astype(carry.dtype), None
+
+        return jax.lax.scan(step, jnp.zeros((), x.dtype), x)[0]
+
+    result = gradcheck(f, x, raise_on_fail=False)
+    (warning,) = [w for w in result.warnings if "lower precision inside" in w]
+    assert "float64 -> float32 at " in warning and "test_jax_gradcheck.py" in warning
+    assert not result.passed  # float32 round-off over h: far from happy
+    assert any("f computes in lower precision inside" in h for h in hints(result))
+    clean = gradcheck(lambda x: f(x, low=False), x)
+    assert clean.tier is Tier.HAPPY
+    assert not any("lower precision" in w for w in clean.warnings)
