@@ -9,7 +9,12 @@ their outcome into the recorder of the running evaluation.
 The max/min reductions (and segment maxima) also serve the shift test (see
 `_kinks.shift_offsets`): a session with `shift` adds offsets to their values, and one
 with `quiet` no longer records them, once the test has shown that the loss does not
-depend on them.
+depend on them. The comparisons (and the ``where``/``select`` choices they feed) serve
+the same test by being inverted: a stable sigmoid,
+``np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x)))``, or CS231n's
+boolean-mask version, computes one function on both sides of its comparison, so
+inverting every comparison leaves the loss as it was, while a ReLU's mask, a hinge's
+or an ``if`` on a value does not.
 """
 
 from __future__ import annotations
@@ -26,20 +31,23 @@ from .._kinks import SignatureRecorder, shift_offsets
 
 
 class Session:
-    """One tracked evaluation: its recorder, what it recorded, how it treats reductions.
+    """One tracked evaluation: its recorder, what it recorded, how it treats reductions
+    and comparisons.
 
-    `reductions` counts the max/min reductions recorded, `others` every other decision;
-    with `shift`, each reduction's value is moved by `shift_offsets`; with `quiet`,
-    reductions are not recorded at all.
+    `reductions` counts the max/min reductions recorded, `others` every other decision,
+    of which `flippable` are comparisons and the ``where``/``select`` choices; with
+    `shift` (the shift test), each reduction's value is moved by `shift_offsets` and
+    every comparison's outcome is inverted; with `quiet`, neither is recorded at all.
     """
 
-    __slots__ = ("others", "quiet", "recorder", "reductions", "shift", "shifts")
+    __slots__ = ("flippable", "others", "quiet", "recorder", "reductions", "shift", "shifts")
 
     def __init__(self, shift: bool = False, quiet: bool = False) -> None:
         self.recorder = SignatureRecorder()
         self.reductions = 0
         self.shifts: dict[tuple, int] = {}  # a reduction's key -> its shift's number
         self.others = 0
+        self.flippable = 0
         self.shift = shift
         self.quiet = quiet
 
@@ -87,11 +95,14 @@ def _is_floating(x: Any) -> bool:
     return np.issubdtype(np.asarray(x).dtype, np.floating)
 
 
-def _record(op: str, decision: Any, reduction: bool = False) -> None:
+def _record(op: str, decision: Any, reduction: bool = False, flippable: bool = False) -> None:
     session = _SESSION.get()
     if session is not None:
+        if flippable and (session.shift or session.quiet):
+            return  # the shift test inverts it, or has shown it does not matter
         if not reduction:
             session.others += 1
+            session.flippable += flippable
         arr = np.ascontiguousarray(decision)
         session.recorder.record(
             op, arr.dtype.str.encode() + repr(arr.shape).encode() + arr.tobytes()
@@ -171,6 +182,14 @@ class Tracked(np.ndarray):
         floating = any(_is_floating(x) for x in raw_inputs if not isinstance(x, np.ufunc))
         if floating:
             session = _SESSION.get()
+            if (
+                session is not None
+                and session.shift
+                and method == "__call__"
+                and ufunc in _COMPARISONS
+                and "out" not in kwargs
+            ):
+                result = np.logical_not(result)
             segment = method == "at" and len(raw_inputs) == 3
             if (method == "reduce" or segment) and ufunc in _WINNER and session is not None:
                 if session.shift and segment:
@@ -195,7 +214,7 @@ class Tracked(np.ndarray):
                 # from a tie matches neither side and is not judged one-sidedly
                 _record(name, np.sign(np.subtract(inputs[0], inputs[1])).astype(np.int8))
             elif ufunc in _COMPARISONS:
-                _record(name, result)
+                _record(name, result, flippable=True)
             elif ufunc in _SIGNS:
                 _record(name, np.sign(inputs[0]).astype(np.int8))
             elif ufunc in _STEPS:
@@ -234,9 +253,10 @@ class Tracked(np.ndarray):
             order = np.argsort(x, axis=axis, kind="stable") if x.ndim else np.zeros(0)
             _record(func.__name__, order)
         elif func is np.where and len(args) == 3:
-            _record("where", np.asarray(_raw(args[0]), dtype=bool))
+            _record("where", np.asarray(_raw(args[0]), dtype=bool), flippable=True)
         elif func is np.select and args:
-            _record("select", np.asarray([np.asarray(_raw(c), dtype=bool) for c in args[0]]))
+            conditions = np.asarray([np.asarray(_raw(c), dtype=bool) for c in args[0]])
+            _record("select", conditions, flippable=True)
         return _wrap(result)
 
     # ndarray methods that np.argmax & co. call back into: compute on the raw array
@@ -280,8 +300,9 @@ class Tracked(np.ndarray):
 def tracking(shift: bool = False, quiet: bool = False) -> Iterator[Session]:
     """Record the decisions of everything computed on `Tracked` arrays inside the block.
 
-    With `shift`, the evaluation is the shift test's: reductions are moved, nothing
-    about them is recorded. With `quiet`, reductions are not recorded.
+    With `shift`, the evaluation is the shift test's: reductions are moved and
+    comparisons inverted, nothing about either is recorded. With `quiet`, neither is
+    recorded.
     """
     session = Session(shift, quiet)
     token = _SESSION.set(session)

@@ -259,7 +259,10 @@ class NumpyBackend:
         loss, terms = self._reduce(value)
         center = _evaluation(loss, terms, session)
         evaluations = 1
-        if session is not None and session.reductions and not session.others:
+        # every decision a max/min reduction, a comparison or a choice it feeds: the
+        # shift test can show that none of them is a kink of the loss
+        testable = session is not None and session.others == session.flippable
+        if testable and (session.reductions or session.flippable):
             evaluations += 1
             if self._shift_invariant(center):
                 self._quiet = True
@@ -315,10 +318,13 @@ class NumpyBackend:
         return Gradient(center, tuple(g for g in grads if g is not None), {}, evaluations)
 
     def _shift_invariant(self, center: Evaluation) -> bool:
-        """Whether f's loss and terms ignore the values of its max/min reductions.
+        """Whether f's loss and terms ignore the values of its max/min reductions and
+        the outcomes of its comparisons.
 
-        Called where every decision at the checked point came from such reductions: f
-        is evaluated once more with their values moved (`_kinks.shift_offsets`). An f
+        Called where every decision at the checked point came from such reductions,
+        comparisons or the choices they feed: f is evaluated once more with the
+        reductions' values moved (`_kinks.shift_offsets`) and every comparison
+        inverted (a stable sigmoid computes the same on either side). An f
         that cannot take the move (it raises, or its output changes form) is not
         shift-invariant; what it warns about is not the user's concern.
         """

@@ -440,6 +440,117 @@ def test_the_shift_test_survives_an_f_that_refuses_it():
     assert result.evaluations == gradcheck(f, s, grad=grad, kinks="off").evaluations + 1
 
 
+# -- comparisons that choose between two forms of one function -----------------------
+
+SIG_X = np.random.default_rng(5).standard_normal(24) * 4
+SIG_W = np.random.default_rng(6).standard_normal(24)
+
+
+def sigmoid_where(x):
+    """The stable sigmoid as one np.where over both forms."""
+    with np.errstate(over="ignore"):
+        s = np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x)))
+    return np.sum(SIG_W * s)
+
+
+def sigmoid_masks(x):
+    """CS231n's stable sigmoid (rnn_layers.py): boolean masks, one form on each side."""
+    pos = x >= 0
+    neg = ~pos
+    z = np.zeros_like(x)
+    z[pos] = np.exp(-x[pos])
+    z[neg] = np.exp(x[neg])
+    top = np.ones_like(x)
+    top[neg] = z[neg]
+    return np.sum(SIG_W * top / (1 + z))
+
+
+def sigmoid_grad(x, factor=1.0):
+    s = 1 / (1 + np.exp(-x))
+    return (factor * SIG_W * s * (1 - s),)
+
+
+@pytest.mark.parametrize("f", [sigmoid_where, sigmoid_masks])
+def test_a_stable_sigmoid_is_smooth_and_held_to_happy(f):
+    # x >= 0 decides which of two forms of one function computes each entry: inverting
+    # every comparison (the shift test) leaves the loss as it was, so they are no kink
+    result = gradcheck(f, SIG_X, grad=sigmoid_grad)
+    assert result.passed and result.tier is Tier.HAPPY
+    assert not result.kinks_present
+    assert result.tolerance is Tier.HAPPY
+    assert result.evaluations == gradcheck(f, SIG_X, grad=sigmoid_grad, kinks="off").evaluations + 1
+    # held to happy, a gradient 1e-5 off fails (held to OK, it passed)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, SIG_X, grad=lambda x: sigmoid_grad(x, 1 + 1e-5))
+    assert info.value.result.tier is Tier.OK
+
+
+def _kinked_by_comparisons():
+    """Functions whose comparisons are kinks of the loss, with their gradients."""
+    w = SIG_W
+
+    def leaky(x):
+        return np.sum(w * np.where(x > 0, x, 0.1 * x))
+
+    def hinge_mask(x):
+        m = 1 - x
+        return np.sum((m > 0) * m * w)
+
+    def positive_part(x):
+        return np.sum(x[x > 0] ** 2)
+
+    def piecewise(x):
+        return np.sum(w * np.select([x < -1, x < 1], [-x, x**3], 2 * x - 1))
+
+    def python_if(x):
+        total = 0.0
+        for xi, wi in zip(x, w, strict=True):
+            if xi > 0.5:
+                total = total + wi * xi
+        return total
+
+    return {
+        "leaky": (leaky, lambda x: (w * np.where(x > 0, 1.0, 0.1),)),
+        "hinge_mask": (hinge_mask, lambda x: (-w * (1 - x > 0),)),
+        "positive_part": (positive_part, lambda x: (2 * x * (x > 0),)),
+        "piecewise": (
+            piecewise,
+            lambda x: (w * np.select([x < -1, x < 1], [-1.0, 3 * x**2], 2.0),),
+        ),
+        "python_if": (python_if, lambda x: (w * (x > 0.5),)),
+    }
+
+
+KINKED = _kinked_by_comparisons()
+
+
+@pytest.mark.parametrize("name", list(KINKED))
+def test_comparisons_the_loss_depends_on_stay_kinks(name):
+    f, grad = KINKED[name]
+    result = gradcheck(f, SIG_X, grad=grad)
+    assert result.passed
+    assert result.kinks_present and result.tolerance is Tier.OK
+
+
+def test_a_stable_sigmoid_beside_a_stable_softmax_is_held_to_happy():
+    # one shift test for both: the row max moved and the comparisons inverted together
+    x = SIG_X.reshape(4, 6)
+
+    def f(x):
+        with np.errstate(over="ignore"):
+            s = np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x)))
+        z = s - s.max(axis=1, keepdims=True)
+        return np.sum(np.log(np.sum(np.exp(z), axis=1)) + s.max(axis=1))
+
+    def grad(x):
+        s = 1 / (1 + np.exp(-x))
+        p = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
+        return (p * s * (1 - s),)
+
+    result = gradcheck(f, x, grad=grad)
+    assert result.passed and not result.kinks_present and result.tolerance is Tier.HAPPY
+
+
 # -- naive loops (CS231n's svm_loss_naive) -------------------------------------------
 
 
