@@ -9,12 +9,14 @@ their outcome into the recorder of the running evaluation.
 The max/min reductions (and segment maxima) also serve the shift test (see
 `_kinks.shift_offsets`): a session with `shift` adds offsets to their values, and one
 with `quiet` no longer records them, once the test has shown that the loss does not
-depend on them. The comparisons (and the ``where``/``select`` choices they feed) serve
-the same test by being inverted: a stable sigmoid,
-``np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x)))``, or CS231n's
-boolean-mask version, computes one function on both sides of its comparison, so
-inverting every comparison leaves the loss as it was, while a ReLU's mask, a hinge's
-or an ``if`` on a value does not.
+depend on them. The two-way decisions serve the same test by taking their other
+branch: comparisons are inverted (and with them the ``where``/``select`` choices they
+feed), ``maximum`` and ``minimum`` swapped, ``abs`` and ``sign`` negated. A stable
+sigmoid, ``np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x)))`` or
+CS231n's boolean-mask version, and a stable softplus or logistic loss,
+``np.maximum(x, 0) - x * z + np.log1p(np.exp(-np.abs(x)))``, compute one function
+on either branch, so the loss stays as it was; a ReLU, a hinge, an L1 term or an
+``if`` on a value do not.
 """
 
 from __future__ import annotations
@@ -89,6 +91,30 @@ def _wrap(x: Any) -> Any:
     if isinstance(x, list):
         return [_wrap(v) for v in x]
     return x
+
+
+#: the shift test's other branch of a two-way decision: the other of max and min, the
+#: negated abs or sign (-|x| is x's other branch), the inverted comparison
+_OTHER = {np.maximum: np.minimum, np.minimum: np.maximum, np.fmax: np.fmin, np.fmin: np.fmax}
+_NEGATED = {np.absolute, np.fabs, np.sign}
+
+
+def _flippable(ufunc: np.ufunc, method: str, kwargs: dict) -> bool:
+    """Whether the shift test takes this call's other branch (elementwise, no `out=`)."""
+    return (
+        method == "__call__"
+        and "out" not in kwargs
+        and (ufunc in _COMPARISONS or ufunc in _OTHER or ufunc in _NEGATED)
+    )
+
+
+def _other_branch(ufunc: np.ufunc, inputs: tuple, kwargs: dict, result: Any) -> Any:
+    """The value of a flippable call had each of its decisions gone the other way."""
+    if ufunc in _COMPARISONS:
+        return np.logical_not(result)
+    if ufunc in _OTHER:
+        return _OTHER[ufunc](*inputs, **kwargs)
+    return np.negative(result)
 
 
 def _is_floating(x: Any) -> bool:
@@ -182,14 +208,8 @@ class Tracked(np.ndarray):
         floating = any(_is_floating(x) for x in raw_inputs if not isinstance(x, np.ufunc))
         if floating:
             session = _SESSION.get()
-            if (
-                session is not None
-                and session.shift
-                and method == "__call__"
-                and ufunc in _COMPARISONS
-                and "out" not in kwargs
-            ):
-                result = np.logical_not(result)
+            if session is not None and session.shift and _flippable(ufunc, method, kwargs):
+                result = _other_branch(ufunc, raw_inputs, kwargs, result)
             segment = method == "at" and len(raw_inputs) == 3
             if (method == "reduce" or segment) and ufunc in _WINNER and session is not None:
                 if session.shift and segment:
@@ -209,14 +229,20 @@ class Tracked(np.ndarray):
     def _decide(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict, result: Any) -> None:
         name = ufunc.__name__
         if method == "__call__":
+            # an entry at an exact tie has equal branches there (|0| = -|0|): the shift
+            # test cannot tell that decision from a smooth choice, so it is not offered
+            flippable = _flippable(ufunc, method, kwargs)
             if ufunc in _WINNER:
                 # three states: an exact tie is a branch of its own, so a difference
                 # from a tie matches neither side and is not judged one-sidedly
-                _record(name, np.sign(np.subtract(inputs[0], inputs[1])).astype(np.int8))
+                decision = np.sign(np.subtract(inputs[0], inputs[1])).astype(np.int8)
+                _record(name, decision, flippable=flippable and bool(np.all(decision)))
             elif ufunc in _COMPARISONS:
-                _record(name, result, flippable=True)
+                tied = bool(np.any(np.equal(inputs[0], inputs[1])))
+                _record(name, result, flippable=flippable and not tied)
             elif ufunc in _SIGNS:
-                _record(name, np.sign(inputs[0]).astype(np.int8))
+                decision = np.sign(inputs[0]).astype(np.int8)
+                _record(name, decision, flippable=flippable and bool(np.all(decision)))
             elif ufunc in _STEPS:
                 _record(name, result)
             elif name == "clip":

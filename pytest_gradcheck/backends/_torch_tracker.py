@@ -18,6 +18,11 @@ the loss. Dependence is followed through storages (`WinnerTracker`'s `sources`):
 op that reads a dependent tensor makes the storages it writes dependent, so views and
 in-place writes carry it too.
 
+For the shift test (see `_kinks`), the mode moves the values of max/min reductions
+(`_shifted`) and takes the other branch of two-way decisions (`_FLIPS`: comparisons,
+abs, the max of two tensors, ReLU and one-sided clamps); a checked point whose loss
+does not change is held to the happy tier, its reductions and flips unrecorded.
+
 The same mode also watches for lower precision inside f: an op that reads a float64
 tensor and writes a float32, float16 or bfloat16 one (``x.float()``, ``x.half()``, a
 ``copy_`` into a float32 buffer) means part of f ran in less than the float64 the check
@@ -615,16 +620,24 @@ class WinnerTracker(TorchDispatchMode):
         sources: frozenset[int] | None = None,
         shift: bool = False,
         quiet: bool = False,
+        ties: bool = False,
     ):
         super().__init__()
         self.recorder = recorder
         #: the shift test (see `_kinks`): with `shift`, max/min reductions are moved by
-        #: `shift_offsets` and not recorded; with `quiet`, they are not recorded
+        #: `shift_offsets`, two-way decisions flipped (`_FLIPS`), and neither recorded;
+        #: with `quiet`, neither is recorded
         self.shift = shift
         self.quiet = quiet
         #: the reductions shifted, or recorded (in `_reduction`, per pending decision)
         self.reductions = 0
         self._reduction: list[bool] = []
+        self._flippable: list[bool] = []  # ... and the two-way decisions, likewise
+        #: with `ties`, whether each two-way decision had an entry at an exact tie,
+        #: where its branches agree and the shift test cannot tell it from a smooth
+        #: choice (tensors, read once by `shiftable`)
+        self.ties = ties
+        self._ties: list[torch.Tensor] = []
         self._shifts: dict[tuple, int] = {}
         #: the indices that ``max``/``min`` over a dim return, held so that their
         #: storages stay theirs: an op that reads one uses the winner's position (a
@@ -692,7 +705,11 @@ class WinnerTracker(TorchDispatchMode):
             func in _REDUCTIONS
             or (func.overloadpacket in _SCATTERS and _scatter_extremum(func, args, kwargs))
         )
-        if reduction and (self.shift or self.quiet):
+        # a two-way decision takes its other branch in the shift test, as a reduction
+        # is moved: a stable sigmoid's torch.where(x >= 0, ...) or a stable logistic
+        # loss's x.clamp(min=0) + log1p(exp(-x.abs())) computes one function either way
+        flip = _FLIPS.get(func) if rule is not None else None
+        if (reduction or flip is not None) and (self.shift or self.quiet):
             rule = None
         decision = None
         if rule is not None and rule.before:
@@ -703,9 +720,14 @@ class WinnerTracker(TorchDispatchMode):
         if reduction and self.shift:
             in_place = func.overloadpacket.__name__.endswith("_")
             out = _shifted(out, self._ordinal(func, args, kwargs), in_place)
+        elif flip is not None and self.shift:
+            out = flip.other(args, kwargs, out)
         if decision is not None:
             self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
             self._reduction.append(reduction)
+            self._flippable.append(flip is not None)
+            if flip is not None and self.ties:
+                self._ties.append(flip.tied(args, kwargs))
             self.reductions += reduction
             if reduction and not isinstance(out, torch.Tensor):
                 self._indices.append(out[1])
@@ -796,10 +818,15 @@ class WinnerTracker(TorchDispatchMode):
         return self._shifts[key]
 
     @property
-    def only_reductions(self) -> bool:
+    def shiftable(self) -> bool:
         """Whether every decision recorded came from a max/min reduction whose values
-        alone f used (none of the indices they returned)."""
-        return bool(self._reduction) and all(self._reduction) and not self.indices_read
+        alone f used (none of the indices they returned) or from a two-way decision
+        with no entry at a tie (tracked with `ties`): what the shift test can move or
+        flip."""
+        pairs = zip(self._reduction, self._flippable, strict=True)
+        if not self._reduction or self.indices_read or not all(r or c for r, c in pairs):
+            return False
+        return not any(bool(t) for t in self._ties)
 
     def finish(self) -> None:
         """Feed the recorded decisions, in order, into the recorder."""
@@ -976,7 +1003,73 @@ _FOLDED = frozenset(
 
 _UNBATCHED: dict[Any, bool] = {}
 
+
 #: reductions along a dim whose full-reduction form records the mask of the winners
+@dataclass(frozen=True)
+class _Flip:
+    """A two-way decision's other branch (`other`: its value had every entry gone the
+    other way) and whether an entry sits at the tie (`tied`: a bool tensor)."""
+
+    other: Callable[[tuple, dict, Any], Any]
+    tied: Callable[[tuple, dict], torch.Tensor]
+
+
+def _equal_operands(args: tuple, kwargs: dict) -> torch.Tensor:
+    return torch.eq(args[0], args[1]).any()
+
+
+def _zero_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return (args[0] == 0).any()
+
+
+def _one_bound(args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """(min, max) of a ``clamp`` call (None where unbounded)."""
+    low = args[1] if len(args) > 1 else kwargs.get("min")
+    high = args[2] if len(args) > 2 else kwargs.get("max")
+    return low, high
+
+
+def _clamp_other(args: tuple, kwargs: dict, out: Any) -> Any:
+    low, high = _one_bound(args, kwargs)
+    return torch.clamp(args[0], max=low) if high is None else torch.clamp(args[0], min=high)
+
+
+def _clamp_tied(args: tuple, kwargs: dict) -> torch.Tensor:
+    low, high = _one_bound(args, kwargs)
+    if (low is None) == (high is None):  # both bounds (three branches) or none
+        return torch.ones((), dtype=torch.bool)
+    return torch.eq(args[0], low if high is None else high).any()
+
+
+def _flips() -> dict[Any, _Flip]:
+    """The two-way decisions the shift test flips: comparisons (inverted), abs and
+    sign (negated), max and min of two tensors (swapped), ReLU and one-sided clamps
+    (the other side). Out-of-place overloads only."""
+    table: dict[Any, _Flip] = {}
+    invert = _Flip(lambda a, k, out: torch.logical_not(out), _equal_operands)
+    for name in ("gt", "ge", "lt", "le", "eq", "ne"):
+        for overload in ("Tensor", "Scalar"):
+            table[getattr(getattr(aten, name), overload)] = invert
+    negate = _Flip(lambda a, k, out: torch.neg(out), _zero_input)
+    for name in ("abs", "sgn", "sign"):
+        table[getattr(aten, name).default] = negate
+    for one, two in (("maximum", "minimum"), ("fmax", "fmin")):
+        first, second = getattr(aten, one).default, getattr(aten, two).default
+        table[first] = _Flip(lambda a, k, out, op=second: op(*a, **k), _equal_operands)
+        table[second] = _Flip(lambda a, k, out, op=first: op(*a, **k), _equal_operands)
+    table[aten.relu.default] = _Flip(lambda a, k, out: torch.clamp(a[0], max=0), _zero_input)
+    table[aten.clamp_min.default] = _Flip(
+        lambda a, k, out: torch.clamp(a[0], max=a[1]), _equal_operands
+    )
+    table[aten.clamp_max.default] = _Flip(
+        lambda a, k, out: torch.clamp(a[0], min=a[1]), _equal_operands
+    )
+    table[aten.clamp.default] = _Flip(_clamp_other, _clamp_tied)
+    return table
+
+
+_FLIPS = _flips()
+
 _FULL_REDUCTIONS = frozenset({aten.max.dim, aten.min.dim, aten.median.dim, aten.nanmedian.dim})
 
 

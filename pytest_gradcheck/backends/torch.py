@@ -870,7 +870,7 @@ class TorchBackend:
         if watch is not None:
             self._note_precision(watch)
         evaluations = 1
-        if recorder is not None and mode.only_reductions:
+        if recorder is not None and mode.shiftable:
             evaluations += 1
             if self._shift_invariant(center):
                 self._quiet = True
@@ -879,10 +879,12 @@ class TorchBackend:
         return Gradient(center, total_grads, term_grads, evaluations)
 
     def _shift_invariant(self, center: Evaluation) -> bool:
-        """Whether f's loss and terms ignore the values of its max/min reductions.
+        """Whether f's loss and terms ignore the values of its max/min reductions and
+        the outcomes of its comparisons.
 
-        Called where every decision at the checked point came from such reductions: f
-        is evaluated once more with their values moved (`_kinks.shift_offsets`). An f
+        Called where every decision at the checked point came from such reductions or
+        comparisons: f is evaluated once more with the reductions' values moved
+        (`_kinks.shift_offsets`) and the comparisons inverted. An f
         that cannot take the move (it raises, or its output changes form) is not
         shift-invariant; what it warns about is not the user's concern.
         """
@@ -1029,6 +1031,7 @@ class TorchBackend:
             sources=sources,
             shift=shift,
             quiet=self._quiet,
+            ties=measure,  # the checked point's own pass: it decides on the shift test
         )
 
     def _reseed(self) -> None:

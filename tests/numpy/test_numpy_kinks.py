@@ -164,7 +164,8 @@ def test_a_crossing_is_retried_at_smaller_steps_then_excluded_and_counted():
     assert result.kinks_crossed == 1
     assert block.kinks_crossed == 1
     np.testing.assert_allclose(block.step, [EPS, EPS / 10, EPS / 100, EPS], rtol=1e-12)
-    # 1 analytic pass; 2 per coordinate; 2 more per retry (1 retry, then 2 retries)
+    # 1 analytic pass (no shift test: the exact 0 is a tie, whose branches agree there);
+    # 2 per coordinate; 2 more per retry (1 retry, then 2 retries)
     assert result.evaluations == 1 + 2 * 4 + 2 * 1 + 2 * 2
     # the resolved retry gives the exact slope
     assert block.numeric[1] == pytest.approx(C[1], rel=1e-9)
@@ -203,7 +204,7 @@ def test_a_persistent_crossing_on_one_side_is_judged_one_sided():
     assert result.passed
     assert block.kink_crossed.tolist() == [False, True]
     assert result.kinks_crossed == 1
-    assert result.evaluations == 1 + 2 * 2 + 2 * 2 + 1
+    assert result.evaluations == 2 + 2 * 2 + 2 * 2 + 1  # with the shift test's
     assert block.numeric[1] == pytest.approx(C[1], rel=1e-7)
 
     def wrong(x):
@@ -470,18 +471,35 @@ def sigmoid_grad(x, factor=1.0):
     return (factor * SIG_W * s * (1 - s),)
 
 
-@pytest.mark.parametrize("f", [sigmoid_where, sigmoid_masks])
-def test_a_stable_sigmoid_is_smooth_and_held_to_happy(f):
-    # x >= 0 decides which of two forms of one function computes each entry: inverting
-    # every comparison (the shift test) leaves the loss as it was, so they are no kink
-    result = gradcheck(f, SIG_X, grad=sigmoid_grad)
+SIG_Z = (np.random.default_rng(7).random(24) > 0.5).astype(float)
+
+
+def logistic_loss(x):
+    """The stable logistic (sigmoid cross-entropy) loss: max, abs, log1p of exp."""
+    return np.sum(SIG_W * (np.maximum(x, 0) - x * SIG_Z + np.log1p(np.exp(-np.abs(x)))))
+
+
+def logistic_grad(x, factor=1.0):
+    return (factor * SIG_W * (1 / (1 + np.exp(-x)) - SIG_Z),)
+
+
+@pytest.mark.parametrize(
+    ("f", "grad"),
+    [(sigmoid_where, sigmoid_grad), (sigmoid_masks, sigmoid_grad), (logistic_loss, logistic_grad)],
+    ids=["sigmoid-where", "sigmoid-masks", "logistic-loss"],
+)
+def test_a_stable_sigmoid_or_logistic_loss_is_smooth_and_held_to_happy(f, grad):
+    # the sign of x decides which of two forms of one function computes each entry:
+    # taking every decision's other branch (the shift test: comparisons inverted, max
+    # and min swapped, abs negated) leaves the loss as it was, so they are no kink
+    result = gradcheck(f, SIG_X, grad=grad)
     assert result.passed and result.tier is Tier.HAPPY
     assert not result.kinks_present
     assert result.tolerance is Tier.HAPPY
-    assert result.evaluations == gradcheck(f, SIG_X, grad=sigmoid_grad, kinks="off").evaluations + 1
+    assert result.evaluations == gradcheck(f, SIG_X, grad=grad, kinks="off").evaluations + 1
     # held to happy, a gradient 1e-5 off fails (held to OK, it passed)
     with pytest.raises(GradcheckError) as info:
-        gradcheck(f, SIG_X, grad=lambda x: sigmoid_grad(x, 1 + 1e-5))
+        gradcheck(f, SIG_X, grad=lambda x: grad(x, 1 + 1e-5))
     assert info.value.result.tier is Tier.OK
 
 
@@ -509,7 +527,18 @@ def _kinked_by_comparisons():
                 total = total + wi * xi
         return total
 
+    def relu_max(x):
+        return np.sum(w * np.maximum(0, x) ** 2)
+
+    def l1(x):
+        return np.sum(w * np.abs(x))
+
+    def abs_sign(x):  # |x| rebuilt as x * sign(x): negating both cancels
+        return np.sum(w * np.sign(x) * np.abs(x) ** 2)
+
     return {
+        "relu-max": (relu_max, lambda x: (2 * w * np.maximum(0, x),)),
+        "l1": (l1, lambda x: (w * np.sign(x),)),
         "leaky": (leaky, lambda x: (w * np.where(x > 0, 1.0, 0.1),)),
         "hinge_mask": (hinge_mask, lambda x: (-w * (1 - x > 0),)),
         "positive_part": (positive_part, lambda x: (2 * x * (x > 0),)),
@@ -518,6 +547,7 @@ def _kinked_by_comparisons():
             lambda x: (w * np.select([x < -1, x < 1], [-1.0, 3 * x**2], 2.0),),
         ),
         "python_if": (python_if, lambda x: (w * (x > 0.5),)),
+        "abs-sign": (abs_sign, lambda x: (2 * w * np.abs(x),)),
     }
 
 

@@ -387,7 +387,10 @@ def test_unbatchable_functions_fall_back_and_check_correctly(name, counts):
     batched = gradcheck(f, x)
     assert batched.passed
     batched_points, looped_points, reasons = counts[-1]
-    assert batched_points == 0 and looped_points == batched.evaluations - 1
+    # the gradient's pass; where f decides (the branch's comparison, the abs and max
+    # behind .item()), also the shift test's, which shows them to be kinks
+    extra = 1 if name == "in-place" else 2
+    assert batched_points == 0 and looped_points == batched.evaluations - extra
     assert len(reasons) == 1 and reasons[0].startswith(f"args[0]: {reason}"), reasons
     assert_same_result(batched, gradcheck(f, x, batch=False))
     assert torch.equal(x, before)

@@ -3,7 +3,9 @@
 ``s - s.amax(1, keepdim=True)`` is a decision (which score wins) whose value the loss
 does not read: the check evaluates f once more with every max/min reduction moved and,
 where no loss changes, holds f to HAPPY and stops recording those reductions. A max
-whose value the loss reads stays a kink.
+whose value the loss reads stays a kink. The same evaluation inverts every comparison:
+a stable sigmoid's ``torch.where(x >= 0, ...)`` picks between two forms of one
+function, so it is no kink either, while a leaky ReLU's or a hinge's comparison is.
 """
 
 from __future__ import annotations
@@ -146,6 +148,92 @@ def test_data_that_needs_the_dispatch_mode_is_quiet_too(monkeypatch):
     assert result.tier is Tier.HAPPY
     assert result.kinks_crossed == 0
     assert fast_paths == [False]
+
+
+class StableSigmoid(torch.autograd.Function):
+    """The stable sigmoid, one form on each side of 0, with a backward `factor` off."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        e = torch.exp(-x.abs())
+        s = torch.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        ctx.save_for_backward(s)
+        ctx.factor = factor
+        return s
+
+    @staticmethod
+    def backward(ctx, grad):
+        (s,) = ctx.saved_tensors
+        return grad * s * (1 - s) * ctx.factor, None
+
+
+def _sigmoid_data():
+    g = torch.Generator().manual_seed(4)
+    return 4 * torch.randn(24, dtype=torch.float64, generator=g), torch.randn(
+        24, dtype=torch.float64, generator=g
+    )
+
+
+def test_a_stable_sigmoid_is_held_to_happy_and_a_tiny_error_fails():
+    # torch.where(x >= 0, ...) over exp(-|x|): the comparison inverted and the abs
+    # negated, each entry takes the other form of the same function
+    x, w = _sigmoid_data()
+    result = gradcheck(lambda x: (StableSigmoid.apply(x, 1.0) * w).sum(), x)
+    assert result.passed and result.tier is Tier.HAPPY
+    assert not result.kinks_present and result.tolerance is Tier.HAPPY
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda x: (StableSigmoid.apply(x, 1 + 1e-5) * w).sum(), x)
+    assert info.value.result.tier is Tier.OK
+
+
+@pytest.mark.parametrize(
+    "positive_part",
+    [
+        lambda x: x.clamp(min=0),
+        lambda x: torch.clamp_min(x, 0.0),
+        F.relu,
+        lambda x: torch.maximum(x, torch.zeros_like(x)),
+    ],
+    ids=["clamp", "clamp_min", "relu", "maximum"],
+)
+def test_a_stable_logistic_loss_is_held_to_happy(positive_part):
+    """max(x, 0) - x z + log1p(exp(-|x|)), TensorFlow's formula for the sigmoid
+    cross-entropy: with the other branch of every decision (min(x, 0), -|x|) the same
+    loss. Held to happy; with an entry exactly at 0 (a tie, where the branches agree
+    and the test cannot tell) it stays a kink."""
+    x, w = _sigmoid_data()
+    z = (w > 0).to(torch.float64)
+
+    def loss(x):
+        return (positive_part(x) - x * z + torch.log1p(torch.exp(-x.abs()))).sum()
+
+    result = gradcheck(loss, x)
+    assert result.passed and result.tier is Tier.HAPPY
+    assert not result.kinks_present and result.tolerance is Tier.HAPPY
+    tied = x.clone()
+    tied[5] = 0.0
+    assert gradcheck(loss, tied).kinks_present
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda x, w: (torch.where(x > 0, x, 0.1 * x) * w).sum(),  # leaky ReLU
+        lambda x, w: ((1 - x > 0) * (1 - x) * w).sum(),  # hinge by mask
+        lambda x, w: (x[x > 0] ** 2).sum(),  # positive part by indexing
+        lambda x, w: (x.abs() * w).sum(),  # an L1 term
+        lambda x, w: (F.relu(x) ** 2 * w).sum(),  # a ReLU
+        lambda x, w: (x.clamp(-1, 1) * w).sum(),  # a two-sided clamp: three branches
+        # a ReLU beside a stable sigmoid: flipped together, the loss changes
+        lambda x, w: (StableSigmoid.apply(x, 1.0) * w).sum() + x.clamp_min(0).sum(),
+    ],
+    ids=["leaky", "hinge", "indexing", "l1", "relu", "clamp", "beside-relu"],
+)
+def test_comparisons_the_loss_depends_on_stay_kinks(loss):
+    x, w = _sigmoid_data()
+    result = gradcheck(lambda x: loss(x, w), x)
+    assert result.passed
+    assert result.kinks_present and result.tolerance is Tier.OK
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
