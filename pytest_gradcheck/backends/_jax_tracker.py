@@ -25,6 +25,8 @@ default tolerance when a function has kinks:
 
 JAX's own ``logaddexp`` (behind ``softplus``, ``log_sigmoid``, ``mish``) branches to
 stay stable but is smooth: its decisions are not recorded (`smooth_library_call`).
+A hand-written stable formula is left to the shift test (`Interpreter` with `shift`):
+its reductions moved and its two-way decisions flipped, the loss does not change.
 
 The interpreter inlines ``jit``/``pjit``, ``closed_call``, ``remat`` and the primal
 functions of ``custom_jvp``/``custom_vjp`` (the tracked evaluation is never
@@ -663,17 +665,40 @@ SHIFTED_PRIMITIVES = frozenset(
 )
 
 
+#: the two-way decisions the shift test flips: comparisons inverted (the selects they
+#: feed follow), max and min of two values swapped (a ReLU is one), abs and sign negated
+FLIPPED_PRIMITIVES = frozenset({"max", "min", "abs", "sign", "select_n"} | _COMPARISONS)
+
+
 class Interpreter:
     """Evaluates a jaxpr while recording decision sites (see the module docstring).
 
     With `shift`, it is the shift test's evaluation (see `_kinks`): the value of every
-    max/min reduction that is a decision site is moved by `shift_offsets`.
+    max/min reduction that is a decision site is moved by `shift_offsets`, and every
+    two-way decision site takes its other branch (`FLIPPED_PRIMITIVES`); `ties` then
+    holds, per flipped site, whether an entry sat at the tie, where both branches agree
+    and the test cannot tell the decision from a smooth choice.
     """
 
     def __init__(self, analysis: Analysis | None = None, shift: bool = False) -> None:
         self.analysis = analysis or Analysis()
         self.shift = shift
         self._shifts: dict[tuple, int] = {}
+        self.ties: list[jax.Array] = []
+
+    def _flipped(self, name: str, invals: list, outs: list) -> list:
+        """A two-way decision's other branch, and whether it had an entry at its tie."""
+        if name in ("max", "min"):
+            a, b = invals
+            self.ties.append(jnp.any(a == b))
+            return [lax.min(a, b) if name == "max" else lax.max(a, b)]
+        if name in ("abs", "sign"):
+            self.ties.append(jnp.any(invals[0] == 0))
+            return [-outs[0]]
+        if name in _COMPARISONS:
+            self.ties.append(jnp.any(invals[0] == invals[1]))
+            return [jnp.logical_not(outs[0])]
+        return outs  # select_n: its predicate, if a comparison's, is already flipped
 
     def _shifted(self, eqn: Any, out: Any) -> Any:
         """A reduction's value moved; one shift for one reduction of one value."""
@@ -736,6 +761,8 @@ class Interpreter:
                     if d is not None:
                         if self.shift and name in SHIFTED_PRIMITIVES:
                             outs = [self._shifted(eqn, outs[0])]
+                        elif self.shift and name in FLIPPED_PRIMITIVES:
+                            outs = self._flipped(name, invals, outs)
                         sites.add(prefix + name, hash_decision(d))
             for v, val in zip(eqn.outvars, outs, strict=False):
                 if is_var(v):
@@ -884,6 +911,8 @@ class Tracked:
     def __init__(self, jaxpr: Jaxpr, in_taint: Sequence[bool], shift: bool) -> None:
         self.jaxpr, self.in_taint, self.shift = jaxpr, tuple(in_taint), shift
         self.names: tuple[str, ...] = ()
+        #: after a call with `shift`: whether a flipped decision had an entry at a tie
+        self.tied: Any = False
 
     def __call__(self, consts: Sequence[Any], *inputs: Any) -> tuple[list, jax.Array]:
         sites = _Sites()
@@ -891,6 +920,7 @@ class Tracked:
         live = (True,) * len(self.jaxpr.outvars)
         outs = interp.run(self.jaxpr, consts, inputs, self.in_taint, live, sites, "")
         self.names = tuple(sites.names)
+        self.tied = jnp.any(jnp.stack(interp.ties)) if interp.ties else jnp.bool_(False)
         hashes = jnp.stack(sites.values) if sites.values else jnp.zeros((0,), jnp.uint64)
         return outs, hashes
 

@@ -81,6 +81,7 @@ from ._base import (
 )
 from ._jax_tracker import (
     CUSTOM_CALLS,
+    FLIPPED_PRIMITIVES,
     SHIFTED_PRIMITIVES,
     eval_open,
     input_dependencies,
@@ -340,12 +341,13 @@ def _mapped_body(
     return jax.lax.fori_loop(0, rows, body, init)
 
 
-def _shift_body(program: _Program, consts: list, blocks: list, dyns: list) -> jax.Array:
+def _shift_body(program: _Program, consts: list, blocks: list, dyns: list) -> tuple:
     """The shift test's evaluation at the checked point (see `_kinks`): f's outputs
-    with the values of its max/min reductions moved."""
+    with the values of its max/min reductions moved and its two-way decisions flipped,
+    and whether one of those had an entry at its tie."""
     shifted = make_tracked(program.jaxpr, program.taint, shift=True)
     outs = shifted(consts, *blocks, *dyns)[0]
-    return jnp.stack([jnp.asarray(o, jnp.float64) for o in outs])
+    return jnp.stack([jnp.asarray(o, jnp.float64) for o in outs]), shifted.tied
 
 
 def _eval_body(program: _Program, consts: list, args: tuple) -> list:
@@ -810,27 +812,32 @@ class JaxBackend:
             return Gradient(center=center, total=total, terms=term_grads, evaluations=evaluations)
 
     def _only_reductions(self) -> bool:
-        """Whether every decision site of f is a max/min reduction (see `_kinks`)."""
+        """Whether every decision site of f is a max/min reduction or a two-way decision
+        (see `_kinks`): what the shift test moves or flips."""
         names = _SITE_NAMES.get(self._program)
+        testable = SHIFTED_PRIMITIVES | FLIPPED_PRIMITIVES
         return (
             names is not None
             and len(names) == self._n_sites
-            and all(n.rsplit("/", 1)[-1] in SHIFTED_PRIMITIVES for n in names)
+            and all(n.rsplit("/", 1)[-1] in testable for n in names)
         )
 
     def _shift_invariant(self, loss: float, terms: dict[str, float]) -> bool:
-        """Whether f's loss and terms ignore the values of its max/min reductions: f
-        evaluated once more with them moved. An f that cannot take it is not."""
+        """Whether f's loss and terms ignore the values of its max/min reductions and
+        the branches of its two-way decisions: f evaluated once more with them moved
+        and flipped. An f that cannot take it is not, nor one with an entry at a tie."""
         self._rng.reseed()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                outs = jax.device_get(
+                outs, tied = jax.device_get(
                     _SHIFTED[self._quick](
                         self._program, self._consts, self._base_dev, self._dyn_vals
                     )
                 )
         except Exception:
+            return False
+        if bool(tied):
             return False
         values = [float(v) for v in np.asarray(outs).reshape(-1)]
         if len(values) != 1 + len(self._term_names):

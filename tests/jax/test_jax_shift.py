@@ -5,7 +5,9 @@ clipped at 0, or the branches of JAX's own `logaddexp`, are no kinks.
 the max back and takes the `abs` of a sum of exponentials, positive by construction
 (the tracker's positivity analysis). A hand-written stable softmax has neither: the
 shift test (one more evaluation, every max/min reduction moved) shows that the loss
-does not read the max. Each is held to HAPPY, so an error of 1e-5 fails.
+does not read the max. Each is held to HAPPY, so an error of 1e-5 fails. So are the
+stable sigmoid and logistic loss: the same evaluation flips their two-way decisions
+(comparisons, max and min, abs), and either branch computes the same function.
 """
 
 from __future__ import annotations
@@ -276,3 +278,74 @@ def test_a_variance_clipped_at_zero_is_no_kink(f, kink):
     assert result.passed
     assert result.kinks_present is kink
     assert result.tolerance is (Tier.OK if kink else Tier.HAPPY)
+
+
+# -- two-way decisions with one function on both branches ----------------------------
+
+LOGITS = jnp.asarray(np.random.default_rng(8).standard_normal(24) * 4)
+LABELS = jnp.asarray(np.random.default_rng(9).random(24) > 0.5, LOGITS.dtype)
+
+
+def stable_sigmoid(x):
+    return jnp.where(x >= 0, 1 / (1 + jnp.exp(-x)), jnp.exp(x) / (1 + jnp.exp(x)))
+
+
+@jax.custom_vjp
+def logistic_loss(x, factor):
+    """max(x, 0) - x z + log1p(exp(-|x|)), with a hand-written rule `factor` off."""
+    return jnp.sum(jnp.maximum(x, 0) - x * LABELS + jnp.log1p(jnp.exp(-jnp.abs(x))))
+
+
+def _logistic_fwd(x, factor):
+    return logistic_loss(x, factor), (x, factor)
+
+
+def _logistic_bwd(res, g):
+    x, factor = res
+    return g * factor * (jax.nn.sigmoid(x) - LABELS), None
+
+
+logistic_loss.defvjp(_logistic_fwd, _logistic_bwd)
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda x: jnp.sum(stable_sigmoid(x) * LABELS),
+        lambda x: jnp.sum(jax.nn.relu(x) - x * LABELS + jnp.log1p(jnp.exp(-jnp.abs(x)))),
+        jax.jit(lambda x: logistic_loss(x, 1.0)),
+    ],
+    ids=["sigmoid-where", "logistic-relu", "logistic-jitted"],
+)
+def test_stable_sigmoid_forms_are_held_to_happy(f):
+    """Comparisons inverted, max and min swapped, abs negated (the shift test): each
+    entry takes the other form of one function, so the loss does not change."""
+    result = gradcheck(f, LOGITS)
+    assert result.passed and result.tier is Tier.HAPPY
+    assert not result.kinks_present and result.tolerance is Tier.HAPPY
+
+
+def test_a_small_error_in_a_stable_logistic_rule_fails_and_a_tie_stays_a_kink():
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda x: logistic_loss(x, 1.0 + 1e-5), LOGITS)
+    assert info.value.result.tier is Tier.OK
+    # an entry exactly at 0: both branches agree there, the test cannot tell
+    tied = LOGITS.at[5].set(0.0)
+    result = gradcheck(lambda x: logistic_loss(x, 1.0), tied)
+    assert result.passed and result.kinks_present and result.tolerance is Tier.OK
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda x: jnp.sum(jax.nn.relu(x) ** 2 * LABELS),
+        lambda x: jnp.sum(jnp.abs(x) * LABELS),
+        lambda x: jnp.sum(jnp.where(x > 0, x, 0.1 * x) * LABELS),
+        lambda x: jnp.sum(jnp.maximum(1 - x, 0) * LABELS),
+        lambda x: jnp.sum(jnp.clip(x, -1, 1) * LABELS),
+    ],
+    ids=["relu", "l1", "leaky", "hinge", "clip"],
+)
+def test_two_way_decisions_the_loss_depends_on_stay_kinks(f):
+    result = gradcheck(f, LOGITS)
+    assert result.passed and result.kinks_present and result.tolerance is Tier.OK
