@@ -103,3 +103,17 @@ def shift_invariant(
         and set(moved_terms) == set(terms)
         and all(unchanged(v, terms[k]) for k, v in moved_terms.items())
     )
+
+
+def shift_testable(reductions: int, others: int, flippable: int, winners: int) -> bool:
+    """Whether the shift test is worth its evaluation at a checked point.
+
+    Every decision must be one it can move (`reductions`) or flip (`flippable` of the
+    `others`). Where the flippable ones are all maxima or minima of two values
+    (`winners`: ReLUs, hinges, one-sided clamps), they are the kinks of a ReLU network
+    or a margin loss, not one of the stable formulas (those also compare, or take an
+    abs), and the test is skipped: it would only confirm the kinks.
+    """
+    if others != flippable:
+        return False
+    return flippable > winners if flippable else reductions > 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pytest_gradcheck import GradcheckError, Tier, gradcheck
-from pytest_gradcheck._kinks import SHIFT, shift_offsets, unchanged
+from pytest_gradcheck._kinks import SHIFT, shift_offsets, shift_testable, unchanged
 from pytest_gradcheck._sampling import Streams, direction, sample_coordinates
 from pytest_gradcheck._steps import measured_noise
 from pytest_gradcheck._tiers import relative_error
@@ -598,3 +598,29 @@ def test_a_real_error_in_an_exact_f_brings_no_round_off_warning():
     (block,) = result.blocks
     assert (3, 7) in block.indices or (3, 7) in block.localized
     assert not any("round-off" in w for w in result.warnings), result.warnings
+
+
+def test_the_shift_test_runs_where_it_can_show_something():
+    # (reductions, other decisions, flippable among them, maxima of two among those)
+    assert shift_testable(2, 0, 0, 0)  # a stable softmax's maxima
+    assert shift_testable(0, 3, 3, 1)  # a stable logistic loss: max, abs, comparison
+    assert shift_testable(1, 2, 2, 0)  # a stable sigmoid beside a stable softmax
+    assert not shift_testable(0, 0, 0, 0)  # no decision: nothing to test
+    assert not shift_testable(0, 4, 4, 4)  # ReLUs or hinges alone: kinks, skipped
+    assert not shift_testable(2, 4, 4, 4)  # a ReLU network with a stable softmax head
+    assert not shift_testable(1, 2, 1, 0)  # a sort or a clip of two bounds: unflippable
+
+
+def test_a_relu_network_pays_no_shift_test():
+    gen = np.random.default_rng(3)
+    x, w = gen.standard_normal((5, 4)), gen.standard_normal((4, 3))
+
+    def f(w):
+        return np.sum(np.maximum(0, x @ w) ** 2)
+
+    def grad(w):
+        return (x.T @ (2 * np.maximum(0, x @ w)),)
+
+    result = gradcheck(f, w, grad=grad)
+    assert result.passed and result.kinks_present
+    assert result.evaluations == 1 + 2 * 10 + 2  # the floor: no shift test

@@ -37,12 +37,22 @@ class Session:
     and comparisons.
 
     `reductions` counts the max/min reductions recorded, `others` every other decision,
-    of which `flippable` are comparisons and the ``where``/``select`` choices; with
+    of which `flippable` are the two-way ones (and `winners` of those, the maxima and
+    minima of two arrays); with
     `shift` (the shift test), each reduction's value is moved by `shift_offsets` and
     every comparison's outcome is inverted; with `quiet`, neither is recorded at all.
     """
 
-    __slots__ = ("flippable", "others", "quiet", "recorder", "reductions", "shift", "shifts")
+    __slots__ = (
+        "flippable",
+        "others",
+        "quiet",
+        "recorder",
+        "reductions",
+        "shift",
+        "shifts",
+        "winners",
+    )
 
     def __init__(self, shift: bool = False, quiet: bool = False) -> None:
         self.recorder = SignatureRecorder()
@@ -50,6 +60,7 @@ class Session:
         self.shifts: dict[tuple, int] = {}  # a reduction's key -> its shift's number
         self.others = 0
         self.flippable = 0
+        self.winners = 0  # of which maxima/minima of two arrays (ReLUs, hinges)
         self.shift = shift
         self.quiet = quiet
 
@@ -121,14 +132,17 @@ def _is_floating(x: Any) -> bool:
     return np.issubdtype(np.asarray(x).dtype, np.floating)
 
 
-def _record(op: str, decision: Any, reduction: bool = False, flippable: bool = False) -> None:
+def _record(
+    op: str, decision: Any, reduction: bool = False, flippable: bool = False, winner: bool = False
+) -> None:
     session = _SESSION.get()
     if session is not None:
         if flippable and (session.shift or session.quiet):
-            return  # the shift test inverts it, or has shown it does not matter
+            return  # the shift test flips it, or has shown it does not matter
         if not reduction:
             session.others += 1
             session.flippable += flippable
+            session.winners += flippable and winner
         arr = np.ascontiguousarray(decision)
         session.recorder.record(
             op, arr.dtype.str.encode() + repr(arr.shape).encode() + arr.tobytes()
@@ -236,7 +250,8 @@ class Tracked(np.ndarray):
                 # three states: an exact tie is a branch of its own, so a difference
                 # from a tie matches neither side and is not judged one-sidedly
                 decision = np.sign(np.subtract(inputs[0], inputs[1])).astype(np.int8)
-                _record(name, decision, flippable=flippable and bool(np.all(decision)))
+                flip = flippable and bool(np.all(decision))
+                _record(name, decision, flippable=flip, winner=True)
             elif ufunc in _COMPARISONS:
                 tied = bool(np.any(np.equal(inputs[0], inputs[1])))
                 _record(name, result, flippable=flippable and not tied)

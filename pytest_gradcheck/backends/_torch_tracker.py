@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .._kinks import SignatureRecorder, shift_offsets
+from .._kinks import SignatureRecorder, shift_offsets, shift_testable
 
 aten = torch.ops.aten
 
@@ -633,6 +633,7 @@ class WinnerTracker(TorchDispatchMode):
         self.reductions = 0
         self._reduction: list[bool] = []
         self._flippable: list[bool] = []  # ... and the two-way decisions, likewise
+        self._winner: list[bool] = []  # ... and the maxima of two values among them
         #: with `ties`, whether each two-way decision had an entry at an exact tie,
         #: where its branches agree and the shift test cannot tell it from a smooth
         #: choice (tensors, read once by `shiftable`)
@@ -726,6 +727,7 @@ class WinnerTracker(TorchDispatchMode):
             self._pending.append((func.overloadpacket.__name__.rstrip("_"), decision))
             self._reduction.append(reduction)
             self._flippable.append(flip is not None)
+            self._winner.append(func in _WINNER_FLIPS)
             if flip is not None and self.ties:
                 self._ties.append(flip.tied(args, kwargs))
             self.reductions += reduction
@@ -823,8 +825,13 @@ class WinnerTracker(TorchDispatchMode):
         alone f used (none of the indices they returned) or from a two-way decision
         with no entry at a tie (tracked with `ties`): what the shift test can move or
         flip."""
-        pairs = zip(self._reduction, self._flippable, strict=True)
-        if not self._reduction or self.indices_read or not all(r or c for r, c in pairs):
+        if not self._reduction or self.indices_read:
+            return False
+        flags = list(zip(self._reduction, self._flippable, self._winner, strict=True))
+        reductions = sum(r for r, _, _ in flags)
+        flippable = sum(c for r, c, _ in flags if not r)
+        winners = sum(w for r, c, w in flags if c and not r)
+        if not shift_testable(reductions, len(flags) - reductions, flippable, winners):
             return False
         return not any(bool(t) for t in self._ties)
 
@@ -1069,6 +1076,11 @@ def _flips() -> dict[Any, _Flip]:
 
 
 _FLIPS = _flips()
+#: of those, the maxima of two values (ReLUs, hinges): see `_kinks.shift_testable`
+_WINNER_FLIPS = frozenset(
+    {aten.maximum.default, aten.minimum.default, aten.fmax.default, aten.fmin.default}
+    | {aten.relu.default, aten.clamp_min.default, aten.clamp_max.default, aten.clamp.default}
+)
 
 _FULL_REDUCTIONS = frozenset({aten.max.dim, aten.min.dim, aten.median.dim, aten.nanmedian.dim})
 

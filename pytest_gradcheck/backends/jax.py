@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant
+from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant, shift_testable
 from ._base import (
     CPU_LOOP_BYTES,
     BlockSpec,
@@ -813,14 +813,15 @@ class JaxBackend:
 
     def _only_reductions(self) -> bool:
         """Whether every decision site of f is a max/min reduction or a two-way decision
-        (see `_kinks`): what the shift test moves or flips."""
+        (see `_kinks.shift_testable`): what the shift test moves or flips."""
         names = _SITE_NAMES.get(self._program)
-        testable = SHIFTED_PRIMITIVES | FLIPPED_PRIMITIVES
-        return (
-            names is not None
-            and len(names) == self._n_sites
-            and all(n.rsplit("/", 1)[-1] in testable for n in names)
-        )
+        if names is None or len(names) != self._n_sites:
+            return False
+        kinds = [n.rsplit("/", 1)[-1] for n in names]
+        reductions = sum(k in SHIFTED_PRIMITIVES for k in kinds)
+        flippable = sum(k in FLIPPED_PRIMITIVES for k in kinds)
+        winners = sum(k in ("max", "min") for k in kinds)
+        return shift_testable(reductions, len(kinds) - reductions, flippable, winners)
 
     def _shift_invariant(self, loss: float, terms: dict[str, float]) -> bool:
         """Whether f's loss and terms ignore the values of its max/min reductions and

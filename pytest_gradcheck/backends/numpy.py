@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .._kinks import EMPTY_SIGNATURE, shift_invariant
+from .._kinks import EMPTY_SIGNATURE, shift_invariant, shift_testable
 from ._base import (
     BlockSpec,
     Evaluation,
@@ -259,10 +259,9 @@ class NumpyBackend:
         loss, terms = self._reduce(value)
         center = _evaluation(loss, terms, session)
         evaluations = 1
-        # every decision a max/min reduction, a comparison or a choice it feeds: the
-        # shift test can show that none of them is a kink of the loss
-        testable = session is not None and session.others == session.flippable
-        if testable and (session.reductions or session.flippable):
+        if session is not None and shift_testable(
+            session.reductions, session.others, session.flippable, session.winners
+        ):
             evaluations += 1
             if self._shift_invariant(center):
                 self._quiet = True
