@@ -34,13 +34,13 @@ from .._kinks import SignatureRecorder, shift_offsets
 
 class Session:
     """One tracked evaluation: its recorder, what it recorded, how it treats reductions
-    and comparisons.
+    and two-way decisions.
 
     `reductions` counts the max/min reductions recorded, `others` every other decision,
-    of which `flippable` are the two-way ones (and `winners` of those, the maxima and
-    minima of two arrays); with
-    `shift` (the shift test), each reduction's value is moved by `shift_offsets` and
-    every comparison's outcome is inverted; with `quiet`, neither is recorded at all.
+    of which `flippable` are two-way decisions the shift test can flip (`winners` of
+    those, maxima and minima of two arrays). With `shift` (the shift test), each
+    reduction's value is moved by `shift_offsets` and each two-way decision takes its
+    other branch; with `quiet`, neither is recorded at all.
     """
 
     __slots__ = (
@@ -341,8 +341,8 @@ class Tracked(np.ndarray):
 def tracking(shift: bool = False, quiet: bool = False) -> Iterator[Session]:
     """Record the decisions of everything computed on `Tracked` arrays inside the block.
 
-    With `shift`, the evaluation is the shift test's: reductions are moved and
-    comparisons inverted, nothing about either is recorded. With `quiet`, neither is
+    With `shift`, the evaluation is the shift test's: reductions are moved and two-way
+    decisions flipped, nothing about either is recorded. With `quiet`, neither is
     recorded.
     """
     session = Session(shift, quiet)

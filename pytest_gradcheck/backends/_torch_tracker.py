@@ -1011,7 +1011,6 @@ _FOLDED = frozenset(
 _UNBATCHED: dict[Any, bool] = {}
 
 
-#: reductions along a dim whose full-reduction form records the mask of the winners
 @dataclass(frozen=True)
 class _Flip:
     """A two-way decision's other branch (`other`: its value had every entry gone the
@@ -1042,8 +1041,10 @@ def _clamp_other(args: tuple, kwargs: dict, out: Any) -> Any:
 
 
 def _clamp_tied(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A one-sided clamp's tie; a clamp with both bounds has three branches, no single
+    other one, so it counts as tied: the shift test is not run for it."""
     low, high = _one_bound(args, kwargs)
-    if (low is None) == (high is None):  # both bounds (three branches) or none
+    if (low is None) == (high is None):
         return torch.ones((), dtype=torch.bool)
     return torch.eq(args[0], low if high is None else high).any()
 
@@ -1082,6 +1083,7 @@ _WINNER_FLIPS = frozenset(
     | {aten.relu.default, aten.clamp_min.default, aten.clamp_max.default, aten.clamp.default}
 )
 
+#: reductions along a dim whose full-reduction form records the mask of the winners
 _FULL_REDUCTIONS = frozenset({aten.max.dim, aten.min.dim, aten.median.dim, aten.nanmedian.dim})
 
 

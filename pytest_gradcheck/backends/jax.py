@@ -803,7 +803,7 @@ class JaxBackend:
             self._quiet = False  # decided anew at every checked point
             if track and self._mode == "jit":
                 signature, decisions = self._signature(hashes)
-                if decisions and self._only_reductions():
+                if decisions and self._shift_testable():
                     evaluations += 1
                     if self._shift_invariant(loss, terms):
                         self._quiet = True
@@ -811,7 +811,7 @@ class JaxBackend:
             center = Evaluation(loss=loss, terms=terms, signature=signature, decisions=decisions)
             return Gradient(center=center, total=total, terms=term_grads, evaluations=evaluations)
 
-    def _only_reductions(self) -> bool:
+    def _shift_testable(self) -> bool:
         """Whether every decision site of f is a max/min reduction or a two-way decision
         (see `_kinks.shift_testable`): what the shift test moves or flips."""
         names = _SITE_NAMES.get(self._program)

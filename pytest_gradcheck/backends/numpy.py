@@ -318,12 +318,11 @@ class NumpyBackend:
 
     def _shift_invariant(self, center: Evaluation) -> bool:
         """Whether f's loss and terms ignore the values of its max/min reductions and
-        the outcomes of its comparisons.
+        the branches of its two-way decisions.
 
-        Called where every decision at the checked point came from such reductions,
-        comparisons or the choices they feed: f is evaluated once more with the
-        reductions' values moved (`_kinks.shift_offsets`) and every comparison
-        inverted (a stable sigmoid computes the same on either side). An f
+        Called where `_kinks.shift_testable` says so: f is evaluated once more with the
+        reductions' values moved (`_kinks.shift_offsets`) and every two-way decision
+        flipped (a stable sigmoid computes the same on either side). An f
         that cannot take the move (it raises, or its output changes form) is not
         shift-invariant; what it warns about is not the user's concern.
         """

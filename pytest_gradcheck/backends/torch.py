@@ -880,11 +880,11 @@ class TorchBackend:
 
     def _shift_invariant(self, center: Evaluation) -> bool:
         """Whether f's loss and terms ignore the values of its max/min reductions and
-        the outcomes of its comparisons.
+        the branches of its two-way decisions.
 
-        Called where every decision at the checked point came from such reductions or
-        comparisons: f is evaluated once more with the reductions' values moved
-        (`_kinks.shift_offsets`) and the comparisons inverted. An f
+        Called where the checked point's pass found the test worth running
+        (`WinnerTracker.shiftable`): f is evaluated once more with the reductions'
+        values moved (`_kinks.shift_offsets`) and the two-way decisions flipped. An f
         that cannot take the move (it raises, or its output changes form) is not
         shift-invariant; what it warns about is not the user's concern.
         """
