@@ -349,3 +349,11 @@ def test_a_small_error_in_a_stable_logistic_rule_fails_and_a_tie_stays_a_kink():
 def test_two_way_decisions_the_loss_depends_on_stay_kinks(f):
     result = gradcheck(f, LOGITS)
     assert result.passed and result.kinks_present and result.tolerance is Tier.OK
+
+
+@pytest.mark.skipif(not _has_gpu(), reason="needs a GPU visible to JAX")
+def test_on_a_gpu_a_stable_logistic_loss_is_held_to_happy():
+    result = gradcheck(jax.jit(lambda x: logistic_loss(x, 1.0)), LOGITS, device="gpu")
+    assert result.passed and result.tolerance is Tier.HAPPY
+    relu = gradcheck(lambda x: jnp.sum(jax.nn.relu(x) ** 2), LOGITS, device="gpu")
+    assert relu.passed and relu.tolerance is Tier.OK

@@ -175,3 +175,23 @@ def test_an_f_that_fails_for_another_reason_is_not_retried():
     with pytest.raises(RuntimeError, match="shape mismatch in my layer"):
         gradcheck(f, torch.ones(3))
     assert len(calls) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_a_conv_and_an_lstm_on_float32_data_check():
+    """device="cuda": the modules' float64 copies and the data on the GPU, the data
+    still float32 (cuDNN refuses mixed dtypes up front too)."""
+    torch.manual_seed(0)
+    conv, lstm = nn.Conv2d(2, 3, 3).cuda(), nn.LSTM(3, 4, batch_first=True).cuda()
+    images = torch.randn(2, 2, 5, 5, device="cuda")
+
+    def loss():
+        features = conv(images).mean(dim=(2, 3))
+        return lstm(features.unsqueeze(1).repeat(1, 3, 1))[0].square().sum()
+
+    before = [p.detach().clone() for p in [*conv.parameters(), *lstm.parameters()]]
+    result = gradcheck(loss, params={"conv": conv, "lstm": lstm}, device="cuda")
+    assert result.passed and result.tier is Tier.HAPPY
+    after = [p.detach() for p in [*conv.parameters(), *lstm.parameters()]]
+    for a, b in zip(before, after, strict=True):
+        assert torch.equal(a, b) and b.dtype == torch.float32

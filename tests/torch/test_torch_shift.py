@@ -251,3 +251,17 @@ def test_on_cuda_a_stable_softmax_is_a_shift_and_a_segment_max_a_kink():
 
     kink = gradcheck(pooled, W, device="cuda")
     assert kink.passed and kink.kinks_present and kink.tolerance is Tier.OK
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_a_stable_logistic_loss_is_held_to_happy_and_relu_stays_a_kink():
+    x, w = _sigmoid_data()
+    z = (w > 0).to(torch.float64)
+
+    def loss(x):
+        return (x.clamp(min=0) - x * z.to(x.device) + torch.log1p(torch.exp(-x.abs()))).sum()
+
+    result = gradcheck(loss, x, device="cuda")
+    assert result.passed and result.tolerance is Tier.HAPPY
+    relu = gradcheck(lambda x: (F.relu(x) ** 2).sum(), x, device="cuda")
+    assert relu.passed and relu.tolerance is Tier.OK
