@@ -45,6 +45,7 @@ class Session:
 
     __slots__ = (
         "flippable",
+        "lowered",
         "others",
         "quiet",
         "recorder",
@@ -61,6 +62,9 @@ class Session:
         self.others = 0
         self.flippable = 0
         self.winners = 0  # of which maxima/minima of two arrays (ReLUs, hinges)
+        #: the operations that turned float64 values into a lower precision ("astype
+        #: -> float32"): f then runs below the float64 the check gives it
+        self.lowered: dict[str, None] = {}
         self.shift = shift
         self.quiet = quiet
 
@@ -126,6 +130,17 @@ def _other_branch(ufunc: np.ufunc, inputs: tuple, kwargs: dict, result: Any) -> 
     if ufunc in _OTHER:
         return _OTHER[ufunc](*inputs, **kwargs)
     return np.negative(result)
+
+
+_LOWER = (np.float32, np.float16)
+
+
+def _note_lowered(session: Session, name: str, inputs: tuple, result: Any) -> None:
+    """Note `name` where it turned a float64 input into a lower-precision result."""
+    if not isinstance(result, (np.ndarray, np.generic)) or result.dtype not in _LOWER:
+        return
+    if any(np.asarray(x).dtype == np.float64 for x in inputs if isinstance(x, np.ndarray)):
+        session.lowered[f"{name} -> {result.dtype}"] = None
 
 
 def _is_floating(x: Any) -> bool:
@@ -222,6 +237,8 @@ class Tracked(np.ndarray):
         floating = any(_is_floating(x) for x in raw_inputs if not isinstance(x, np.ufunc))
         if floating:
             session = _SESSION.get()
+            if session is not None:
+                _note_lowered(session, ufunc.__name__, raw_inputs, result)
             if session is not None and session.shift and _flippable(ufunc, method, kwargs):
                 result = _other_branch(ufunc, raw_inputs, kwargs, result)
             segment = method == "at" and len(raw_inputs) == 3
@@ -298,6 +315,13 @@ class Tracked(np.ndarray):
         elif func is np.select and args:
             conditions = np.asarray([np.asarray(_raw(c), dtype=bool) for c in args[0]])
             _record("select", conditions, flippable=True)
+        return _wrap(result)
+
+    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> Any:
+        result = self.view(np.ndarray).astype(dtype, *args, **kwargs)
+        session = _SESSION.get()
+        if session is not None:
+            _note_lowered(session, "astype", (self,), result)
         return _wrap(result)
 
     # ndarray methods that np.argmax & co. call back into: compute on the raw array

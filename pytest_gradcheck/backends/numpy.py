@@ -104,6 +104,7 @@ class NumpyBackend:
         self._slots: list[_ParamSlot] = []
         #: the checked point's max/min reductions are shifts, not kinks: not recorded
         self._quiet = False
+        self._lowered_said = False  # the lower-precision warning, once per check
         try:
             self._prepare(args, params)
         except BaseException:
@@ -258,6 +259,14 @@ class NumpyBackend:
         value, session = self._call(None, track)
         loss, terms = self._reduce(value)
         center = _evaluation(loss, terms, session)
+        if session is not None and session.lowered and not self._lowered_said:
+            self._lowered_said = True
+            self.warnings.append(
+                f"gradcheck: f computes in lower precision inside ({', '.join(session.lowered)}"
+                "): those operations turn float64 values into float32, so part of the check "
+                "does not run in float64 and a correct gradient can show large relative "
+                "errors; remove the cast (astype, dtype=) inside f for the check"
+            )
         evaluations = 1
         if session is not None and shift_testable(
             session.reductions, session.others, session.flippable, session.winners

@@ -633,3 +633,26 @@ def test_an_array_output_needs_a_grad_that_takes_dout():
 
     with pytest.raises(TypeError, match="my backward is broken"):
         gradcheck(lambda a: a**2, x, grad=grad_raising)
+
+
+@pytest.mark.parametrize(
+    ("f", "op"),
+    [
+        (lambda x: np.sum(x.astype(np.float32) ** 3).astype(np.float64), "astype -> float32"),
+        (lambda x: float(np.sum(np.multiply(x, x, dtype=np.float32) * x)), "multiply -> float32"),
+    ],
+    ids=["astype", "dtype="],
+)
+def test_a_cast_to_float32_inside_f_is_named_and_hinted(f, op):
+    """As torch's and JAX's backends do: the operation that lowered float64 values is
+    named in a warning, and the failure it causes hints at it; float64 inputs, so the
+    input's dtype is no clue here."""
+    x = np.array([1.1, -2.3, 3.7])
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, x, grad=lambda x: (3 * x**2,))
+    message = str(info.value)
+    assert f"f computes in lower precision inside ({op})" in message
+    assert "hint: f computes in lower precision inside" in message
+    plain = gradcheck(lambda x: np.sum(x**3), x, grad=lambda x: (3 * x**2,))
+    assert plain.tier is Tier.HAPPY
+    assert not any("lower precision" in w for w in plain.warnings)
