@@ -632,6 +632,17 @@ class TorchBackend:
             else:
                 others.append(name)
         chosen = set(select_blocks(floating, others, settings.wrt))
+        arrays = [
+            name
+            for name, leaf in arg_leaves + param_leaves
+            if isinstance(leaf, np.ndarray) and np.issubdtype(leaf.dtype, np.floating)
+        ]
+        if arrays:
+            verb = "is a NumPy array" if len(arrays) == 1 else "are NumPy arrays"
+            self.warnings.append(
+                f"gradcheck: {', '.join(arrays[:6])} {verb} in a PyTorch check: passed to "
+                "f as they are, as data, and not checked; pass torch tensors to check them"
+            )
 
         lowered = [
             f"{name} ({_dtype_name(leaf.dtype)})"

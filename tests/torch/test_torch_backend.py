@@ -777,3 +777,18 @@ def test_a_backward_returning_its_input_is_copied_before_the_block_moves():
     assert not g.flags.writeable  # a read-only view of autograd's tensor, not a copy
     np.testing.assert_array_equal(g, x.numpy())
     plain.close()
+
+
+def test_a_numpy_array_in_a_torch_check_is_data_and_said_so():
+    """A NumPy float array beside a tensor is passed to f as data, unchecked: the
+    result says so, naming it, instead of checking one block silently."""
+    from pytest_gradcheck import gradcheck
+
+    x = np.random.default_rng(0).standard_normal(5)
+    t = torch.randn(5, dtype=torch.float64)
+    result = gradcheck(lambda a, b: (b * torch.as_tensor(a)).sum(), x, t)
+    assert [block.name for block in result.blocks] == ["args[1]"]
+    (warning,) = [w for w in result.warnings if "NumPy array" in w]
+    assert "args[0] is a NumPy array in a PyTorch check" in warning and "not checked" in warning
+    plain = gradcheck(lambda b: (b * 2).sum(), t)
+    assert not any("NumPy" in w for w in plain.warnings)
