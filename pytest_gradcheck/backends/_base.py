@@ -181,6 +181,18 @@ def projection_weights(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return rng.standard_normal(shape)
 
 
+def lowered_warning(sites: str, casts: str, note: str = "") -> str:
+    """The warning that f turns float64 values into a lower precision at `sites` (the
+    same words from every backend: the failure hint looks for them). `casts` names the
+    casts to remove; `note` adds a sentence."""
+    return (
+        f"gradcheck: f computes in lower precision inside ({sites}): those operations turn "
+        "float64 values into lower precision, so part of the check does not run in "
+        "float64 and a correct gradient can show large relative errors; remove the cast "
+        f"({casts}) inside f for the check{note}"
+    )
+
+
 def check_finite_loss(value: float, what: str) -> None:
     """Raise ValueError when a loss value is NaN or infinite."""
     if not np.isfinite(value):

@@ -74,6 +74,7 @@ from ._base import (
     check_gradient_array,
     index_array,
     index_count,
+    lowered_warning,
     projection_weights,
     reduce_output,
     select_blocks,
@@ -695,13 +696,11 @@ class JaxBackend:
             sites[f"float64 -> {target}{_where(eqn)}"] = None
         if sites:
             listed = "; ".join(list(sites)[:3]) + (" and more" if len(sites) > 3 else "")
-            self.warnings.append(
-                f"gradcheck: f computes in lower precision inside ({listed}): part of f "
-                "runs below float64, so a correct gradient can show large relative errors; "
-                "remove the cast (astype, dtype=) inside f for the check. A library "
-                "function may cast on its own (jax.nn.dot_product_attention computes its "
-                "softmax in float32): no check of it gets past that precision"
+            note = (
+                ". A library function may cast on its own (jax.nn.dot_product_attention "
+                "computes its softmax in float32): no check of it gets past that precision"
             )
+            self.warnings.append(lowered_warning(listed, "astype, dtype=", note))
 
     def _place_const(self, value: Any) -> Any:
         """A const of the traced jaxpr, on the check's device, as a program argument."""
@@ -1145,52 +1144,26 @@ class JaxBackend:
         or is off)."""
         rows = next((a.shape[0] for a in val if a is not None), 1)
         self._rng.reseed()
-        size = next((b for b in _BATCH_SIZES if b >= rows), _BATCH_SIZES[-1])
-        size = min(self._chunk, size)
-        pad = size - rows
-        if how != "loop" and self._vmap_ok[track] is not False:
+        batching = how != "loop" and self._vmap_ok[track] is not False
+        if batching:
+            size = next((b for b in _BATCH_SIZES if b >= rows), _BATCH_SIZES[-1])
+            pad = min(self._chunk, size) - rows
             pidx = [_pad_rows(a, pad, 0) for a in idx]
             pval = [_pad_rows(a, pad, -0.0) for a in val]
-        if how == "map" and self._vmap_ok[track] is not False and self._map_ok[track] is not False:
-            try:
-                # the rows' count is an argument: the padding rows are not evaluated
-                o, h = _MAPPED[self._quick](
-                    self._program,
-                    track,
-                    self._consts,
-                    self._base_dev,
-                    pidx,
-                    pval,
-                    self._dyn_vals,
-                    np.int32(rows),
-                )
-                o, h = jax.device_get((o, h))
-                self._map_ok[track] = True
-                return np.asarray(o)[:rows], np.asarray(h)[:rows]
-            except Exception as err:
-                if self._map_ok[track]:
-                    raise
-                self._map_ok[track] = False
-                self.batch_fallbacks.append(_describe(err))
-        if how == "vmap" and self._vmap_ok[track] is not False:
-            try:
-                o, h = _BATCHED[self._batch_program](
-                    self._program, track, self._consts, self._base_dev, pidx, pval, self._dyn_vals
-                )
-                o, h = jax.device_get((o, h))
-                self._vmap_ok[track] = True
-                return np.asarray(o)[:rows], np.asarray(h)[:rows]
-            except Exception as err:
-                if self._batch_program == 2 and "compile option" in str(err):
-                    # a jaxlib without the option: the default program (same values)
-                    self._batch_program = self._quick
-                    self.batch_fallbacks.append(_describe(err))
-                    return self._run_chunk(idx, val, track, how)
-                if self._vmap_ok[track]:
-                    raise
-                self._vmap_ok[track] = False
-                # no warning: the results are the same, only slower (as in torch)
-                self.batch_fallbacks.append(_describe(err))
+            common = (self._program, track, self._consts, self._base_dev, pidx, pval)
+        if batching and how == "map" and self._map_ok[track] is not False:
+            # the rows' count is an argument: the padding rows are not evaluated
+            got = self._attempt(
+                self._map_ok,
+                track,
+                lambda: _MAPPED[self._quick](*common, self._dyn_vals, np.int32(rows)),
+            )
+            if got is not None:
+                return got[0][:rows], got[1][:rows]
+        if batching and how == "vmap":
+            got = self._attempt(self._vmap_ok, track, lambda: self._vmapped(common))
+            if got is not None:
+                return got[0][:rows], got[1][:rows]
         outs, hashes = [], []
         for r in range(rows):
             self._rng.reseed()
@@ -1207,6 +1180,36 @@ class JaxBackend:
             outs.append(np.asarray(o))
             hashes.append(np.asarray(h))
         return np.stack(outs), np.stack(hashes)
+
+    def _attempt(
+        self, ok: dict[bool, bool | None], track: bool, call: Callable[[], Any]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """One batched call's (outputs, hashes), or None where this kind of batch fails
+        for the first time: `ok` remembers it, `batch_fallbacks` says why, and the
+        loop takes the rows (no warning: the results are the same, only slower, as in
+        torch). A failure after a success is f's own error, raised."""
+        try:
+            o, h = jax.device_get(call())
+        except Exception as err:
+            if ok[track]:
+                raise
+            ok[track] = False
+            self.batch_fallbacks.append(_describe(err))
+            return None
+        ok[track] = True
+        return np.asarray(o), np.asarray(h)
+
+    def _vmapped(self, common: tuple) -> Any:
+        """The vmapped batch program on `common` arguments; a jaxlib that does not know
+        the option of the YNN-free program gets the default one (the same values)."""
+        try:
+            return _BATCHED[self._batch_program](*common, self._dyn_vals)
+        except Exception as err:
+            if self._batch_program != 2 or "compile option" not in str(err):
+                raise
+            self._batch_program = self._quick
+            self.batch_fallbacks.append(_describe(err))
+            return _BATCHED[self._batch_program](*common, self._dyn_vals)
 
     def _eager_point(self, point: Point) -> Evaluation:
         blocks = [b.copy() for b in self._base_np]

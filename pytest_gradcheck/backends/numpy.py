@@ -24,6 +24,7 @@ from ._base import (
     Point,
     Settings,
     check_gradient_array,
+    lowered_warning,
     projection_weights,
     reduce_output,
     select_blocks,
@@ -261,12 +262,7 @@ class NumpyBackend:
         center = _evaluation(loss, terms, session)
         if session is not None and session.lowered and not self._lowered_said:
             self._lowered_said = True
-            self.warnings.append(
-                f"gradcheck: f computes in lower precision inside ({', '.join(session.lowered)}"
-                "): those operations turn float64 values into float32, so part of the check "
-                "does not run in float64 and a correct gradient can show large relative "
-                "errors; remove the cast (astype, dtype=) inside f for the check"
-            )
+            self.warnings.append(lowered_warning(", ".join(session.lowered), "astype, dtype="))
         evaluations = 1
         if session is not None and shift_testable(
             session.reductions, session.others, session.flippable, session.winners

@@ -121,6 +121,7 @@ from ._base import (
     check_gradient_array,
     index_array,
     index_count,
+    lowered_warning,
     projection_weights,
     reduce_output,
     select_blocks,
@@ -1213,12 +1214,7 @@ class TorchBackend:
             return
         self._lowered_seen.update(new)
         ops = ", ".join(f"aten.{op} -> {dt}" for op, dt in new.items())
-        self.warnings.append(
-            f"gradcheck: f computes in lower precision inside ({ops}): those operations turn "
-            "float64 values into lower precision, so part of the check does not run in "
-            "float64 and a correct gradient can show large relative errors; remove the cast "
-            "(.float(), .half(), dtype=) inside f for the check"
-        )
+        self.warnings.append(lowered_warning(ops, ".float(), .half(), dtype="))
 
     def _apply(self, point: Point) -> list[tuple[_Block, Any]]:
         """Add a point's deltas to the blocks in place (a direction: one dense addition).
