@@ -1,7 +1,9 @@
-"""Python's `random` and NumPy's global RNG: reset before each evaluation, restored after.
+"""The global RNGs f may draw from: reset before each evaluation, restored after.
 
-Framework generators (torch's CPU and CUDA ones) are handled by their backends,
-on top of this.
+Python's `random`, NumPy's global generator and, once torch is imported, torch's CPU
+generator and its CUDA ones (if CUDA is initialised): a NumPy or JAX function may draw
+its dropout mask from ``torch.rand`` as well. torch is never imported here: a process
+that has not imported it has no torch generator to reset.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import random
+import sys
 from typing import Any
 
 import numpy as np
@@ -27,17 +30,60 @@ class GlobalRng:
         self.seed = seed
         self._py = random.getstate()
         self._np_memory, self._np = _save_numpy()
+        self._torch: _TorchRng | None = None
+        if "torch" in sys.modules:
+            self._torch = _TorchRng()
 
     def reseed(self) -> None:
         random.seed(self.seed)
         np.random.seed(self.seed)
+        if self._torch is None:
+            if "torch" not in sys.modules:
+                return
+            # f imported torch in the check: its generators are saved as the import
+            # left them, before the first seed
+            self._torch = _TorchRng()
+        self._torch.reseed(self.seed)
 
     def restore(self) -> None:
         random.setstate(self._py)
         if self._np_memory is None:
             np.random.set_state(self._np)
-            return
-        _write_mt(*self._np_memory)
+        else:
+            _write_mt(*self._np_memory)
+        if self._torch is not None:
+            self._torch.restore()
+
+
+class _TorchRng:
+    """torch's CPU generator, and its CUDA ones where CUDA is initialised."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self._module = torch
+        self._cpu = torch.get_rng_state()
+        self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def reseed(self, seed: int) -> None:
+        torch = self._module
+        if self._cuda is None and torch.cuda.is_initialized():
+            # initialised in the check (f moved a tensor to the GPU): saved as that left it
+            self._cuda = torch.cuda.get_rng_state_all()
+        if self._cuda is not None:
+            torch.manual_seed(seed)  # the CPU and every CUDA generator
+        else:
+            # torch.manual_seed would queue a seed for CUDA's lazy initialisation,
+            # changing the user's CUDA RNG after the check; seed only the CPU generator
+            torch.default_generator.manual_seed(seed)
+
+    def restore(self) -> None:
+        torch = self._module
+        try:
+            torch.set_rng_state(self._cpu)
+        finally:
+            if self._cuda is not None:
+                torch.cuda.set_rng_state_all(self._cuda)
 
 
 def _write_mt(address: int, saved: bytes) -> None:

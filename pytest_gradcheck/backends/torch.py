@@ -533,13 +533,10 @@ class TorchBackend:
         self._promoting = False
         self._hooks: list[RemovableHandle] = []
 
-        self._rng = GlobalRng(settings.seed)  # validates the seed; saves random and numpy
         self._device = _resolve_device(settings.device)
         if self._device is not None and self._device.type == "cuda":
             torch.cuda.init()
-        self._cpu_rng = torch.get_rng_state()
-        if torch.cuda.is_initialized():
-            self._cuda_rng = torch.cuda.get_rng_state_all()
+        self._rng = GlobalRng(settings.seed)  # validates the seed; saves every global RNG
         try:
             self._numerics = _Numerics()
             self._numerics.apply()
@@ -996,9 +993,6 @@ class TorchBackend:
             module.training = flag
         if self._numerics is not None:
             attempt(self._numerics.restore)
-        attempt(lambda: torch.set_rng_state(self._cpu_rng))
-        if self._cuda_rng is not None:
-            attempt(lambda: torch.cuda.set_rng_state_all(self._cuda_rng))
         attempt(self._rng.restore)
         self._blocks, self._buffers, self._swaps, self._args = [], [], [], ()
         self._guards = []
@@ -1048,12 +1042,6 @@ class TorchBackend:
 
     def _reseed(self) -> None:
         self._rng.reseed()
-        if torch.cuda.is_initialized():
-            torch.manual_seed(self._seed)  # the CPU and every CUDA generator
-        else:
-            # torch.manual_seed would queue a seed for CUDA's lazy initialisation,
-            # changing the user's CUDA RNG after the check; seed only the CPU generator
-            torch.default_generator.manual_seed(self._seed)
 
     def _versions(self) -> list[int]:
         return [t._version for _, t, _ in self._guards]
