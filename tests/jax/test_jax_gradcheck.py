@@ -427,3 +427,22 @@ def test_a_cast_to_float32_inside_f_is_reported_and_hinted():
     clean = gradcheck(lambda x: f(x, low=False), x)
     assert clean.tier is Tier.HAPPY
     assert not any("lower precision" in w for w in clean.warnings)
+
+
+@pytest.mark.parametrize("n", [14, 30])
+def test_a_wrong_custom_vjp_is_reported_not_called_non_deterministic(n):
+    """The checked point's loss comes from the vjp, the evaluations' from a jitted f:
+    sums that differ in the last digit at some sizes. A failing check must still report
+    the gradient, localized, instead of blaming randomness f does not have."""
+
+    @jax.custom_vjp
+    def sq(x):
+        return x**2
+
+    sq.defvjp(lambda x: (x**2, x), lambda x, g: (g * jnp.where(x < 0, x, 2 * x),))
+    x = jnp.abs(jax.random.normal(jax.random.key(3), (n, n))) + 0.1
+    x = x.at[n - 1, n - 1].set(-0.5)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda x: sq(x).sum(), x)
+    block = info.value.result.blocks[0]
+    assert block.tier is Tier.WRONG and (n - 1, n - 1) in block.localized

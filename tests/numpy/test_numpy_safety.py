@@ -335,6 +335,35 @@ def test_dropout_from_an_unseeded_private_generator_is_reported_as_bad_input():
     assert "create the generator inside f" in str(info.value)
 
 
+def _ulp_apart_at_first_call(alternate):
+    """A wrong gradient of sum(x**2); f's first call (the checked point's value, from
+    the gradient pass) is one ulp off the later ones, as a compiled program adding in
+    another order gives; with `alternate`, every call flips the last digit (noise)."""
+    calls = [0]
+
+    def f(x):
+        calls[0] += 1
+        value = float(np.sum(x**2))
+        if calls[0] == 1 or (alternate and calls[0] % 2):
+            value = float(np.nextafter(value, np.inf))
+        return value
+
+    return f, (lambda x: (3.0 * x,))
+
+
+def test_a_last_digit_between_compiled_paths_is_not_called_randomness():
+    f, grad = _ulp_apart_at_first_call(alternate=False)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, np.linspace(0.5, 1.5, 4), grad=grad)
+    assert info.value.result.tier is Tier.WRONG
+
+
+def test_values_that_keep_changing_by_a_last_digit_are_still_called_non_deterministic():
+    f, grad = _ulp_apart_at_first_call(alternate=True)
+    with pytest.raises(ValueError, match="not deterministic"):
+        gradcheck(f, np.linspace(0.5, 1.5, 4), grad=grad)
+
+
 def test_f_writing_into_params_cannot_corrupt_the_check_or_the_user():
     params = {"W": np.array([0.5, -0.3, 1.2])}
     before = snapshot(params)
