@@ -68,10 +68,20 @@ class Pair:
     #: per loss (None: the total), the round-off of f scaled by h that the size of the
     #: block's values and gradients implies (see `_steps.value_floor`)
     value_floor: Mapping[str | None, float] = field(default_factory=dict)
+    #: the checked point's signature, where tracked (set by `Counter._evaluate`)
+    center: bytes | None = None
 
     def crossed(self) -> bool:
+        """Whether the difference went through a kink: its two points took different
+        branches, or the same ones but not the checked point's. The latter is a
+        checked point at an exact tie that either side breaks alike (an entry of a
+        tied median moved up or down): f is not differentiable there, and which of
+        the valid values its gradient takes is the backward's convention, not a bug."""
         assert self.plus is not None and self.minus is not None
-        return crossed(self.plus.signature, self.minus.signature)
+        plus, minus = self.plus.signature, self.minus.signature
+        if crossed(plus, minus):
+            return True
+        return self.center is not None and plus is not None and plus != self.center
 
     def usable(self) -> bool:
         """Whether the numeric value is exact up to truncation (no kink in the way)."""
@@ -253,8 +263,10 @@ class Counter:
             return
         evals = self.backend.evaluate(points, self.track)
         self.count += len(points)
+        center = self.center.signature if self.track and self.center is not None else None
         for i, p in enumerate(everything):
             p.plus, p.minus = evals[2 * i], evals[2 * i + 1]
+            p.center = center
             if i < len(pairs):
                 check_finite(p.plus, "f(x + h)")
                 check_finite(p.minus, "f(x - h)")

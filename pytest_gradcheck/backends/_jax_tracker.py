@@ -574,7 +574,9 @@ def _scatter_winners(ins: list, outs: list, params: dict) -> jax.Array:
 _RULES: dict[str, tuple[str, Callable[[list, list, dict], Any]]] = {
     "max": ("any", lambda i, o, p: _three_way(i[0], i[1])),
     "min": ("any", lambda i, o, p: _three_way(i[0], i[1])),
-    **{c: ("any", lambda i, o, p: o[0]) for c in _COMPARISONS},
+    # which side of the other operand, or at it: an exact tie (x == 0 under
+    # where(x > 0, ...)) is a decision of its own, taken by neither side
+    **{c: ("any", lambda i, o, p: _three_way(i[0], i[1])) for c in _COMPARISONS},
     "select_n": ("first", lambda i, o, p: i[0]),
     "abs": ("first", lambda i, o, p: _three_way(i[0], 0)),
     "sign": ("first", lambda i, o, p: _three_way(i[0], 0)),

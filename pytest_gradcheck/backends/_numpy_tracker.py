@@ -270,8 +270,11 @@ class Tracked(np.ndarray):
                 flip = flippable and bool(np.all(decision))
                 _record(name, decision, flippable=flip, winner=True)
             elif ufunc in _COMPARISONS:
-                tied = bool(np.any(np.equal(inputs[0], inputs[1])))
-                _record(name, result, flippable=flippable and not tied)
+                # which side, or at the tie (x == 0 under where(x > 0, ...)): three
+                # states, as for the winners above
+                a, b = inputs[0], inputs[1]
+                side = np.greater(a, b).astype(np.int8) - np.less(a, b).astype(np.int8)
+                _record(name, side, flippable=flippable and bool(np.all(side)))
             elif ufunc in _SIGNS:
                 decision = np.sign(inputs[0]).astype(np.int8)
                 _record(name, decision, flippable=flippable and bool(np.all(decision)))

@@ -141,12 +141,19 @@ def _arg(func: Any, args: tuple, kwargs: dict, name: str) -> Any:
 
 
 def _side(x: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
-    """-1 below `lo`, +1 above `hi`, 0 between (either bound may be None or a tensor)."""
+    """-2 below `lo`, +2 above `hi`, 0 between, -1 or +1 exactly at a bound (either
+    bound may be None or a tensor).
+
+    An entry exactly at a bound is a decision of its own, taken by neither side: both
+    one-sided derivatives are valid there, so a difference through it is not judged by
+    one side (see `_pairs.Counter.one_sided`), whichever side the op's convention (or
+    a hand-written backward) picks.
+    """
     side = torch.zeros((), dtype=torch.int8, device=x.device)
     if lo is not None:
-        side = side - (x < lo).to(torch.int8)
+        side = side - 2 * (x < lo).to(torch.int8) - (x == lo).to(torch.int8)
     if hi is not None:
-        side = side + (x > hi).to(torch.int8)
+        side = side + 2 * (x > hi).to(torch.int8) + (x == hi).to(torch.int8)
     return side.expand(torch.broadcast_shapes(side.shape, x.shape))
 
 
@@ -170,14 +177,18 @@ def _out(i: int | None = None) -> Callable[..., Any]:
 # before they overwrite their input; decisions read from the output run after it.
 
 
+# Two-way decisions are recorded as signs, an exact tie (x == 0 under a ReLU) its own
+# value: see `_side`.
+
+
 def _positive(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     x = args[0]
-    return x > 0 if _is_float(x) else None
+    return _sign(x) if _is_float(x) else None
 
 
 def _threshold(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     x = args[0]
-    return x > _arg(func, args, kwargs, "threshold") if _is_float(x) else None
+    return _sign(x - _arg(func, args, kwargs, "threshold")) if _is_float(x) else None
 
 
 def _hardtanh(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
@@ -293,10 +304,8 @@ def _compare(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     b = args[1] if len(args) > 1 else kwargs.get("other")
     if not _any_float(a, b):
         return None
-    packet = func.overloadpacket.__name__
-    if packet.endswith("_"):  # in place: compute the result before it overwrites `a`
-        return getattr(torch, packet[:-1])(a, b)
-    return out.detach().clone()
+    # which side of b, or at it: run before the op (an in-place one overwrites `a`)
+    return _sign(a - b)
 
 
 def _smooth_l1(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
@@ -469,7 +478,7 @@ def _rules() -> dict[Any, _Rule]:
     add("abs sign sgn", _sign_of_input, True)
     add("copysign", _sign_of_other, True)
     add("heaviside", _sign_of_input, True)
-    add("gt ge lt le eq ne", _compare, False)
+    add("gt ge lt le eq ne", _compare, True)
     add("smooth_l1_loss huber_loss", _smooth_l1, True, inplace=False)
     add("l1_loss", _l1, True, inplace=False)
     add("multi_margin_loss", _multi_margin, True, inplace=False)

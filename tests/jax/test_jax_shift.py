@@ -357,3 +357,22 @@ def test_on_a_gpu_a_stable_logistic_loss_is_held_to_happy():
     assert result.passed and result.tolerance is Tier.HAPPY
     relu = gradcheck(lambda x: jnp.sum(jax.nn.relu(x) ** 2), LOGITS, device="gpu")
     assert relu.passed and relu.tolerance is Tier.OK
+
+
+@pytest.mark.parametrize("convention", ["x>0", "x>=0"])
+def test_either_subgradient_of_a_where_at_an_exact_zero_passes(convention):
+    """where(x > 0, x, 0) at x == 0 exactly: the comparison's tie is a decision of its
+    own, so a hand-written backward taking either side passes."""
+
+    @jax.custom_vjp
+    def relu(x):
+        return jnp.where(x > 0, x, 0.0)
+
+    def derivative(x):
+        return (x > 0) if convention == "x>0" else (x >= 0)
+
+    relu.defvjp(lambda x: (relu(x), x), lambda x, g: (g * derivative(x),))
+    x = jnp.array([0.7, -0.4, 0.0, 1.2, 0.0, -2.0])
+    w = jnp.array([0.3, -1.1, 0.8, 0.5, -0.6, 0.9])
+    result = gradcheck(lambda x: (relu(x) * w).sum(), x)
+    assert result.passed and result.kinks_crossed >= 2

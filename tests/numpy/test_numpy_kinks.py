@@ -663,3 +663,22 @@ def test_naive_svm_near_the_kink_fails_without_tracking():
             kinks="off",
             tolerance=Tier.OK,
         )
+
+
+@pytest.mark.parametrize("convention", ["x>0", "x>=0"])
+@pytest.mark.parametrize("form", ["where", "mask"])
+def test_either_subgradient_of_a_comparison_at_an_exact_zero_passes(form, convention):
+    """x > 0 at x == 0 exactly is a tie, not the 'false' side: a backward taking either
+    side passes, as for np.maximum."""
+    x = np.array([0.7, -0.4, 0.0, 1.2, 0.0, -2.0])
+    w = np.array([0.3, -1.1, 0.8, 0.5, -0.6, 0.9])
+
+    def f(x):
+        y = np.where(x > 0, x, 0.0) if form == "where" else x * (x > 0)
+        return float(np.sum(y * w))
+
+    def grad(x):
+        return ((x > 0 if convention == "x>0" else x >= 0) * w,)
+
+    result = gradcheck(f, x, grad=grad)
+    assert result.passed and result.kinks_crossed >= 2

@@ -1,0 +1,80 @@
+"""An entry exactly at a kink (x == 0 under a ReLU, a clamp at its bound, tied values
+under a median) is a decision of its own: f is not differentiable there, both
+one-sided derivatives are valid, and the backward's convention must not fail the
+check. Hand-written backwards taking the other side, and torch's own, pass; a wrong
+gradient beside the tie still fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pytest_gradcheck import GradcheckError, Tier, gradcheck
+
+X = torch.tensor([0.7, -0.4, 0.0, 1.2, 0.0, -2.0], dtype=torch.float64)
+W = torch.tensor([0.3, -1.1, 0.8, 0.5, -0.6, 0.9], dtype=torch.float64)
+
+
+def _custom(forward, derivative):
+    class Op(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return forward(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * derivative(x)
+
+    return Op.apply
+
+
+FORWARDS = {
+    "relu": torch.relu,
+    "clamp": lambda x: x.clamp(min=0),
+    "where": lambda x: torch.where(x > 0, x, 0.0),
+    "mask": lambda x: x * (x > 0),
+    "threshold": lambda x: F.threshold(x, 0.0, 0.0),
+}
+CONVENTIONS = {"x>0": lambda x: (x > 0).to(x.dtype), "x>=0": lambda x: (x >= 0).to(x.dtype)}
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_either_subgradient_at_an_exact_kink_passes(forward, convention):
+    op = _custom(FORWARDS[forward], CONVENTIONS[convention])
+    result = gradcheck(lambda x: (op(x) * W).sum(), X)
+    assert result.passed and result.kinks_present
+    block = result.blocks[0]
+    for i in (2, 4):  # the exact zeros: at a kink, not judged one-sidedly
+        assert block.kink_crossed[block.indices.index((i,))]
+
+
+@pytest.mark.parametrize(
+    "op",
+    [F.hardtanh, F.relu6, F.hardswish, F.hardsigmoid],
+    ids=["hardtanh", "relu6", "hardswish", "hardsigmoid"],
+)
+def test_torch_s_own_gradient_at_exact_bounds_passes(op):
+    x = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0, 6.0, 0.4, -2.2], dtype=torch.float64)
+    assert gradcheck(lambda x: (op(x) * torch.linspace(0.5, 1.2, 8)).sum(), x).passed
+
+
+def test_a_median_of_tied_values_passes():
+    x = torch.tensor([0.0] * 6 + [0.5, -1.2, 0.3, 2.0, -0.7, 1.1], dtype=torch.float64)
+    result = gradcheck(lambda x: 3.0 * torch.median(x), x)
+    assert result.passed and result.kinks_crossed >= 6
+
+
+def test_a_wrong_gradient_beside_an_exact_kink_still_fails():
+    op = _custom(torch.relu, lambda x: (x > 0).to(x.dtype) * torch.where(x > 1.0, 1.01, 1.0))
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda x: (op(x) * W).sum(), X)
+    block = info.value.result.blocks[0]
+    assert block.tier is Tier.UNCOMFORTABLE
+    judged = [
+        (e, i) for e, i, k in zip(block.rel_error, block.indices, block.kink_crossed) if not k
+    ]
+    assert max(judged)[1] == (3,)  # the only entry above 1
