@@ -75,6 +75,8 @@ def test_a_wrong_gradient_beside_an_exact_kink_still_fails():
     block = info.value.result.blocks[0]
     assert block.tier is Tier.UNCOMFORTABLE
     judged = [
-        (e, i) for e, i, k in zip(block.rel_error, block.indices, block.kink_crossed) if not k
+        (e, i)
+        for e, i, k in zip(block.rel_error, block.indices, block.kink_crossed, strict=True)
+        if not k
     ]
     assert max(judged)[1] == (3,)  # the only entry above 1
