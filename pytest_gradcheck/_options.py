@@ -43,6 +43,13 @@ class Options:
 
 NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
 
+#: the on/off options (a flag given bare means on)
+SWITCHES: tuple[str, ...] = tuple(n for n in NAMES if isinstance(getattr(Options(), n), bool))
+
+#: the words a switch takes as text, in flags and ini keys
+ON_WORDS = ("1", "true", "yes", "on")
+OFF_WORDS = ("0", "false", "no", "off")
+
 #: options given on the command line / ini file: (flag suffix, help)
 CLI: dict[str, tuple[str, str]] = {
     "eps": ("eps", "finite-difference step h, or 'auto' (default 1e-5)"),
@@ -69,6 +76,16 @@ def _none(text: str) -> bool:
     return text.strip().lower() in ("", "none", "null", "default")
 
 
+def parse_switch(name: str, text: str) -> bool:
+    """Parse an on/off option given as text; ValueError naming the option otherwise."""
+    word = text.strip().lower()
+    if word not in ON_WORDS + OFF_WORDS:
+        raise ValueError(
+            f"gradcheck: {name} must be on or off (true/false, yes/no, 1/0), got {text!r}"
+        )
+    return word in ON_WORDS
+
+
 def parse_text(name: str, text: str) -> Any:
     """Parse an option given as text (a CLI flag or an ini value)."""
     t = text.strip()
@@ -86,10 +103,8 @@ def parse_text(name: str, text: str) -> Any:
         return None if _none(t) else t
     if name == "wrt":
         return None if _none(t) else [w.strip() for w in t.split(",") if w.strip()]
-    if name in ("sweep", "batch"):
-        if t.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ValueError(f"gradcheck: {name} must be on or off, got {text!r}")
-        return t.lower() in ("1", "true", "yes", "on")
+    if name in SWITCHES:
+        return parse_switch(name, t)
     return t
 
 
