@@ -34,6 +34,11 @@ class Gates:
     baseline: Path | None = None
     baseline_factor: float = DEFAULT_FACTOR
     save_baseline: Path | None = None
+    #: the settings as given, for messages (``--gradcheck-fail-tier=ok``, or
+    #: ``gradcheck_fail_tier = ok (ini)``), and the baseline's path as given
+    fail_tier_given: str = ""
+    baseline_given: str = ""
+    baseline_shown: str = ""
     #: the loaded baseline: worst (max rel error, tier) of each check
     expected: dict[Key, tuple[float, str]] = field(default_factory=dict)
 
@@ -147,14 +152,15 @@ def report_lines(gates: Gates, verdict: Verdict) -> list[str]:
     lines: list[str] = []
     if verdict.fail_tier:
         assert gates.fail_tier is not None
+        given = gates.fail_tier_given or f"--gradcheck-fail-tier={gates.fail_tier.label}"
         lines.append(
-            f"--gradcheck-fail-tier={gates.fail_tier.label}: {len(verdict.fail_tier)} "
-            f"check(s) worse than {gates.fail_tier.label}:"
+            f"{given}: {len(verdict.fail_tier)} check(s) worse than {gates.fail_tier.label}:"
         )
         lines.extend(f"  {m}" for m in verdict.fail_tier)
     if verdict.baseline:
+        given = gates.baseline_given or f"--gradcheck-baseline={gates.baseline}"
         lines.append(
-            f"--gradcheck-baseline={gates.baseline}: {len(verdict.baseline)} check(s) "
+            f"{given}: {len(verdict.baseline)} check(s) "
             f"regressed or disappeared (factor {gates.baseline_factor:g}):"
         )
         lines.extend(f"  {m}" for m in verdict.baseline)

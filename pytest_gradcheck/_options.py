@@ -6,7 +6,7 @@ keywords, the ``--gradcheck-*`` flags and the ``gradcheck_*`` ini keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -43,6 +43,13 @@ class Options:
 
 NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
 
+#: the on/off options (a flag given bare means on)
+SWITCHES: tuple[str, ...] = tuple(n for n in NAMES if isinstance(getattr(Options(), n), bool))
+
+#: the words a switch takes as text, in flags and ini keys
+ON_WORDS = ("1", "true", "yes", "on")
+OFF_WORDS = ("0", "false", "no", "off")
+
 #: options given on the command line / ini file: (flag suffix, help)
 CLI: dict[str, tuple[str, str]] = {
     "eps": ("eps", "finite-difference step h, or 'auto' (default 1e-5)"),
@@ -69,6 +76,16 @@ def _none(text: str) -> bool:
     return text.strip().lower() in ("", "none", "null", "default")
 
 
+def parse_switch(name: str, text: str) -> bool:
+    """Parse an on/off option given as text; ValueError naming the option otherwise."""
+    word = text.strip().lower()
+    if word not in ON_WORDS + OFF_WORDS:
+        raise ValueError(
+            f"gradcheck: {name} must be on or off (true/false, yes/no, 1/0), got {text!r}"
+        )
+    return word in ON_WORDS
+
+
 def parse_text(name: str, text: str) -> Any:
     """Parse an option given as text (a CLI flag or an ini value)."""
     t = text.strip()
@@ -86,10 +103,8 @@ def parse_text(name: str, text: str) -> Any:
         return None if _none(t) else t
     if name == "wrt":
         return None if _none(t) else [w.strip() for w in t.split(",") if w.strip()]
-    if name in ("sweep", "batch"):
-        if t.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ValueError(f"gradcheck: {name} must be on or off, got {text!r}")
-        return t.lower() in ("1", "true", "yes", "on")
+    if name in SWITCHES:
+        return parse_switch(name, t)
     return t
 
 
@@ -112,18 +127,39 @@ def resolve(*layers: Mapping[str, Any]) -> Options:
     return validate(opts)
 
 
+def _is_int(value: Any) -> bool:
+    """An int, not a bool (bool is an int subclass: True would pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_wrt(value: Any) -> bool:
+    """None, a block name, a predicate on the name, or a collection of block names."""
+    if value is None or isinstance(value, str) or callable(value):
+        return True
+    return (
+        isinstance(value, Collection)
+        and not isinstance(value, (bytes, Mapping))
+        and all(isinstance(name, str) for name in value)
+    )
+
+
 def validate(o: Options) -> Options:
     """Check every option's type and range; normalise tolerance to a Tier."""
-    if o.eps != "auto" and not (isinstance(o.eps, (int, float)) and 0 < float(o.eps) < 1):
+    if o.eps != "auto" and not (_is_number(o.eps) and 0 < float(o.eps) < 1):
         raise ValueError(f"gradcheck: eps must be a float in (0, 1) or 'auto', got {o.eps!r}")
     if o.samples_per_block is not None and (
-        not isinstance(o.samples_per_block, int) or o.samples_per_block < 1
+        not _is_int(o.samples_per_block) or o.samples_per_block < 1
     ):
         raise ValueError(
             "gradcheck: samples_per_block must be a positive int or None (check every "
             f"coordinate), got {o.samples_per_block!r}"
         )
-    if not isinstance(o.seed, int) or isinstance(o.seed, bool) or not 0 <= o.seed < 2**32:
+    if not _is_int(o.seed) or not 0 <= o.seed < 2**32:
         raise ValueError(f"gradcheck: seed must be an int in [0, 2**32), got {o.seed!r}")
     if o.kinks not in ("track", "off"):
         raise ValueError(f"gradcheck: kinks must be 'track' or 'off', got {o.kinks!r}")
@@ -131,9 +167,9 @@ def validate(o: Options) -> Options:
         raise ValueError(
             f"gradcheck: mode must be 'coords', 'directions' or 'both', got {o.mode!r}"
         )
-    if not isinstance(o.burn_in, int) or o.burn_in < 0:
+    if not _is_int(o.burn_in) or o.burn_in < 0:
         raise ValueError(f"gradcheck: burn_in must be an int >= 0, got {o.burn_in!r}")
-    if not (isinstance(o.burn_in_lr, (int, float)) and o.burn_in_lr > 0):
+    if not (_is_number(o.burn_in_lr) and o.burn_in_lr > 0):
         raise ValueError(f"gradcheck: burn_in_lr must be a positive float, got {o.burn_in_lr!r}")
     if o.scale not in (None, "auto"):
         raise ValueError(f"gradcheck: scale must be None or 'auto', got {o.scale!r}")
@@ -145,7 +181,13 @@ def validate(o: Options) -> Options:
         raise ValueError(
             f"gradcheck: device must be None, 'cpu' or 'cuda' ('cuda:N'), got {o.device!r}"
         )
-    if not (isinstance(o.dominance, (int, float)) and o.dominance > 1):
+    if not _is_wrt(o.wrt):
+        raise TypeError(
+            "gradcheck: wrt must be None (every floating block), a list of block names "
+            "(like ['args[0]', \"params['W']\"]) or a predicate taking a block name and "
+            f"returning a bool, got {o.wrt!r}"
+        )
+    if not (_is_number(o.dominance) and o.dominance > 1):
         raise ValueError(f"gradcheck: dominance must be a ratio > 1, got {o.dominance!r}")
     if not isinstance(o.batch, bool) or not isinstance(o.sweep, bool):
         raise TypeError("gradcheck: batch and sweep must be True or False")

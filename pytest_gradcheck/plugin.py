@@ -20,16 +20,17 @@ import datetime
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from . import __version__
+from ._cli import SESSION, Switch, flag, given, unknown_ini_keys, unknown_ini_message
 from ._context import TestContext, running
-from ._gates import DEFAULT_FACTOR, Gates, Verdict, evaluate, load_baseline, report_lines
-from ._options import CLI, NAMES, Options, check_names, parse_text, resolve
+from ._gates import Gates, Verdict, evaluate, load_baseline, report_lines
+from ._options import CLI, NAMES, SWITCHES, Options, check_names, parse_text, resolve
 from ._report import SessionReport, dumps, plain, section_lines
 from ._tiers import Tier
 
@@ -61,64 +62,44 @@ class _State:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradcheck", "gradient checks (pytest-gradcheck)")
-    for name, (flag, help_text) in CLI.items():
-        # --gradcheck-h-sweep is a plain switch (a value would swallow a test path)
-        bare = {"action": "store_const", "const": "on"} if name == "sweep" else {}
+    for name, (_, help_text) in CLI.items():
+        # an on/off option's flag takes an optional value: bare means on, =off off
+        switch = {"action": Switch} if name in SWITCHES else {}
         group.addoption(
-            f"--gradcheck-{flag}", dest=f"gradcheck_{name}", default=None, help=help_text, **bare
+            flag(name), dest=f"gradcheck_{name}", default=None, help=help_text, **switch
         )
         parser.addini(f"gradcheck_{name}", help=f"gradcheck: {help_text}", default=None)
-    extra = {
-        "json": ("PATH", "write every gradient check's result as JSON to PATH"),
-        "report": (
-            "{summary,blocks,off}",
-            "the 'gradient checks' terminal section: one row per check (summary, default), "
-            "plus one line per block (blocks), or none (off)",
-        ),
-        "fail_tier": (
-            "TIER",
-            "fail the session when any check is worse than TIER "
-            "(happy, ok, uncomfortable, wrong), even where the test caught the error",
-        ),
-        "baseline": (
-            "PATH",
-            "fail the session when a check's max rel error grew past the factor, or a check "
-            "disappeared, compared with the JSON report at PATH",
-        ),
-        "baseline_factor": (
-            "FACTOR",
-            f"how much a check's max rel error may grow over the baseline "
-            f"(default {DEFAULT_FACTOR:g})",
-        ),
-        "save_baseline": ("PATH", "write the session's checks to PATH as a baseline"),
-    }
-    for name, (metavar, help_text) in extra.items():
+    for name, (metavar, help_text) in SESSION.items():
         group.addoption(
-            f"--gradcheck-{name.replace('_', '-')}",
-            dest=f"gradcheck_{name}",
-            default=None,
-            metavar=metavar,
-            help=help_text,
+            flag(name), dest=f"gradcheck_{name}", default=None, metavar=metavar, help=help_text
         )
         parser.addini(f"gradcheck_{name}", help=f"gradcheck: {help_text}", default=None)
 
 
-def _raw(config: pytest.Config, name: str) -> tuple[Any, str, Path]:
-    """A setting from the CLI, else the ini file: (value or None, where, base dir)."""
+class _Setting(NamedTuple):
+    """A setting's raw value and where it came from."""
+
+    value: Any  # None: not set
+    where: str  # for usage errors: "--gradcheck-x" or "ini key gradcheck_x"
+    base: Path  # the directory a relative path in it is relative to
+    source: str  # "cli", "ini" or "" (not set)
+
+
+def _raw(config: pytest.Config, name: str) -> _Setting:
+    """A setting from the CLI, else the ini file."""
     value = config.getoption(f"gradcheck_{name}")
     if value is not None and value != "":
-        flag = CLI[name][0] if name in CLI else name.replace("_", "-")
-        return value, f"--gradcheck-{flag}", config.invocation_params.dir
+        return _Setting(value, flag(name), config.invocation_params.dir, "cli")
     value = config.getini(f"gradcheck_{name}")
     if value is not None and value != "" and value != []:
         base = config.inipath.parent if config.inipath else config.rootpath
-        return value, f"ini key gradcheck_{name}", base
-    return None, "", config.rootpath
+        return _Setting(value, f"ini key gradcheck_{name}", base, "ini")
+    return _Setting(None, "", config.rootpath, "")
 
 
 def _layer(config: pytest.Config, source: str) -> dict[str, Any]:
     layer: dict[str, Any] = {}
-    for name, (flag, _) in CLI.items():
+    for name in CLI:
         raw = (
             config.getoption(f"gradcheck_{name}")
             if source == "cli"
@@ -126,7 +107,7 @@ def _layer(config: pytest.Config, source: str) -> dict[str, Any]:
         )
         if raw is None or raw == "" or raw == []:
             continue
-        where = f"--gradcheck-{flag}" if source == "cli" else f"ini key gradcheck_{name}"
+        where = flag(name) if source == "cli" else f"ini key gradcheck_{name}"
         try:
             layer[name] = parse_text(name, str(raw))
             resolve({name: layer[name]})
@@ -136,19 +117,20 @@ def _layer(config: pytest.Config, source: str) -> dict[str, Any]:
 
 
 def _path(config: pytest.Config, name: str) -> Path | None:
-    value, _, base = _raw(config, name)
+    value, _, base, _ = _raw(config, name)
     return None if value is None else base / Path(str(value)).expanduser()
 
 
 def _gates(config: pytest.Config) -> Gates:
     gates = Gates()
-    tier, where, _ = _raw(config, "fail_tier")
-    if tier is not None:
+    tier = _raw(config, "fail_tier")
+    if tier.value is not None:
         try:
-            gates.fail_tier = Tier.parse(str(tier))
+            gates.fail_tier = Tier.parse(str(tier.value))
         except ValueError as err:
-            raise pytest.UsageError(f"{where}: {err}") from None
-    factor, where, _ = _raw(config, "baseline_factor")
+            raise pytest.UsageError(f"{tier.where}: {err}") from None
+        gates.fail_tier_given = given("fail_tier", str(tier.value).strip(), tier.source)
+    factor, where, _, _ = _raw(config, "baseline_factor")
     if factor is not None:
         try:
             gates.baseline_factor = float(factor)
@@ -156,7 +138,11 @@ def _gates(config: pytest.Config) -> Gates:
             gates.baseline_factor = -1.0
         if not gates.baseline_factor > 1.0 or gates.baseline_factor == float("inf"):
             raise pytest.UsageError(f"{where}: must be a number > 1, got {factor!r}")
+    baseline = _raw(config, "baseline")
     gates.baseline = _path(config, "baseline")
+    if baseline.value is not None:
+        gates.baseline_shown = str(baseline.value).strip()
+        gates.baseline_given = given("baseline", gates.baseline_shown, baseline.source)
     gates.save_baseline = _path(config, "save_baseline")
     if gates.baseline is not None and not hasattr(config, "workerinput"):
         try:
@@ -166,9 +152,24 @@ def _gates(config: pytest.Config) -> Gates:
     return gates
 
 
+def _ini_names(config: pytest.Config) -> Iterable[str]:
+    """The keys of the ini file (and of ``-o`` overrides) pytest read."""
+    inicfg = getattr(config, "_inicfg", None)  # pytest >= 9: config.inicfg is deprecated
+    return list(inicfg if inicfg is not None else config.inicfg)
+
+
+def _check_ini_keys(config: pytest.Config) -> None:
+    """An unknown ``gradcheck_*`` ini key is a usage error (pytest would only warn)."""
+    unknown = unknown_ini_keys(_ini_names(config))
+    if unknown:
+        where = config.inipath.name if config.inipath else "the ini options (-o)"
+        raise pytest.UsageError(unknown_ini_message(unknown, where))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    detail, where, _ = _raw(config, "report")
+    _check_ini_keys(config)
+    detail, where, _, _ = _raw(config, "report")
     detail = str(detail or "summary").strip().lower()
     if detail not in REPORT_CHOICES:
         raise pytest.UsageError(f"{where}: must be summary, blocks or off, got {detail!r}")
@@ -196,7 +197,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     if g.fail_tier is not None:
         line += f"; fail-tier={g.fail_tier.label}"
     if g.baseline is not None:
-        line += f"; baseline={g.baseline} (x{g.baseline_factor:g})"
+        line += f"; baseline={g.baseline_shown} (x{g.baseline_factor:g})"
     return line + ")"
 
 

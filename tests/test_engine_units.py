@@ -624,3 +624,47 @@ def test_a_relu_network_pays_no_shift_test():
     result = gradcheck(f, w, grad=grad)
     assert result.passed and result.kinks_present
     assert result.evaluations == 1 + 2 * 10 + 2  # the floor: no shift test
+
+
+# -- option values: types named, bool is no int -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("samples_per_block", True, "samples_per_block must be a positive int"),
+        ("samples_per_block", 2.0, "samples_per_block must be a positive int"),
+        ("seed", True, "seed must be an int"),
+        ("burn_in", True, "burn_in must be an int >= 0"),
+        ("burn_in", False, "burn_in must be an int >= 0"),
+        ("burn_in_lr", True, "burn_in_lr must be a positive float"),
+        ("eps", True, "eps must be a float in (0, 1)"),
+        ("dominance", True, "dominance must be a ratio > 1"),
+    ],
+)
+def test_a_bool_is_no_number_for_an_option(option, value, fragment):
+    x = np.linspace(-1.0, 1.0, 4)
+    with pytest.raises(ValueError) as info:
+        gradcheck(lambda x: np.sum(x**3), x, grad=lambda x: (3 * x**2,), **{option: value})
+    assert str(info.value).startswith(f"gradcheck: {fragment}")
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("wrt", [5, 1.5, [0], ["args[0]", 1], b"args[0]", {"args[0]": 1}])
+def test_wrt_of_the_wrong_type_names_wrt_and_what_it_takes(wrt):
+    x = np.linspace(-1.0, 1.0, 4)
+    with pytest.raises(TypeError) as info:
+        gradcheck(lambda x: np.sum(x**3), x, grad=lambda x: (3 * x**2,), wrt=wrt)
+    message = str(info.value)
+    assert message.startswith("gradcheck: wrt must be")
+    assert "a list of block names" in message and "a predicate" in message
+    assert repr(wrt) in message
+
+
+@pytest.mark.parametrize(
+    "wrt", [None, "args[0]", ["args[0]"], ("args[0]",), {"args[0]"}, lambda name: True]
+)
+def test_wrt_takes_names_or_a_predicate(wrt):
+    x = np.linspace(-1.0, 1.0, 4)
+    result = gradcheck(lambda x: np.sum(x**3), x, grad=lambda x: (3 * x**2,), wrt=wrt)
+    assert [b.name for b in result.blocks] == ["args[0]"]

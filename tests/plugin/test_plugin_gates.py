@@ -69,6 +69,20 @@ def test_fail_tier_from_ini_and_json_records_the_verdict(inner: pytest.Pytester)
     assert inner.runpytest("--gradcheck-fail-tier=wrong").ret == pytest.ExitCode.OK
 
 
+def test_a_gate_set_in_the_ini_file_names_the_ini_key_not_a_flag(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_g=CAUGHT)
+    inner.makeini("[pytest]\ngradcheck_fail_tier = OK\n")
+    result = inner.runpytest()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*= gradcheck gate failed =*", "gradcheck_fail_tier = OK (ini): 2 check(s) worse than ok:"]
+    )
+    assert "--gradcheck-fail-tier" not in result.stdout.str()
+    # the flag, when given, is named as given
+    result = inner.runpytest("--gradcheck-fail-tier=happy")
+    result.stdout.fnmatch_lines(["--gradcheck-fail-tier=happy: 2 check(s) worse than happy:"])
+
+
 def test_failing_tests_keep_their_exit_status(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         test_g="""
@@ -108,7 +122,7 @@ def test_baseline_save_then_compare_passes(inner: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["gradcheck gates passed: 3 check(s) within the baseline"])
     header = next(line for line in result.stdout.lines if line.startswith("gradcheck: "))
-    assert "baseline=" in header and "(x10)" in header
+    assert "; baseline=ci/base.json (x10))" in header  # the path as given
 
 
 def test_baseline_fails_when_an_error_grew_past_the_factor(inner: pytest.Pytester) -> None:
@@ -122,7 +136,7 @@ def test_baseline_fails_when_an_error_grew_past_the_factor(inner: pytest.Pyteste
     result.stdout.fnmatch_lines(
         [
             "*= gradcheck gate failed =*",
-            "--gradcheck-baseline=*base.json: 1 check(s) regressed or disappeared (factor 10):",
+            "--gradcheck-baseline=base.json: 1 check(s) regressed or disappeared (factor 10):",
             "  test_base.py::test_b: max rel error grew * -> 1.00e-06 (x*, more than the "
             "allowed x10)",
         ]
@@ -169,7 +183,11 @@ def test_baseline_from_ini_and_save_from_ini(inner: pytest.Pytester) -> None:
     assert inner.runpytest().ret == 0
     inner.makeini("[pytest]\ngradcheck_baseline = b.json\n")
     inner.makepyfile(test_base=BASE.format(a2="1 + 1e-5", b="1.001"))
-    assert inner.runpytest().ret == pytest.ExitCode.TESTS_FAILED
+    result = inner.runpytest()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    # named as given: the ini key, and the path relative as written
+    result.stdout.fnmatch_lines(["gradcheck_baseline = b.json (ini): 1 check(s) regressed *"])
+    assert str(inner.path) not in "\n".join(result.stdout.lines[-4:])
 
 
 @pytest.mark.parametrize(

@@ -297,11 +297,7 @@ def test_options_from_text(inner: pytest.Pytester, source: str) -> None:
         """
     )
     if source == "cli":
-        # --gradcheck-h-sweep is a switch: given bare, it means "on"
-        args = [
-            f"--gradcheck-{CLI[k][0]}" if k == "sweep" else f"--gradcheck-{CLI[k][0]}={text}"
-            for k, (text, _) in samples.items()
-        ]
+        args = [f"--gradcheck-{CLI[k][0]}={text}" for k, (text, _) in samples.items()]
     else:
         inner.makeini(
             "[pytest]\n" + "".join(f"gradcheck_{k} = {text}\n" for k, (text, _) in samples.items())
