@@ -845,6 +845,12 @@ class TorchBackend:
             for i, (g, seen) in enumerate(zip(grads, reached, strict=True)):
                 if g is None and seen:
                     grads[i] = torch.zeros_like(inputs[i])
+                    self.warnings.append(
+                        f"block {self._blocks[i].name!r} is in the graph of the loss but "
+                        "its backward returned None, which autograd reads as a zero "
+                        "gradient: it is checked as 0 (a custom autograd.Function whose "
+                        "backward returns None for an input that needs a gradient)"
+                    )
         unused = [b.name for b, g in zip(self._blocks, grads, strict=True) if g is None]
         if unused:
             which = "block " if len(unused) == 1 else "blocks "

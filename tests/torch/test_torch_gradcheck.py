@@ -471,3 +471,37 @@ def test_an_embedding_renormalizing_in_place_fails_and_says_why():
     # without the renormalization, the same check passes
     plain = torch.nn.Embedding(10, 4)
     assert gradcheck(lambda: plain(ids).sum(), params=plain).passed
+
+
+def _matmul_forgetting_dw(true_zero: bool):
+    """x @ w by a custom Function whose backward returns None for w; with `true_zero`
+    the forward reads w only through a comparison, so None (zero) is its gradient."""
+
+    class MatMul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return x @ (w > 10).to(w.dtype) if true_zero else x @ w
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            used = (w > 10).to(w.dtype) if true_zero else w
+            return g @ used.t(), None
+
+    return MatMul.apply
+
+
+def test_a_backward_returning_none_is_checked_as_zero_and_said():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    w = torch.randn(4, 5, dtype=torch.float64)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda x, w: _matmul_forgetting_dw(False)(x, w).sum(), x, w)
+    result = info.value.result
+    assert [b.passed for b in result.blocks] == [True, False]
+    assert not result.blocks[1].analytic.any()
+    said = [w for w in result.warnings if "'args[1]'" in w and "returned None" in w]
+    assert len(said) == 1 and "checked as 0" in said[0]
+    # where the gradient is zero indeed, the check passes (and still says so)
+    result = gradcheck(lambda x, w: _matmul_forgetting_dw(True)(x, w).sum(), x, w)
+    assert result.passed and any("returned None" in w for w in result.warnings)
