@@ -48,6 +48,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     track = opts.kinks == "track"
     counter = Counter(backend, track)
     specs = list(backend.blocks())
+    counter.blocks = [(s.name, s.shape) for s in specs]
     # the backend's specs hold copies of the values; burn-in moves its own copy
     base = [s.values.copy() for s in specs] if opts.burn_in else [s.values for s in specs]
     warnings: list[str] = list(backend.warnings)
@@ -224,6 +225,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         )
 
     warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
+    _domain_warnings(specs, counter, warnings)
     _dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
     _active_range_warnings(specs, [m[TOTAL] for m in largests], scale, warnings)
     for b, spec in enumerate(specs):
@@ -559,6 +561,20 @@ def _check_deterministic(counter: Counter, center: Evaluation) -> None:
         "Draw from the global RNGs (random, np.random, torch), create the generator "
         "inside f, or pass the random values in as arguments."
     )
+
+
+def _domain_warnings(specs: Sequence[BlockSpec], counter: Counter, warnings: list[str]) -> None:
+    """Say where a comparison was made at a smaller step to stay in f's domain."""
+    for _, shrunk in sorted(counter.shrunk.items()):
+        where = shrunk[0][0]
+        more = f" and {len(shrunk) - 1} more" if len(shrunk) > 1 else ""
+        smallest = max(d for _, d in shrunk)
+        warnings.append(
+            f"f is not finite within one step of the checked point for {where}{more}: "
+            f"{'it was' if len(shrunk) == 1 else 'they were'} checked at a smaller step, "
+            f"down to h/{smallest:g}, well inside the domain (a log, a square root or a "
+            "division close to 0 at the checked point)"
+        )
 
 
 def _active_range_warnings(

@@ -21,6 +21,16 @@ from ._steps import measured_noise, noise_floor
 from ._tiers import Tier, relative_error
 from .backends._base import Backend, Evaluation, Point, index_count
 
+#: a smaller step's estimate counts when its error is below this fraction of the
+#: larger step's (truncation error shrinks like the step squared, or faster)
+TRUNCATION_SHRINK = 0.5
+#: the smaller steps, relative to the pair's, of the truncation ladder (`confirm`)
+NARROW_DIVISORS = (10.0, 100.0)
+#: the smaller steps, relative to the first, at which a difference that left f's
+#: domain is retried; the first that stays inside is divided by DOMAIN_MARGIN
+DOMAIN_DIVISORS = (10.0, 100.0, 1000.0)
+DOMAIN_MARGIN = 100.0
+
 TOTAL = None  # the key of the total loss among the per-loss arrays
 
 #: the wide step of a failing comparison's confirmation, as a multiple of its step:
@@ -53,6 +63,9 @@ class Pair:
     half: Pair | None = None
     #: the same difference at WIDE * step, against round-off (see `refine`)
     wide: Pair | None = None
+    #: the same difference at a tenth or a hundredth of the step, with its own half
+    #: step, where the error shrank like truncation (see `narrow`)
+    narrow: Pair | None = None
     #: per loss, the round-off of f measured along this pair's delta (`measure_noise`)
     noise: Mapping[str | None, float] = field(default_factory=dict)
     #: per loss, the size of the gradient the comparison stands for (the block's
@@ -125,7 +138,15 @@ class Pair:
         if self.wide is not None:
             nw, fw = self.wide.quotient(term)
             found.append((nw, fw, r / self.wide.step, self.wide.step))
+        if self.narrow is not None:
+            nn, fn = self.narrow.quotient(term)
+            found.append((nn, fn, 3.0 * r / self.narrow.step, self.narrow.step))
         return found
+
+    def centered(self, term: str | None) -> float:
+        """The plain centered difference at `step` (no extrapolation)."""
+        assert self.plus is not None and self.minus is not None
+        return (value_of(self.plus, term) - value_of(self.minus, term)) / (2.0 * self.step)
 
     def _floor(self, fa: float, fb: float, term: str | None) -> float:
         return max(
@@ -183,10 +204,16 @@ class Counter:
         self.count = 0
         #: the tracked evaluation at the base point, once known
         self.center: Evaluation | None = None
+        #: (name, shape) of each block, to say where f left its domain
+        self.blocks: Sequence[tuple[str, tuple[int, ...]]] = ()
+        #: per block, the comparisons whose step was shrunk to stay in f's domain:
+        #: (where, the divisor of the step)
+        self.shrunk: dict[int, list[tuple[str, float]]] = {}
 
     def run(self, pairs: Sequence[Pair]) -> None:
         """Evaluate the pairs, retrying crossings at smaller steps (kinks="track")."""
-        self._evaluate(pairs)
+        self._evaluate((), lenient=pairs)
+        self._stay_in_domain([p for p in pairs if not p.finite])
         if not self.track:
             return
         todo = [
@@ -218,6 +245,65 @@ class Counter:
         todo = [p for p, _ in todo]
         if todo:
             self.one_sided(todo)
+
+    def _stay_in_domain(self, pairs: Sequence[Pair]) -> None:
+        """Retry, at smaller steps, the pairs where f is not finite at x + h or x - h.
+
+        A correct f can leave its domain within a step of the checked point (a log or a
+        square root of a variance of 3e-6, a step of 1e-5). The steps h/10, h/100,
+        h/1000 are tried until f is finite at both points, at h/d: the edge is then
+        between h/d and 10 h/d away, too close for an accurate difference at h/d
+        (the truncation error grows with (step / distance)^2), so the pair is taken
+        at h/(100 d), a hundredth of the distance or less. `shrunk` records it for a
+        warning. Still not finite at h/1000: the checked point is on the edge of f's
+        domain, or f overflows, and the error says where.
+        """
+        todo = [(p, smaller(p, 1.0)) for p in pairs]
+        found: list[tuple[Pair, Pair, float]] = []
+        for divisor in DOMAIN_DIVISORS:
+            if not todo:
+                break
+            retries = [smaller(first, divisor) for _, first in todo]
+            self._evaluate((), lenient=retries)
+            still = []
+            for (original, first), retry in zip(todo, retries, strict=True):
+                if retry.finite:
+                    found.append((original, first, divisor * DOMAIN_MARGIN))
+                else:
+                    still.append((original, first))
+            todo = still
+        for p, _ in todo:
+            assert p.plus is not None and p.minus is not None
+            for ev, side in ((p.plus, "+"), (p.minus, "-")):
+                check_finite(
+                    ev,
+                    f"f(x {side} h) for {self._where(p)}, at h = {p.step:.1e} and at "
+                    f"every step down to h/{DOMAIN_DIVISORS[-1]:g}",
+                )
+        if not found:
+            return
+        finals = [smaller(first, divisor) for _, first, divisor in found]
+        self._evaluate(finals)
+        for (original, _, divisor), final in zip(found, finals, strict=True):
+            original.point_plus, original.point_minus = final.point_plus, final.point_minus
+            original.step, original.plus, original.minus = final.step, final.plus, final.minus
+            original.finite = True
+            block = original.point_plus.deltas[0][0]
+            self.shrunk.setdefault(block, []).append((self._where(original), divisor))
+
+    def _where(self, p: Pair) -> str:
+        """Which comparison a pair is, in words: a coordinate or a block's direction."""
+        b, idx, _ = p.point_plus.deltas[0]
+        if b >= len(self.blocks):
+            return f"block {b}"
+        name, shape = self.blocks[b]
+        if type(idx) is range:
+            return f"the direction of block {name!r}"
+        flat = np.asarray(idx).reshape(-1)
+        if flat.size == 1:
+            at = tuple(int(i) for i in np.unravel_index(int(flat[0]), shape)) if shape else ()
+            return f"block {name!r} at index {at}"
+        return f"{flat.size} coordinates of block {name!r}"
 
     def one_sided(self, pairs: Sequence[Pair]) -> None:
         """Rescue persistent crossings whose center shares one side's branches.
@@ -293,6 +379,24 @@ class Counter:
                 p.half = half
             if wide.finite and not (self.track and wide.crossed()):
                 p.wide = wide
+
+    def narrow(self, pairs: Sequence[Pair], divisor: float) -> list[Pair]:
+        """Add to each pair the difference at step/`divisor` with its half step (a
+        Richardson estimate), where f is finite and no kink is crossed there; returns
+        the pairs that got one."""
+        narrows = [smaller(p, divisor) for p in pairs]
+        halves = [smaller(n, 2.0) for n in narrows]
+        self._evaluate((), lenient=[*narrows, *halves])
+        got = []
+        for p, n, half in zip(pairs, narrows, halves, strict=True):
+            if not (n.finite and half.finite):
+                continue
+            if self.track and (n.crossed() or half.crossed()):
+                continue
+            n.half = half
+            p.narrow = n
+            got.append(p)
+        return got
 
     def measure_noise(self, pairs: Sequence[Pair], losses: Sequence[str | None]) -> None:
         """Measure the round-off of f along each pair's delta (`measured_noise`).
@@ -406,6 +510,60 @@ def confirm(
     for line, ps in zip(lines, plausible.values(), strict=True):
         for p in ps:
             p.noise = line.noise
+    _narrow_ladder(counter, suspects, losses, scale, tolerance)
+
+
+def _narrow_ladder(
+    counter: Counter,
+    suspects: Sequence[tuple[Pair, Sequence[float]]],
+    losses: Sequence[str | None],
+    scale: float,
+    tolerance: Tier,
+) -> None:
+    """Smaller steps for failing comparisons whose error behaves like truncation.
+
+    Near a singularity of f (1/x or log x at x = 1e-4, a norm of entries of 1e-7, a
+    step that had to shrink to stay in f's domain) the centered difference at h can be
+    off by percents for a correct gradient, and the Richardson value at h/2 only
+    partly corrects it. The sign of such an error: the Richardson value is much closer
+    to the analytic value than the plain difference (an error of the gradient does not
+    depend on the step, so both are as far from it). Only those comparisons are taken
+    again at h/10, then h/100 (each with its half step), and a smaller step counts only
+    while it keeps closing in on the analytic value (`_closer`): an estimate that
+    converges to it is the derivative's limit, which a wrong gradient is not.
+    """
+    current: dict[int, float] = {}
+    ladder = []
+    for p, values in suspects:
+        if p.half is None or p.one_sided is not None:
+            continue
+        for a, loss in zip(values, losses, strict=True):
+            if pair_tier(p, a, loss, scale) <= tolerance:
+                continue
+            plain = abs(a - p.centered(loss) * scale)
+            extrapolated = abs(a - p.quotient(loss)[0] * scale)
+            if extrapolated < TRUNCATION_SHRINK * plain:
+                ladder.append((p, a, loss))
+                current[id(p)] = extrapolated
+                break
+    for divisor in NARROW_DIVISORS:
+        if not ladder:
+            return
+        previous = {id(p): p.narrow for p, _, _ in ladder}
+        got = set(map(id, counter.narrow([p for p, _, _ in ladder], divisor)))
+        still = []
+        for p, a, loss in ladder:
+            if id(p) not in got:
+                continue
+            assert p.narrow is not None
+            error = abs(a - p.narrow.quotient(loss)[0] * scale)
+            if error >= TRUNCATION_SHRINK * current[id(p)]:
+                p.narrow = previous[id(p)]  # not converging: no estimate from it
+                continue
+            current[id(p)] = error
+            if pair_tier(p, a, loss, scale) > tolerance:
+                still.append((p, a, loss))
+        ladder = still
 
 
 def support(p: Pair) -> int:
@@ -428,7 +586,7 @@ def best(
     the one whose error (truncation or round-off) is small, while an error of the
     gradient shows in every one of them. Ties go to the first.
     """
-    if pair.wide is None and not pair.noise:  # one estimate: the common case, quickly
+    if pair.wide is None and pair.narrow is None and not pair.noise:  # one estimate: quickly
         n, floor = pair.quotient(loss)
         n, floor = n * scale, floor * scale
         return n, floor, pair.step, verdict(analytic, n, floor)

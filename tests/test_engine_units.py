@@ -668,3 +668,75 @@ def test_wrt_takes_names_or_a_predicate(wrt):
     x = np.linspace(-1.0, 1.0, 4)
     result = gradcheck(lambda x: np.sum(x**3), x, grad=lambda x: (3 * x**2,), wrt=wrt)
     assert [b.name for b in result.blocks] == ["args[0]"]
+
+
+# -- near an edge of f's domain, near a singularity ------------------------------------
+
+
+def _log_of_small(wrong=1.0):
+    """sum(mu / sqrt(v)) + sum(log v) at v[2] = 3e-6: x - h leaves the domain there."""
+    mu = np.array([0.3, -1.2, 0.8, 0.5])
+    v = np.array([0.5, 2.0, 3e-6, 1.0])
+
+    def f(v):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(np.sum(mu / np.sqrt(v)) + np.sum(np.log(v)))
+
+    def grad(v):
+        g = -0.5 * mu * v**-1.5 + 1.0 / v
+        g[2] *= wrong
+        return (g,)
+
+    return f, grad, v
+
+
+def test_a_step_past_the_domain_is_retried_smaller_and_said():
+    f, grad, v = _log_of_small()
+    result = gradcheck(f, v, grad=grad)
+    assert result.passed and result.tier is Tier.HAPPY
+    (block,) = result.blocks
+    at = block.indices.index((2,))
+    # f(v - h/10) is finite, its edge lies between h/10 and h: taken at h/1000
+    assert block.step[at] == pytest.approx(1e-5 / 1000)
+    (said,) = [w for w in result.warnings if "not finite within one step" in w]
+    assert "block 'args[0]' at index (2,)" in said and "h/1000" in said
+
+
+def test_a_wrong_gradient_past_the_domain_edge_still_fails():
+    f, grad, v = _log_of_small(wrong=1.01)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, v, grad=grad)
+    (block,) = info.value.result.blocks
+    assert block.rel_error[block.indices.index((2,))] == pytest.approx(0.01 / 1.01, rel=1e-3)
+
+
+def test_f_undefined_on_one_side_at_every_step_names_the_coordinate():
+    where = r"f\(x - h\) for block 'args\[0\]' at index \(1, 0\)"
+    with pytest.raises(ValueError, match=where), np.errstate(invalid="ignore"):
+        gradcheck(
+            lambda x: np.sum(np.sqrt(x) ** 3),
+            np.array([[1.0, 2.0], [0.0, 3.0]]),
+            grad=lambda x: (1.5 * np.sqrt(x),),
+        )
+
+
+@pytest.mark.parametrize("wrong", [1.0, 1.001])
+def test_smaller_steps_rescue_a_correct_gradient_near_a_singularity_only(wrong):
+    """1/x at x = 1e-4: the difference at h = 1e-5 is 1% off, its Richardson value
+    1e-4. Smaller steps converge to a correct gradient; a gradient 0.1% off stays off."""
+    x = np.array([1e-4, 0.5, 2.0])
+
+    def grad(x):
+        g = -1.0 / x**2
+        g[0] *= wrong
+        return (g,)
+
+    result = gradcheck(lambda x: float(np.sum(1.0 / x)), x, grad=grad, raise_on_fail=False)
+    (block,) = result.blocks
+    at = block.indices.index((0,))
+    if wrong == 1.0:
+        assert result.passed and result.tier is Tier.HAPPY
+        assert block.step[at] < 1e-5  # the comparison that counted took a smaller step
+    else:
+        assert not result.passed and block.tier is Tier.UNCOMFORTABLE
+        assert block.rel_error[at] == pytest.approx(1e-3, rel=0.05)

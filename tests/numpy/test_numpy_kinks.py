@@ -57,7 +57,9 @@ def test_correct_relu_svm_network_never_fails(seed, eps):
 
 
 def test_large_step_crossings_are_retried_not_reported():
-    """At eps=1e-2 untracked checks of correct nets fail; tracked ones retry and pass."""
+    """At eps=1e-2 untracked checks of correct nets fail (fewer than they would: a
+    comparison whose smaller steps converge is rescued by them, see `_pairs.confirm`);
+    tracked ones retry and pass."""
     untracked_failures = 0
     for seed in range(10):
         params, x, y = relu_svm_net(seed)
@@ -75,7 +77,7 @@ def test_large_step_crossings_are_retried_not_reported():
             assert np.any(np.concatenate(steps) < 1e-2 * 0.99)
             plain = 1 + 2 * tracked.coordinates + 2 * len(tracked.blocks)
             assert tracked.evaluations > plain  # the retries cost evaluations
-    assert untracked_failures >= 3
+    assert untracked_failures >= 1
 
 
 # -- pre-activations placed at the kink -------------------------------------------------
@@ -176,22 +178,24 @@ def test_a_crossing_is_retried_at_smaller_steps_then_excluded_and_counted():
     assert "excluded" in result.report()
 
 
-def test_without_tracking_the_same_coordinates_fail():
+def test_without_tracking_the_exact_kink_fails():
     x = np.array([0.5, 3e-6, 0.0, -0.7])
     with pytest.raises(GradcheckError) as info:
         gradcheck(kinked, x, grad=kinked_grad, mode="coords", samples_per_block=None, kinks="off")
     result = info.value.result
     (block,) = result.blocks
     # no retries; the two failing coordinates get a confirming half step and a wide step
-    # each, and the failing check evaluates the center once more to rule out a
-    # non-deterministic f
-    assert result.evaluations == 1 + 2 * 4 + 4 * 2 + 1
+    # each; at 3e-6 the half step's Richardson value comes closer (the kink is crossed
+    # at h, not at h/2), so a tenth of the step is tried, with its half step, and
+    # agrees: 3e-6 is a smooth point for steps below it. The failing check evaluates
+    # the center once more to rule out a non-deterministic f.
+    assert result.evaluations == 1 + 2 * 4 + 4 * 2 + 4 + 1
     assert result.kinks_crossed == 0
     assert not np.any(block.kink_crossed)
-    np.testing.assert_allclose(block.step, EPS)
+    np.testing.assert_allclose(block.step, [EPS, EPS / 10, EPS, EPS])
     tiers = [Tier.of(float(r)) for r in block.rel_error]
-    assert tiers[0] is Tier.HAPPY and tiers[3] is Tier.HAPPY
-    assert tiers[1] is Tier.WRONG and tiers[2] is Tier.WRONG
+    assert tiers[0] is Tier.HAPPY and tiers[1] is Tier.HAPPY and tiers[3] is Tier.HAPPY
+    assert tiers[2] is Tier.WRONG  # exactly at the kink: no step converges
     assert block.tier is Tier.WRONG
 
 

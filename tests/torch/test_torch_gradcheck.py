@@ -485,7 +485,7 @@ def _matmul_forgetting_dw(true_zero: bool):
 
         @staticmethod
         def backward(ctx, g):
-            x, w = ctx.saved_tensors
+            _, w = ctx.saved_tensors
             used = (w > 10).to(w.dtype) if true_zero else w
             return g @ used.t(), None
 
