@@ -435,7 +435,12 @@ def _dominance_warnings(
     ratio: float,
     warnings: list[str],
 ) -> None:
-    """Warn where one term's gradient swamps another's in a block (the seed's reg trap)."""
+    """Warn where one term's gradient swamps another's in a block (the seed's reg trap).
+
+    Only named terms can be compared, so f returned a dict of terms here and the check
+    already checks each term on its own: the warning says where the total alone would
+    hide an error, and that the small term's own check is the one to read.
+    """
     if len(term_names) < 2:
         return
     for b, spec in enumerate(specs):
@@ -447,7 +452,8 @@ def _dominance_warnings(
             warnings.append(
                 f"in block {spec.name!r} the gradient of term {big!r} dominates that of "
                 f"{small!r} ({top / second:.3g}x): an error in {small!r} would hide in the "
-                f"total; check the terms on their own (Result.terms)"
+                f"total; each term is also checked on its own, so read the verdict of term "
+                f"{small!r} (its table, Result.terms) rather than the total's"
             )
 
 
