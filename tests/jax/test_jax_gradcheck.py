@@ -427,3 +427,20 @@ def test_a_cast_to_float32_inside_f_is_reported_and_hinted():
     clean = gradcheck(lambda x: f(x, low=False), x)
     assert clean.tier is Tier.HAPPY
     assert not any("lower precision" in w for w in clean.warnings)
+
+
+def test_eigh_without_symmetrizing_gets_the_symmetrize_hint():
+    # symmetrize_input=False reads the lower triangle only (the default symmetrizes)
+    s = np.random.default_rng(0).standard_normal((4, 4))
+    s = jnp.asarray(s + s.T)
+    result = gradcheck(
+        lambda s: jnp.linalg.eigh(s, symmetrize_input=False)[0], s, raise_on_fail=False
+    )
+    assert not result.passed
+    (hint,) = hints(result)
+    assert hint.startswith(
+        "in block 'args[0]' the numeric gradient is zero on the upper triangle while the "
+        "analytic one is not, and the lower triangle passes or is off by a factor 2: f reads "
+        "only the lower triangle"
+    )
+    assert gradcheck(lambda s: jnp.linalg.eigh(s)[0], s).passed
