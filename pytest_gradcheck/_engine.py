@@ -227,7 +227,15 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
     _domain_warnings(specs, counter, warnings)
     _dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
-    _active_range_warnings(specs, [m[TOTAL] for m in largests], scale, warnings)
+    vacuous = _zero_warnings(
+        specs, grad, largests, coord_pairs, dir_pairs, results[TOTAL], warnings
+    )
+    _active_range_warnings(
+        [s for b, s in enumerate(specs) if b not in vacuous],
+        [m[TOTAL] for b, m in enumerate(largests) if b not in vacuous],
+        scale,
+        warnings,
+    )
     for b, spec in enumerate(specs):
         pairs = [*coord_pairs[b], *(pp for _, pp in localized[b])]
         dp = dir_pairs[b]
@@ -437,7 +445,12 @@ def _dominance_warnings(
     ratio: float,
     warnings: list[str],
 ) -> None:
-    """Warn where one term's gradient swamps another's in a block (the seed's reg trap)."""
+    """Warn where one term's gradient swamps another's in a block (the seed's reg trap).
+
+    Only named terms can be compared, so f returned a dict of terms here and the check
+    already checks each term on its own: the warning says where the total alone would
+    hide an error, and that the small term's own check is the one to read.
+    """
     if len(term_names) < 2:
         return
     for b, spec in enumerate(specs):
@@ -449,7 +462,8 @@ def _dominance_warnings(
             warnings.append(
                 f"in block {spec.name!r} the gradient of term {big!r} dominates that of "
                 f"{small!r} ({top / second:.3g}x): an error in {small!r} would hide in the "
-                f"total; check the terms on their own (Result.terms)"
+                f"total; each term is also checked on its own, so read the verdict of term "
+                f"{small!r} (its table, Result.terms) rather than the total's"
             )
 
 
@@ -575,6 +589,99 @@ def _domain_warnings(specs: Sequence[BlockSpec], counter: Counter, warnings: lis
             f"down to h/{smallest:g}, well inside the domain (a log, a square root or a "
             "division close to 0 at the checked point)"
         )
+
+
+#: half the relative spacing of float64 numbers: two doubles within 2**-53 · |f| of f
+#: are at most one apart
+HALF_ULP = 2.0**-53
+#: a gradient below this share of the largest one in the check is round-off of a zero:
+#: a few thousand ulps (2**-52 ≈ 2.2e-16) of the values the backward sums
+ROUNDOFF_ZERO = 1e-12
+
+
+def _zero_warnings(
+    specs: Sequence[BlockSpec],
+    grad: Gradient,
+    largests: Sequence[dict[str | None, float]],
+    coord_pairs: Sequence[Sequence[Pair]],
+    dir_pairs: Sequence[Pair | None],
+    total: Result,
+    warnings: list[str],
+) -> set[int]:
+    """Warn about passing blocks whose check saw only a zero gradient; return them.
+
+    Such a check is vacuous: any backward that also returns ~0 there passes, a wrong
+    one included. Two kinds, one warning each (naming every such block, so that a
+    network with many of them gets one line, not one per layer):
+
+    * exactly 0 (analytic, of the total and every term): the point hides the block (a
+      zero-initialised layer downstream, dead ReLUs), or f does not use it;
+    * zero up to round-off, when two things hold. (1) Differences cannot resolve it:
+      over the largest step the check took in the block, the gradient changes f by at
+      most 2·h·||g|| across a centered difference (|v · g| <= ||g|| for a unit
+      direction, |g_i| <= ||g|| for a coordinate). Below 2**-53 · |f| that is less than
+      the spacing of float64 numbers near f: f(x + h) and f(x - h) round to the same or
+      adjacent doubles whatever g is, so no difference quotient can resolve g (f's real
+      round-off, many ulps, only widens this; for f = 0 exactly nothing is claimed).
+      (2) It is what round-off leaves of an exact zero: at most `ROUNDOFF_ZERO` times
+      the largest gradient the backward computed in any block (a sum that cancels, such
+      as a bias's gradient through a normalization, keeps a few ulps of its terms).
+      Scaling the loss, f and g alike, cannot help there. A gradient that is only (1),
+      tiny beside a large f (f = 1 + 1e-12 · x**3), keeps the active-range warning.
+
+    A failing block is left out: its numeric gradient disagrees, so the check did see
+    something there.
+    """
+    exact: list[int] = []
+    rounded: list[int] = []
+    centers = {TOTAL: grad.center.loss, **grad.center.terms}
+    overall = max((m[TOTAL] for m in largests), default=0.0)
+    for b in range(len(specs)):
+        if not total.blocks[b].passed:
+            continue
+        if all(m == 0.0 for m in largests[b].values()):
+            exact.append(b)
+            continue
+        steps_ = [p.step for p in coord_pairs[b]]
+        dp = dir_pairs[b]
+        if dp is not None:
+            steps_.append(dp.step)
+        if not steps_ or largests[b][TOTAL] > ROUNDOFF_ZERO * overall:
+            continue
+        h = max(steps_)
+        raw = {TOTAL: grad.total[b], **{t: grad.terms[t][b] for t in grad.terms}}
+        if all(
+            2.0 * h * _norm(g, largests[b][loss]) < HALF_ULP * abs(centers[loss])
+            for loss, g in raw.items()
+        ):
+            rounded.append(b)
+    if exact:
+        names = ", ".join(repr(specs[b].name) for b in exact)
+        one = len(exact) == 1
+        warnings.append(
+            f"{'block' if one else 'blocks'} {names} {'has' if one else 'have'} an "
+            "analytic gradient of exactly 0 at the checked point (the numeric one agrees), "
+            f"so {'its' if one else 'their'} check cannot catch a wrong gradient there. If "
+            "the zero comes from the point (a zero-initialised layer downstream, ReLUs that "
+            "are all inactive), check after burn_in= steps or at a non-zero initialisation; "
+            f"if f does not depend on {'it' if one else 'them'}, leave "
+            f"{'it' if one else 'them'} out with wrt="
+        )
+    if rounded:
+        names = ", ".join(
+            f"{specs[b].name!r} (largest |g| = {largests[b][TOTAL]:.2e})" for b in rounded
+        )
+        one = len(rounded) == 1
+        it, this = ("it", "this block") if one else ("them", "these blocks")
+        warnings.append(
+            f"the gradient of {'block' if one else 'blocks'} {names} is zero up to "
+            "round-off: over the check's step it changes f by less than f's float64 "
+            "round-off, so no difference can resolve it, and the check cannot catch a wrong "
+            f"gradient there. The loss does not depend on {this} (e.g. a bias followed by "
+            f"a normalization) or depends on {it} only through terms that cancel; if that "
+            f"is expected, leave {it} out of the check with wrt="
+        )
+    return set(exact) | set(rounded)
 
 
 def _active_range_warnings(

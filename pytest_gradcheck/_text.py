@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._result import BlockResult, Result
+    from ._tiers import Tier
 
 #: dtypes whose round-off swamps a difference quotient at the default step
 LOW_PRECISION = ("float32", "float16", "bfloat16", "complex64", "half", "single")
@@ -137,25 +138,37 @@ def sweep_table(result: Result) -> str:
 # -- hints --------------------------------------------------------------------------
 
 
-def _counted(block: BlockResult) -> list[int]:
-    """Coordinates that count toward the verdict and disagree beyond round-off."""
-    counted = block.counted
-    return [i for i in range(len(block.indices)) if counted[i] and not block.within_noise[i]]
-
-
 def _factor_hint(failing: list[tuple[str | None, BlockResult]]) -> str | None:
-    """A constant analytic/numeric ratio (a missing 1/N, a 2 or 0.5) or a sign flip."""
+    """A constant analytic/numeric ratio (a missing 1/N, a 2 or 0.5) or a sign flip.
+
+    "At every checked coordinate" must hold: every counted coordinate whose values are
+    not both ~0 (0 = c · 0 for any c) has a finite ratio, numeric non-zero, equal to the
+    others', and a counted direction agrees. A coordinate where only one side is ~0, or
+    one that passes (ratio 1) beside failing ones, is no constant factor.
+    """
     for term, block in failing:
         where = f"block {block.name!r}" + (f" of term {term!r}" if term is not None else "")
+        counted = block.counted
         ratios = []
-        for i in _counted(block):
+        for i in range(len(block.indices)):
+            if not counted[i]:
+                continue
             a, n = float(block.analytic[i]), float(block.numeric[i])
-            if abs(n) > TINY and abs(a) > TINY:
-                ratios.append(a / n)
-        if len(ratios) < 2:
+            if abs(a) <= TINY and abs(n) <= TINY:
+                continue
+            ratios.append(a / n if abs(n) > TINY and abs(a) > TINY else math.nan)
+        d = block.direction
+        if d is not None and d.counted and not (abs(d.analytic) <= TINY and abs(d.numeric) <= TINY):
+            direction = d.analytic / d.numeric if abs(d.numeric) > TINY else math.nan
+        else:
+            direction = None
+        if len(ratios) < 2 or not all(math.isfinite(r) for r in ratios):
             continue
         r0 = ratios[0]
         if abs(r0 - 1.0) < 1e-6 or any(abs(r - r0) > 1e-4 * abs(r0) for r in ratios):
+            continue
+        # the direction's numeric value sums many entries: a looser match
+        if direction is not None and not abs(direction - r0) <= 1e-3 * abs(r0):
             continue
         if abs(r0 + 1.0) < 1e-4:
             return (
@@ -171,8 +184,68 @@ def _factor_hint(failing: list[tuple[str | None, BlockResult]]) -> str | None:
     return None
 
 
+def _triangle_hint(failing: list[tuple[str | None, BlockResult]], tolerance: Tier) -> str | None:
+    """f reads one triangle of a matrix it takes as symmetric (eigh, cholesky).
+
+    Such an f does not change when an entry of the other strict triangle moves, so the
+    numeric gradient is 0 there, while autograd returns the gradient of a symmetric
+    input (PyTorch's documented convention), non-zero on both triangles; on the read
+    triangle the numeric value then counts both mirrored entries, twice the analytic one
+    (or equal to it, where the analytic gradient is the one-triangle one). The pattern
+    looked for, on a square block (or a batch of square matrices): every checked
+    coordinate of one strict triangle with an analytic value has numeric ~0 (at least
+    one such), every one of the other strict triangle passes or has analytic / numeric
+    ~0.5, and the diagonal passes.
+    """
+    for term, block in failing:
+        shape = tuple(block.shape)
+        if len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] < 2:
+            continue
+        counted, tiers = block.counted, block.coordinate_tiers
+        zero = {"upper": True, "lower": True}
+        seen = {"upper": False, "lower": False}
+        ok = {"upper": True, "lower": True}
+        diagonal_ok = True
+        for i, index in enumerate(block.indices):
+            if not counted[i]:
+                continue
+            a, n = float(block.analytic[i]), float(block.numeric[i])
+            passes = bool(block.within_noise[i]) or tiers[i] <= tolerance
+            r, c = index[-2], index[-1]
+            if r == c:
+                diagonal_ok = diagonal_ok and passes
+                continue
+            side = "upper" if r < c else "lower"
+            if abs(a) > TINY:
+                seen[side] = True
+                zero[side] = zero[side] and abs(n) <= 1e-3 * abs(a)
+            elif abs(n) > TINY:
+                zero[side] = False
+            half = abs(n) > TINY and abs(a / n - 0.5) <= 0.05
+            ok[side] = ok[side] and (passes or half)
+        if not diagonal_ok:
+            continue
+        for unread, read in (("upper", "lower"), ("lower", "upper")):
+            if seen[unread] and zero[unread] and ok[read]:
+                where = f"block {block.name!r}" + (f" of term {term!r}" if term is not None else "")
+                return (
+                    f"in {where} the numeric gradient is zero on the {unread} triangle while "
+                    f"the analytic one is not, and the {read} triangle passes or is off by a "
+                    f"factor 2: f reads only the {read} triangle of a matrix it treats as "
+                    "symmetric (torch.linalg.eigh, torch.linalg.cholesky, jnp.linalg.eigh "
+                    "with symmetrize_input=False), while the gradient is that of a symmetric "
+                    "input; symmetrize the input inside f, (A + A.T) / 2 (A + A.mT for a "
+                    "batch), so that the function checked depends on both triangles"
+                )
+    return None
+
+
 #: the torch backend's warning that f wrote into a checked block (names the block)
 _WRITTEN = re.compile(r"f writes into ('[^']*') in place")
+
+#: the engine's warnings that name a block with tiny gradients, or a dominated block
+_TINY_WARNED = re.compile(r"block '([^']*)' has tiny gradients")
+_DOMINATED = re.compile(r"in block '([^']*)' the gradient of term '[^']*' dominates")
 
 #: the backends' warnings that f lowers the precision of what it computes
 _LOWERED_INSIDE = ("computes in lower precision inside", "computed in reduced precision")
@@ -210,19 +283,22 @@ def hints(result: Result) -> list[str]:
             "(~1e-7 relative) divided by the step h swamp the difference: remove such a cast"
         )
 
-    tiny = []
+    # the hints below are about the blocks that failed: a warning about a passing block
+    # (its tiny gradients, its dominating term, its kinks) explains nothing here
+    failing_names = {b.name for _, b in failing}
+    tiny = {n for n in _TINY_WARNED.findall(text) if n in failing_names}
     for _, block in failing:
         values = [abs(float(v)) for v in (*block.analytic, *block.numeric)]
         if values and max(values) <= TINY:
-            tiny.append(block.name)
-    if tiny or "tiny" in text:
-        names = f" in block(s) {', '.join(map(repr, sorted(set(tiny))))}" if tiny else ""
+            tiny.add(block.name)
+    if tiny:
         out.append(
-            f"the gradients{names} are tiny (<= {TINY:.0e}), where round-off dominates the "
-            "relative error: scale the loss up (scale='auto') or check with larger inputs"
+            f"the gradients in block(s) {', '.join(map(repr, sorted(tiny)))} are tiny "
+            f"(<= {TINY:.0e}), where round-off dominates the relative error: scale the loss "
+            "up (scale='auto') or check with larger inputs"
         )
 
-    crossed = result.kinks_crossed + sum(t.kinks_crossed for t in result.terms.values())
+    crossed = sum(b.kinks_crossed for _, b in failing)
     if crossed:
         out.append(
             f"{crossed} difference(s) crossed a kink (excluded, or rescued one-sidedly): f "
@@ -245,10 +321,13 @@ def hints(result: Result) -> list[str]:
             "write (max_norm=None, eval mode) or at a point it leaves unchanged"
         )
 
-    if "dominates" in text:
+    dominated = sorted({n for n in _DOMINATED.findall(text) if n in failing_names})
+    if dominated:
         out.append(
-            "one loss term dominates another in a block, so an error in the small one hides "
-            "in the total: read the term tables (Result.terms) and check each term alone"
+            f"in block(s) {', '.join(map(repr, dominated))} one term's gradient dominates "
+            "another's (see the warning), so the total's relative error is mostly the large "
+            "term's: each term is checked on its own, and its table above says which "
+            "term's gradient is wrong"
         )
 
     if result.terms:
@@ -264,4 +343,7 @@ def hints(result: Result) -> list[str]:
     factor = _factor_hint(failing)
     if factor:
         out.append(factor)
+    triangle = _triangle_hint(failing, result.tolerance)
+    if triangle:
+        out.append(triangle)
     return out

@@ -740,3 +740,43 @@ def test_smaller_steps_rescue_a_correct_gradient_near_a_singularity_only(wrong):
     else:
         assert not result.passed and block.tier is Tier.UNCOMFORTABLE
         assert block.rel_error[at] == pytest.approx(1e-3, rel=0.05)
+
+
+def _zero_head_net(w2, bug):
+    """A tanh layer and a linear head; `bug` uses 1 - t for tanh's derivative."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 4)), rng.standard_normal(5)
+    params = {"W1": rng.standard_normal((4, 6)) * 0.5, "W2": w2}
+
+    def f(x):
+        return np.sum((np.tanh(x @ params["W1"]) @ params["W2"] - y) ** 2)
+
+    def grad(x):
+        t = np.tanh(x @ params["W1"])
+        r = t @ params["W2"] - y
+        dt = np.outer(2 * r, params["W2"]) * ((1 - t) if bug else (1 - t**2))
+        return {"args[0]": dt @ params["W1"].T, "W1": x.T @ dt, "W2": 2 * t.T @ r}
+
+    return f, grad, x, params
+
+
+ZERO_W1 = (
+    "block 'W1' has an analytic gradient of exactly 0 at the checked point (the numeric "
+    "one agrees), so its check cannot catch a wrong gradient there. If the zero comes "
+    "from the point (a zero-initialised layer downstream, ReLUs that are all inactive), "
+    "check after burn_in= steps or at a non-zero initialisation; if f does not depend on "
+    "it, leave it out with wrt="
+)
+
+
+def test_a_block_whose_gradient_is_exactly_zero_is_called_a_vacuous_check():
+    f, grad, x, params = _zero_head_net(np.zeros(6), bug=True)
+    result = gradcheck(f, x, params=params, grad=grad, wrt=["W1", "W2"])
+    assert result.passed and ZERO_W1 in result.warnings  # the bug cannot show here
+
+
+def test_no_zero_gradient_warning_where_the_gradient_is_not_zero():
+    f, grad, x, params = _zero_head_net(np.linspace(-1.0, 1.0, 6), bug=False)
+    result = gradcheck(f, x, params=params, grad=grad, wrt=["W1", "W2"])
+    assert result.passed
+    assert not any("exactly 0" in w or "zero up to round-off" in w for w in result.warnings)

@@ -242,9 +242,18 @@ def check_gradient_array(
     bad = ~np.isfinite(flat)
     if bad.any():
         idx = int(np.flatnonzero(bad)[0])
+        # the block's own index is what the user can look up; the flat one is what a
+        # reshape(-1) of the gradient shows
+        if len(shape) > 1:
+            multi = tuple(int(i) for i in np.unravel_index(idx, tuple(shape)))
+            at = f"index {multi} (flat index {idx})"
+        elif len(shape) == 1:
+            at = f"index {idx}"
+        else:
+            at = "its only entry"
         raise ValueError(
             f"gradcheck: the analytic gradient of {_where(name, term)} holds {flat[idx]} at "
-            f"flat index {idx}; gradients must be finite"
+            f"{at}; gradients must be finite"
         )
     return flat
 

@@ -446,3 +446,20 @@ def test_a_wrong_custom_vjp_is_reported_not_called_non_deterministic(n):
         gradcheck(lambda x: sq(x).sum(), x)
     block = info.value.result.blocks[0]
     assert block.tier is Tier.WRONG and (n - 1, n - 1) in block.localized
+
+
+def test_eigh_without_symmetrizing_gets_the_symmetrize_hint():
+    # symmetrize_input=False reads the lower triangle only (the default symmetrizes)
+    s = np.random.default_rng(0).standard_normal((4, 4))
+    s = jnp.asarray(s + s.T)
+    result = gradcheck(
+        lambda s: jnp.linalg.eigh(s, symmetrize_input=False)[0], s, raise_on_fail=False
+    )
+    assert not result.passed
+    (hint,) = hints(result)
+    assert hint.startswith(
+        "in block 'args[0]' the numeric gradient is zero on the upper triangle while the "
+        "analytic one is not, and the lower triangle passes or is off by a factor 2: f reads "
+        "only the lower triangle"
+    )
+    assert gradcheck(lambda s: jnp.linalg.eigh(s)[0], s).passed

@@ -636,9 +636,25 @@ def test_a_non_finite_analytic_gradient_is_named_with_its_index(bad):
         return (g,)
 
     with pytest.raises(
-        ValueError, match=r"block 'args\[0\]' holds .* at flat index 1; gradients must be finite"
+        ValueError, match=r"block 'args\[0\]' holds .* at index 1; gradients must be finite"
     ):
         gradcheck(lambda x: np.sum(x**2), x, grad=grad)
+
+
+def test_a_non_finite_entry_of_a_matrix_gradient_is_named_by_its_multi_index():
+    # a flat index (19) makes the user unravel it by hand; the block's index is (3, 4)
+    w = np.arange(20.0).reshape(4, 5) / 10
+
+    def grad(w):
+        g = 2 * w
+        g[3, 4] = np.nan
+        return (g,)
+
+    with pytest.raises(
+        ValueError,
+        match=r"block 'args\[0\]' holds nan at index \(3, 4\) \(flat index 19\); gradients",
+    ):
+        gradcheck(lambda w: np.sum(w**2), w, grad=grad)
 
 
 def test_huge_finite_gradients_whose_sum_overflows_are_not_called_non_finite():

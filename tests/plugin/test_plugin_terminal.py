@@ -333,8 +333,63 @@ def test_hints_name_each_known_pitfall() -> None:
     assert len(off) == 1 and "kinks='track'" in off[0]
     dom = hints(
         _result(
-            _block(analytic=(1.0, 2.0), numeric=(1.5, 2.9)),
+            _block("W1", analytic=(1.0, 2.0), numeric=(1.5, 2.9)),
             warnings=["in block 'W1' the gradient of term 'reg' dominates that of 'data'"],
         )
     )
-    assert len(dom) == 1 and "dominates" in dom[0]
+    assert dom == [
+        "in block(s) 'W1' one term's gradient dominates another's (see the warning), so the "
+        "total's relative error is mostly the large term's: each term is checked on its own, "
+        "and its table above says which term's gradient is wrong"
+    ]
+
+
+def test_hints_are_about_the_blocks_that_failed() -> None:
+    # warnings about a passing block (its tiny gradients, a dominating term there) and
+    # kinks crossed in it explain nothing about the block that fails
+    bad = _block("W2", analytic=(1.0, 2.0), numeric=(1.5, 2.9))
+    good = _block("b1", analytic=(1e-17, 2.0), numeric=(1e-17, 2.0), kinks=[True, False])
+    result = _result(
+        bad,
+        good,
+        warnings=[
+            "block 'b1' has tiny gradients (largest |g| = 8.33e-17, below ~1e-10)",
+            "in block 'b1' the gradient of term 'reg' dominates that of 'data' (1e+03x)",
+        ],
+    )
+    assert hints(result) == []
+    named = _result(bad, warnings=["block 'W2' has tiny gradients (largest |g| = 1e-11)"])
+    assert hints(named) == [
+        "the gradients in block(s) 'W2' are tiny (<= 1e-10), where round-off dominates the "
+        "relative error: scale the loss up (scale='auto') or check with larger inputs"
+    ]
+
+
+def test_the_constant_factor_hint_needs_the_same_finite_ratio_everywhere() -> None:
+    # numeric 0 where analytic is not (a ratio of inf), or a passing coordinate (ratio
+    # 1) beside a factor 0.5: no constant factor
+    zeros = _block(analytic=(0.5, 1.0, 3.0), numeric=(1.0, 2.0, 0.0))
+    assert hints(_result(zeros)) == []
+    mixed = _block(analytic=(0.5, 1.0, 3.0), numeric=(1.0, 2.0, 3.0))
+    assert hints(_result(mixed)) == []
+    # both ~0 fits any factor
+    (factor,) = hints(_result(_block(analytic=(0.5, 1.0, 0.0), numeric=(1.0, 2.0, 0.0))))
+    assert factor.startswith("in block 'w' analytic / numeric = 0.5 at every checked")
+
+
+def test_a_square_block_read_on_one_triangle_gets_the_symmetrize_hint() -> None:
+    a = np.array([[1.0, 0.4], [0.4, 2.0]])  # symmetric analytic gradient
+    n = np.array([[1.0, 0.0], [0.8, 2.0]])  # f reads the lower triangle only
+    rel = np.abs(a - n).ravel() / np.maximum(np.abs(a), np.abs(n)).ravel()
+    block = BlockResult(
+        name="S", shape=(2, 2), dtype="float64",
+        indices=((0, 0), (0, 1), (1, 0), (1, 1)), analytic=a.ravel(), numeric=n.ravel(),
+        rel_error=rel, kink_crossed=np.zeros(4, bool), step=np.full(4, 1e-5),
+        within_noise=np.zeros(4, bool), tier=Tier.WRONG, passed=False,
+    )  # fmt: skip
+    (hint,) = hints(_result(block))
+    assert hint.startswith(
+        "in block 'S' the numeric gradient is zero on the upper triangle while the "
+        "analytic one is not, and the lower triangle passes or is off by a factor 2: f "
+        "reads only the lower triangle of a matrix it treats as symmetric"
+    )

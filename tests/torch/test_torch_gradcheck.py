@@ -505,3 +505,125 @@ def test_a_backward_returning_none_is_checked_as_zero_and_said():
     # where the gradient is zero indeed, the check passes (and still says so)
     result = gradcheck(lambda x, w: _matmul_forgetting_dw(True)(x, w).sum(), x, w)
     assert result.passed and any("returned None" in w for w in result.warnings)
+
+
+# -- checks that saw only a zero gradient, and hints about the failing blocks --------
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2))
+
+
+ZERO_BIAS = (
+    "the gradient of block '0.bias' (largest |g| = {g}) is zero up to round-off: over "
+    "the check's step it changes f by less than f's float64 round-off, so no difference "
+    "can resolve it, and the check cannot catch a wrong gradient there. The loss does not "
+    "depend on this block (e.g. a bias followed by a normalization) or depends on it only "
+    "through terms that cancel; if that is expected, leave it out of the check with wrt="
+)
+
+
+def test_a_bias_followed_by_batchnorm_is_called_zero_up_to_round_off_not_tiny():
+    # BatchNorm removes any per-channel constant: the bias's gradient is 0 in theory and
+    # ~1e-17 in float64, which no scaling of the loss can bring into range
+    net, x = _bn_net(), torch.randn(6, 3)
+    result = gradcheck(lambda x: (net(x) ** 2).sum(), x, params=net)
+    assert result.passed
+    largest = float(np.abs(result.blocks[2].analytic).max())
+    assert 0 < largest < 1e-14
+    (zero,) = [w for w in result.warnings if w.startswith("the gradient of block")]
+    assert zero == ZERO_BIAS.format(g=zero.split("= ")[1].split(")")[0])
+    assert not any("tiny gradients" in w for w in result.warnings)
+
+
+def test_a_failure_in_one_block_gets_no_hint_about_a_passing_blocks_zero_gradient():
+    class Wrong(torch.autograd.Function):  # the last layer's weight gradient, times 1.5
+        @staticmethod
+        def forward(ctx, h, w):
+            ctx.save_for_backward(h, w)
+            return h @ w.t()
+
+        @staticmethod
+        def backward(ctx, g):
+            h, w = ctx.saved_tensors
+            return g @ w, 1.5 * g.t() @ h
+
+    net, x = _bn_net(), torch.randn(6, 3)
+
+    def f(x):
+        h = net[2](net[1](net[0](x)))
+        return (Wrong.apply(h, net[3].weight) + net[3].bias).pow(2).sum()
+
+    result = gradcheck(f, x, params=net, raise_on_fail=False)
+    assert failing_blocks(result) == {"3.weight"}
+    assert any(w.startswith("the gradient of block '0.bias'") for w in result.warnings)
+    message = str(GradcheckError(result))
+    assert "hint: in block '3.weight' analytic / numeric = 1.5 at every checked" in message
+    assert "tiny" not in message.split("hint:", 1)[1]
+
+
+def test_a_zero_initialised_head_warns_that_the_earlier_blocks_saw_only_zeros():
+    # the seed's "a check at initialization where a bug cannot show": with the last
+    # layer at 0 every earlier gradient is exactly 0, a wrong tanh backward included
+    class BadTanh(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            t = torch.tanh(a)
+            ctx.save_for_backward(t)
+            return t
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            return g * (1 - t)  # should be 1 - t**2
+
+    torch.manual_seed(0)
+    l1, l2 = nn.Linear(4, 8), nn.Linear(8, 1)
+    nn.init.zeros_(l2.weight)
+    model = nn.ModuleDict({"l1": l1, "l2": l2})
+    x, y = torch.randn(6, 4), torch.randn(6, 1)
+
+    def f(x):
+        return ((l2(BadTanh.apply(l1(x))) - y) ** 2).sum()
+
+    result = gradcheck(f, x, params=model, wrt=lambda n: n.startswith("l"))
+    assert result.passed  # the bug cannot show here...
+    assert (
+        "blocks 'l1.weight', 'l1.bias' have an analytic gradient of exactly 0 at the "
+        "checked point (the numeric one agrees), so their check cannot catch a wrong "
+        "gradient there. If the zero comes from the point (a zero-initialised layer "
+        "downstream, ReLUs that are all inactive), check after burn_in= steps or at a "
+        "non-zero initialisation; if f does not depend on them, leave them out with wrt="
+    ) in result.warnings
+    # ...and shows after the burn-in the warning suggests, which has nothing to warn
+    burned = gradcheck(f, x, params=model, wrt=lambda n: n.startswith("l"), burn_in=3,
+                       raise_on_fail=False)  # fmt: skip
+    assert not burned.passed and "l1.weight" in failing_blocks(burned)
+    assert not any("exactly 0" in w for w in burned.warnings)
+
+
+EIGH_HINT = (
+    "in block 'args[0]' the numeric gradient is zero on the upper triangle while the "
+    "analytic one is not, and the lower triangle passes or is off by a factor 2: f reads "
+    "only the lower triangle of a matrix it treats as symmetric (torch.linalg.eigh, "
+    "torch.linalg.cholesky, jnp.linalg.eigh with symmetrize_input=False), while the "
+    "gradient is that of a symmetric input; symmetrize the input inside f, (A + A.T) / 2 "
+    "(A + A.mT for a batch), so that the function checked depends on both triangles"
+)
+
+
+def test_eigh_reading_one_triangle_gets_the_symmetrize_hint_not_a_constant_factor():
+    # eigh reads the lower triangle; autograd returns the symmetric gradient. The ratio
+    # is 0.5 on the lower triangle but the numeric gradient is 0 on the upper one:
+    # no constant factor
+    torch.manual_seed(0)
+    s = torch.randn(4, 4, dtype=torch.float64)
+    s = s + s.T
+    result = gradcheck(lambda s: torch.linalg.eigh(s)[0], s, raise_on_fail=False)
+    assert not result.passed
+    message = str(GradcheckError(result))
+    assert "constant factor" not in message
+    assert message.endswith("hint: " + EIGH_HINT)
+    fixed = gradcheck(lambda s: torch.linalg.eigh((s + s.T) / 2)[0], s)
+    assert fixed.passed
