@@ -8,6 +8,11 @@ and a recurrent module (``nn.RNNBase``) compares its input's dtype with its weig
 in Python, so f fails with "Input type (float) and bias type (double) should be the
 same" while the same f with a linear layer checks fine.
 
+The same mode keeps f in float64 where the user's model, in its own dtype, would not
+have lowered precision (`Promoting`'s `home`): a float32 model's ``logits.float()``,
+or a buffer it makes without a dtype, would otherwise turn the check's float64 into
+float32.
+
 So the modules of a check get a forward pre-hook on every recurrent module (its
 input and hidden state cast to float64 when its weights are), and an f that still
 fails on a dtype mismatch is run under `Promoting`: a torch function mode that casts
@@ -66,19 +71,106 @@ def _writes(func: Any, kwargs: dict) -> bool:
     )
 
 
+#: mantissa bits: how precise each floating dtype is (bfloat16 and float16 by what they
+#: resolve, not by their range)
+_BITS = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24, torch.float64: 53}
+
+#: the methods that cast to one fixed dtype
+_FIXED_CASTS = {
+    torch.Tensor.float: torch.float32,
+    torch.Tensor.half: torch.float16,
+    torch.Tensor.bfloat16: torch.bfloat16,
+}
+_CASTS = frozenset({torch.Tensor.to, torch.Tensor.type, torch.Tensor.type_as})
+
+
+def home_dtype(dtypes: Iterable[torch.dtype]) -> torch.dtype | None:
+    """The least precise of the lower-precision floating dtypes among `dtypes` (the
+    dtype the user's model computes in), or None when there is none."""
+    low = [d for d in dtypes if d in LOW_PRECISION]
+    return min(low, key=_BITS.__getitem__) if low else None
+
+
 class Promoting(TorchFunctionMode):
-    """Cast the lower-precision floating inputs of torch functions that mix them with
-    float64 ones, before the function runs (see the module's docstring)."""
+    """Float64 ahead of dispatch, as f needs it (see the module's docstring).
+
+    With `mix`: cast the lower-precision floating inputs of torch functions that mix
+    them with float64 ones. With `home` (the dtype of the user's blocks before the
+    check cast them to float64): keep f in float64 where, in the user's dtype, it
+    would not have lowered precision: a cast of a float64 value to a dtype at least as
+    precise as `home` (``logits.float()`` in a float32 model, a no-op there) leaves it
+    in float64, and tensors made without a dtype (``torch.zeros(T, B, H)`` to fill
+    with outputs) are float64 (torch's default dtype, for the duration). A cast below
+    `home` (``.half()`` in a float32 model) is the user's, and stays.
+    """
+
+    def __init__(self, mix: bool = True, home: torch.dtype | None = None) -> None:
+        super().__init__()
+        self._mix = mix
+        self._home = home
+        self._default: torch.dtype | None = None
+
+    def __enter__(self) -> Promoting:
+        if self._home is not None:
+            self._default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self._default is not None:
+                torch.set_default_dtype(self._default)
+                self._default = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        found = [False, False]
-        _scan(args, found)
-        _scan(tuple(kwargs.values()), found)
-        if found[0] and found[1] and not _writes(func, kwargs):
-            args = tuple(_lift(a) for a in args)
-            kwargs = {k: _lift(v) for k, v in kwargs.items()}
+        if self._home is not None and args and _is_f64(args[0]):
+            if func in _FIXED_CASTS:
+                if self._keeps(_FIXED_CASTS[func]):
+                    return args[0]
+            elif func in _CASTS:
+                args, kwargs = self._kept(func, args, kwargs)
+        if self._mix:
+            found = [False, False]
+            _scan(args, found)
+            _scan(tuple(kwargs.values()), found)
+            if found[0] and found[1] and not _writes(func, kwargs):
+                args = tuple(_lift(a) for a in args)
+                kwargs = {k: _lift(v) for k, v in kwargs.items()}
         return func(*args, **kwargs)
+
+    def _keeps(self, dtype: Any) -> bool:
+        """Whether a cast to `dtype` is one the user's dtype would not have lowered."""
+        home = self._home
+        return home is not None and dtype in LOW_PRECISION and _BITS[dtype] >= _BITS[home]
+
+    def _kept(self, func: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """`.to`, `.type` and `.type_as` with a kept target dtype replaced by float64."""
+        if func is torch.Tensor.type_as:
+            other = args[1] if len(args) > 1 else kwargs.get("other")
+            if isinstance(other, torch.Tensor) and self._keeps(other.dtype):
+                return (args[0], other.to(torch.float64)), {}
+            return args, kwargs
+        if func is torch.Tensor.type and not isinstance(
+            args[1] if len(args) > 1 else kwargs.get("dtype"), torch.dtype
+        ):
+            return args, kwargs  # a type given by name
+        new_args = list(args)
+        for i, a in enumerate(args[1:], start=1):
+            if isinstance(a, torch.dtype) and self._keeps(a):
+                new_args[i] = torch.float64
+            elif isinstance(a, torch.Tensor) and func is torch.Tensor.to and self._keeps(a.dtype):
+                new_args[i] = a.to(torch.float64)  # .to(other): its device, float64
+        new_kwargs = dict(kwargs)
+        if isinstance(kwargs.get("dtype"), torch.dtype) and self._keeps(kwargs["dtype"]):
+            new_kwargs["dtype"] = torch.float64
+        return tuple(new_args), new_kwargs
+
+
+def _is_f64(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype is torch.float64
 
 
 def _recurrent_pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:

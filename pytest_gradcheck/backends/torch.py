@@ -128,7 +128,7 @@ from ._base import (
     whole,
 )
 from ._rng import GlobalRng
-from ._torch_promote import Promoting, hook_recurrent
+from ._torch_promote import Promoting, home_dtype, hook_recurrent
 from ._torch_tracker import WinnerTracker, tracker
 from ._tree import iter_leaves, map_leaves
 
@@ -532,6 +532,11 @@ class TorchBackend:
         #: the recurrent modules of params that do so for those modules
         self._promoting = False
         self._hooks: list[RemovableHandle] = []
+        #: the dtypes of the floating tensors the check cast to float64; with `_keeping`,
+        #: f runs where casts to a dtype at least as precise as the least precise of
+        #: them keep float64 (`_torch_promote.Promoting`'s `home`)
+        self._cast_from: set[torch.dtype] = set()
+        self._keeping = False
 
         self._device = _resolve_device(settings.device)
         if self._device is not None and self._device.type == "cuda":
@@ -662,6 +667,7 @@ class TorchBackend:
             if not leaf.is_floating_point():
                 moved = self._device is not None and leaf.device != self._device
                 return leaf.to(self._device) if moved else leaf
+            self._cast_from.add(leaf.dtype)
             t = self._float64_copy(leaf)
             t.requires_grad_(name in chosen)
             if name in chosen:
@@ -685,6 +691,7 @@ class TorchBackend:
             if id(leaf) in wanted:
                 requires_grad = wanted.pop(id(leaf))
                 if leaf.is_floating_point():
+                    self._cast_from.add(leaf.dtype)
                     self._swap(leaf, self._float64_copy(leaf), requires_grad)
                     if not requires_grad:
                         self._guards.append((name, leaf, leaf.detach().view(-1).clone()))
@@ -769,13 +776,23 @@ class TorchBackend:
         called again with its inputs cast ahead of dispatch, for the rest of the check
         (`_torch_promote`).
         """
+        warned, lowered = len(self.warnings), set(self._lowered_seen)
         try:
-            return self._gradient_pass(track)
+            gradient = self._gradient_pass(track)
         except (RuntimeError, ValueError, TypeError) as err:
             if self._promoting or not _dtype_mismatch(err):
                 raise
             self._promoting = True
-            return self._gradient_pass(track)
+            gradient = self._gradient_pass(track)
+        if self._lowered_seen != lowered and not self._keeping and home_dtype(self._cast_from):
+            # f lowered the check's float64 (a .float() of logits, a float32 zeros
+            # buffer filled with outputs) in a model whose own dtype that would not
+            # lower: again, with those casts kept in float64 (`Promoting`'s `home`)
+            del self.warnings[warned:]
+            self._lowered_seen = lowered
+            self._keeping = True
+            gradient = self._gradient_pass(track)
+        return gradient
 
     def _gradient_pass(self, track: bool) -> Gradient:
         self._quiet = False  # decided anew at every checked point (`_shift_invariant`)
@@ -1077,7 +1094,10 @@ class TorchBackend:
 
     def _promotion(self) -> contextlib.AbstractContextManager:
         """Casts ahead of dispatch, for an f that needs them (see `gradient`)."""
-        return Promoting() if self._promoting else contextlib.nullcontext()
+        if not (self._promoting or self._keeping):
+            return contextlib.nullcontext()
+        home = home_dtype(self._cast_from) if self._keeping else None
+        return Promoting(mix=self._promoting, home=home)
 
     def _forward(self, grad_enabled: bool, mode: WinnerTracker | None) -> Any:
         """One call of f from the seeded RNGs and the starting buffers (mode None: plain)."""

@@ -195,3 +195,90 @@ def test_on_cuda_a_conv_and_an_lstm_on_float32_data_check():
     after = [p.detach() for p in [*conv.parameters(), *lstm.parameters()]]
     for a, b in zip(before, after, strict=True):
         assert torch.equal(a, b) and b.dtype == torch.float32
+
+
+# -- casts that the user's own dtype would not lower ------------------------------------
+
+
+class _Loop(nn.Module):
+    """A float32 recurrent loop that fills a preallocated buffer (the seq2seq tutorial's
+    ``outputs = torch.zeros(T, B, H)``) and ends in ``logits.float()``."""
+
+    def __init__(self, cast):
+        super().__init__()
+        self.cell = nn.RNNCell(3, 4)
+        self.head = nn.Linear(4, 2)
+        self.cast = cast
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[1], 4)
+        outputs = torch.zeros(x.shape[0], x.shape[1], 4)
+        for t in range(x.shape[0]):
+            h = self.cell(x[t], h)
+            outputs[t] = h
+        return self.cast(self.head(outputs)).pow(2).mean()
+
+
+CASTS = {
+    "float()": lambda t: t.float(),
+    "to(float32)": lambda t: t.to(torch.float32),
+    "to(dtype=float32)": lambda t: t.to(dtype=torch.float32),
+    "type(float32)": lambda t: t.type(torch.float32),
+}
+
+
+@pytest.mark.parametrize("cast", CASTS)
+def test_a_float32_model_s_own_casts_and_buffers_stay_in_float64(cast):
+    torch.manual_seed(0)
+    model = _Loop(CASTS[cast])
+    x = torch.randn(5, 2, 3)
+    before = _state(model)
+    result = gradcheck(lambda x: model(x), x, params=model)
+    assert result.passed and result.tier is Tier.HAPPY
+    assert not any("computes in lower precision" in w for w in result.warnings)
+    assert torch.get_default_dtype() is torch.float32
+    _assert_same_state(before, model)
+
+
+def test_a_cast_below_the_model_s_own_dtype_is_still_named():
+    torch.manual_seed(0)
+    model = _Loop(lambda t: t.half())
+    result = gradcheck(lambda x: model(x), torch.randn(5, 2, 3), params=model, raise_on_fail=False)
+    assert any("computes in lower precision" in w and "float16" in w for w in result.warnings)
+    assert torch.get_default_dtype() is torch.float32
+
+
+def test_a_float64_model_s_cast_to_float32_is_still_named():
+    torch.manual_seed(0)
+    model = _Loop(lambda t: t.float()).double()
+    result = gradcheck(
+        lambda x: model(x),
+        torch.randn(5, 2, 3, dtype=torch.float64),
+        params=model,
+        raise_on_fail=False,
+    )
+    assert any("computes in lower precision" in w for w in result.warnings)
+
+
+def test_a_bfloat16_model_s_float_upcast_is_kept_and_a_planted_error_caught():
+    torch.manual_seed(0)
+    w = torch.randn(4, 3).to(torch.bfloat16)
+    x = torch.randn(6, 3).to(torch.bfloat16)
+
+    def f(w, factor=1.0):
+        return ((x @ w.T).float() ** 2).sum() * factor
+
+    assert gradcheck(f, w).tier is Tier.HAPPY
+
+    class Scaled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, v):
+            return v.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.001
+
+    with pytest.raises(AssertionError):
+        gradcheck(lambda w: f(Scaled.apply(w)), w)
+    assert torch.get_default_dtype() is torch.float32
