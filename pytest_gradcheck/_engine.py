@@ -111,6 +111,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     coord_index: list[np.ndarray] = []
     dir_pairs: list[Pair | None] = []
     dirs: list[np.ndarray | None] = []
+    dir_steps: list[float] = []
     floors: list[dict[str | None, float]] = []
     largests: list[dict[str | None, float]] = []
     streams = Streams(opts.seed)
@@ -147,10 +148,22 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             dirs.append(v)
             norms = {loss: _norm(g, largest[loss]) for loss, g in raw.items()}
             dir_pairs.append(make_pair(b, range(spec.size), v, hd, vf, norms))
+            dir_steps.append(hd)
         else:
             dirs.append(None)
             dir_pairs.append(None)
+            dir_steps.append(0.0)
     counter.run([p for ps in coord_pairs for p in ps] + [p for p in dir_pairs if p is not None])
+
+    # a direction through an exact tie is excluded: take it again without the parts
+    # of the block that move the tie, so the rest of the block stays covered
+    coverage = [1.0] * len(specs)
+    for b in range(len(specs)):
+        p, v = dir_pairs[b], dirs[b]
+        if p is not None and v is not None and not p.usable():
+            found = _around_ties(counter, b, v, dir_steps[b], p)
+            if found is not None:
+                dirs[b], dir_pairs[b], coverage[b] = found
 
     # confirm before condemning: failing comparisons get a Richardson step, a wide step
     # and, where round-off may explain what still fails, a measurement of f's noise
@@ -218,6 +231,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                     along(loss, b) if dirs[b] is not None else None,
                     tuple(i for i, _ in extra),
                     loss,
+                    coverage[b],
                 )
             )
         results[loss] = _assemble(
@@ -285,6 +299,7 @@ def _block_result(
     along: float | None,
     localized: tuple[int, ...],
     loss: str | None,
+    coverage: float = 1.0,
 ) -> BlockResult:
     """Compare analytic and numeric values of one block for one loss.
 
@@ -323,6 +338,7 @@ def _block_result(
             within_noise=abs(a - n) <= fl,
             tier=tier,
             one_sided=dpair.one_sided is not None,
+            coverage=coverage,
         )
         if dpair.usable():
             tiers.append(d.tier)
@@ -418,7 +434,7 @@ def _bisect(
     scale: float,
 ) -> int | None:
     """Find the coordinate that makes a direction fail, halving its support each time."""
-    idx = np.arange(v.size)
+    idx = np.flatnonzero(v)  # (a direction around ties is zero on their parts)
     a_all = float(v @ g)
     n_all = whole.quotient(loss)[0] * scale
     while idx.size > 1:
@@ -436,6 +452,67 @@ def _bisect(
         else:
             idx, a_all, n_all = other, a_all - a_half, n_all - n_half
     return int(idx[0])
+
+
+#: how many times a direction through an exact tie is halved, at most, to find the
+#: parts of its block that do not move the tie (with one tie, all but a 2**-depth
+#: share of the block stays covered)
+TIE_SPLIT_DEPTH = 4
+#: the most parts of a block evaluated while looking for them
+TIE_SPLIT_PARTS = 16
+
+
+def _around_ties(
+    counter: Counter, b: int, v: np.ndarray, step: float, whole: Pair
+) -> tuple[np.ndarray, Pair, float] | None:
+    """Block b's direction restricted to the parts of the block that cross no tie.
+
+    A direction moves every coordinate of its block, so an exact tie anywhere in what
+    they feed (a ReLU input of exactly 0 from a zero bias on zero padding, tied values
+    under a median) excludes the whole direction, and with it the check of every
+    coordinate the sample left out. The direction's support is halved, and halved
+    again where a half still crosses at every step, down to `TIE_SPLIT_DEPTH`; the
+    halves that do not are joined into one direction, checked like the block's own.
+    Returns (that direction over the whole block, zero elsewhere; its pair; the share
+    of the block it covers), or None when no part avoids the ties.
+    """
+    kept: list[np.ndarray] = []
+    pending = _halves(np.arange(v.size))
+    spent = 0
+    for _ in range(TIE_SPLIT_DEPTH):
+        pending = pending[: max(0, TIE_SPLIT_PARTS - spent)]
+        if not pending:
+            break
+        spent += len(pending)
+        pairs = [
+            make_pair(b, part, v[part], step, whole.value_floor, whole.reference)
+            for part in pending
+        ]
+        counter.run(pairs)
+        halved: list[np.ndarray] = []
+        for part, pair in zip(pending, pairs, strict=True):
+            if pair.usable():
+                kept.append(part)
+            else:
+                halved += _halves(part)
+        pending = halved
+    if not kept:
+        return None
+    idx = np.sort(np.concatenate(kept))
+    pair = make_pair(b, idx, v[idx], step, whole.value_floor, whole.reference)
+    counter.run([pair])
+    if not pair.usable():
+        return None
+    around = np.zeros_like(v)
+    around[idx] = v[idx]
+    return around, pair, idx.size / v.size
+
+
+def _halves(part: np.ndarray) -> list[np.ndarray]:
+    """The two halves of a part of a block (none of a single coordinate)."""
+    if part.size <= 1:
+        return []
+    return [part[: part.size // 2], part[part.size // 2 :]]
 
 
 def _dominance_warnings(

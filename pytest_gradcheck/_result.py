@@ -28,6 +28,10 @@ class DirectionResult:
         within_noise: whether the disagreement is within float64 round-off.
         tier: the tier of this comparison (HAPPY when within noise).
         one_sided: a crossing rescued by a one-sided difference on the center's side.
+        coverage: the share of the block's coordinates v moves: 1.0, or less where the
+            direction through the whole block crossed an exact tie (a ReLU input of
+            exactly 0) at every step, and was taken again over the parts of the block
+            that do not move it.
     """
 
     analytic: float
@@ -39,6 +43,8 @@ class DirectionResult:
     tier: Tier
     #: the crossing was rescued by a one-sided difference on the center's side
     one_sided: bool = False
+    #: the share of the block's coordinates the direction moves (see above)
+    coverage: float = 1.0
 
     @property
     def counted(self) -> bool:
@@ -162,6 +168,7 @@ class BlockResult:
                 "kink_crossed": d.kink_crossed,
                 "within_noise": d.within_noise,
                 "one_sided": d.one_sided,
+                "coverage": d.coverage,
                 "tier": d.tier.label,
             },
             "localized": [list(i) for i in self.localized],

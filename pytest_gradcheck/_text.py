@@ -94,6 +94,11 @@ def block_table(block: BlockResult, term: str | None, limit: int) -> list[str]:
             f"{d.rel_error:>10.2e}  {tier:<13} {d.step:>8.1e}  "
             f"{'yes' if d.kink_crossed else 'no'}"
         )
+        if d.coverage < 1.0:
+            lines.append(
+                f"  direction v moves {d.coverage:.1%} of the block: the rest holds an exact "
+                "tie (a kink at the checked point) that every step crossed"
+            )
     if block.localized:
         spots = ", ".join(_fmt_index(i) for i in block.localized)
         lines.append(f"  localized by bisection of the direction: {spots}")

@@ -780,3 +780,45 @@ def test_no_zero_gradient_warning_where_the_gradient_is_not_zero():
     result = gradcheck(f, x, params=params, grad=grad, wrt=["W1", "W2"])
     assert result.passed
     assert not any("exactly 0" in w or "zero up to round-off" in w for w in result.warnings)
+
+
+# -- a direction through an exact tie -----------------------------------------------------
+
+
+def _relu_with_a_tie(bug_at=None):
+    """sum(w * max(x, 0)) over 40 entries, one of them exactly 0 (a tie), with the
+    gradient of entry `bug_at` 1% off."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(40)
+    x[7] = 0.0
+    w = rng.standard_normal(40)
+
+    def grad(x):
+        g = w * (x > 0)
+        if bug_at is not None:
+            g[bug_at] *= 1.01
+        return (g,)
+
+    return (lambda x: float(np.sum(w * np.maximum(x, 0.0)))), grad, x
+
+
+def test_a_direction_through_a_tie_is_taken_around_it():
+    f, grad, x = _relu_with_a_tie()
+    result = gradcheck(f, x, grad=grad, samples_per_block=3)
+    (block,) = result.blocks
+    d = block.direction
+    assert result.passed and d is not None and d.counted
+    assert 0.9 <= d.coverage < 1.0  # all but the part holding entry 7
+    assert "direction v moves" in result.report()
+
+
+def test_a_wrong_entry_the_sample_misses_is_found_around_a_tie():
+    f, grad, x = _relu_with_a_tie()
+    sampled = {i for (i,) in gradcheck(f, x, grad=grad, samples_per_block=3).blocks[0].indices}
+    bug = next(i for i in range(40) if i not in sampled and i != 7 and x[i] > 0)
+    f, grad, x = _relu_with_a_tie(bug_at=bug)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, x, grad=grad, samples_per_block=3)
+    (block,) = info.value.result.blocks
+    assert block.localized == ((bug,),)
+    assert block.direction is not None and block.direction.coverage < 1.0
