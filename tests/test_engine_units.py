@@ -822,3 +822,43 @@ def test_a_wrong_entry_the_sample_misses_is_found_around_a_tie():
     (block,) = info.value.result.blocks
     assert block.localized == ((bug,),)
     assert block.direction is not None and block.direction.coverage < 1.0
+
+
+# -- a smooth direction in a function with kinks -----------------------------------------
+
+
+def _big_relu_layer(wrong):
+    """sum(w * max(x, 0)) over a 300 x 300 block, the gradient of one ordinary entry
+    `wrong` times its value: an error the direction sees at the 1e-5 level."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 300))
+    w = rng.standard_normal((300, 300))
+    spot = (211, 97)
+    x[spot] = abs(x[spot]) + 0.5
+
+    def grad(x):
+        g = w * (x > 0)
+        g[spot] *= wrong
+        return (g,)
+
+    return (lambda x: float(np.sum(w * np.maximum(x, 0.0)))), grad, x, spot
+
+
+@pytest.mark.parametrize("wrong", [1.003, 1.01])
+def test_an_error_of_ok_size_on_a_smooth_direction_is_localized_in_a_kinked_f(wrong):
+    """The default tolerance of a function with kinks is ok; the direction crossed no
+    kink, so its error of ok size is bisected, and the entry found fails on its own."""
+    f, grad, x, spot = _big_relu_layer(wrong)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, x, grad=grad)
+    result = info.value.result
+    assert result.kinks_present and result.tolerance is Tier.OK
+    (block,) = result.blocks
+    assert block.localized == (spot,)
+    assert block.direction is not None and block.direction.tier is Tier.OK
+
+
+def test_a_correct_kinked_f_pays_nothing_for_it():
+    f, grad, x, _ = _big_relu_layer(1.0)
+    result = gradcheck(f, x, grad=grad)
+    assert result.passed and result.evaluations == 1 + 2 * 10 + 2
