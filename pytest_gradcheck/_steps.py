@@ -94,3 +94,11 @@ def measured_noise(values: np.ndarray) -> float:
         low = ints & -ints
         quantum = float(np.min(np.ldexp(low.astype(np.float64), exponent - 53)))
     return max(random_part, quantum / 2.0)
+
+
+def norm(g: np.ndarray, largest: float) -> float:
+    """||g|| (``numpy.linalg.norm``'s value) given max |g|; inf where it overflows."""
+    if largest * math.sqrt(g.size) < 1e150:  # g · g cannot overflow
+        return math.sqrt(float(g.dot(g)))
+    with np.errstate(over="ignore"):  # |g| of huge gradients: inf, harmless
+        return float(np.linalg.norm(g))
