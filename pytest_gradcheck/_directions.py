@@ -87,10 +87,10 @@ def around_ties(
     kept: list[np.ndarray] = []
     pending = _halves(np.arange(v.size))
     spent = 0
-    for _ in range(TIE_SPLIT_DEPTH):
+    for depth in range(TIE_SPLIT_DEPTH):
         pending = pending[: max(0, TIE_SPLIT_PARTS - spent)]
-        if not pending:
-            break
+        if not pending or (depth >= 2 and not kept):
+            break  # (ties all over the block: every quarter crossed one)
         spent += len(pending)
         pairs = [
             make_pair(b, part, v[part], step, whole.value_floor, whole.reference)

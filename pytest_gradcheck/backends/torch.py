@@ -788,10 +788,18 @@ class TorchBackend:
             # f lowered the check's float64 (a .float() of logits, a float32 zeros
             # buffer filled with outputs) in a model whose own dtype that would not
             # lower: again, with those casts kept in float64 (`Promoting`'s `home`)
+            said, seen = self.warnings[warned:], self._lowered_seen
             del self.warnings[warned:]
             self._lowered_seen = lowered
             self._keeping = True
-            gradient = self._gradient_pass(track)
+            try:
+                gradient = self._gradient_pass(track)
+            except Exception:
+                # f needs the cast's own dtype (a bit view, .view(torch.int32), of the
+                # float32): as it was, the lowering named
+                self._keeping = False
+                self.warnings[warned:], self._lowered_seen = said, seen
+                gradient = self._gradient_pass(track)
         return gradient
 
     def _gradient_pass(self, track: bool) -> Gradient:

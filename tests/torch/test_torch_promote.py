@@ -282,3 +282,19 @@ def test_a_bfloat16_model_s_float_upcast_is_kept_and_a_planted_error_caught():
     with pytest.raises(AssertionError):
         gradcheck(lambda w: f(Scaled.apply(w)), w)
     assert torch.get_default_dtype() is torch.float32
+
+
+def test_an_f_that_needs_its_float32_cast_runs_as_it_was():
+    """A bit view of the cast (``.float().view(torch.int32)``) needs float32 itself:
+    kept in float64 it fails, so the check runs f as it was and names the cast."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 4)
+
+    def f(w):
+        z = (w * 2.0).float()
+        bits = z.view(torch.int32)  # one int32 per float32 (two per float64)
+        return (z**2).sum() + 0.0 * (bits.float() * z).sum()
+
+    result = gradcheck(f, w, raise_on_fail=False)
+    assert any("computes in lower precision" in m for m in result.warnings)
+    assert torch.get_default_dtype() is torch.float32
