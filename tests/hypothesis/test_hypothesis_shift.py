@@ -107,3 +107,43 @@ def test_numpy_stable_logistic_loss_is_happy_or_tied_and_a_tiny_error_fails(prob
     if not tied:
         with pytest.raises(GradcheckError):
             gradcheck(logistic, x, z, grad=lambda x, z: logistic_grad(x, z, 1.0 + 1e-5))
+
+
+@st.composite
+def relu_layers(draw):
+    """A ReLU layer's input with some entries exactly 0 (ties), and output weights."""
+    n = draw(st.integers(2, 40))
+    x = draw(gst.arrays("numpy", (n,), min_value=-2, max_value=2))
+    zeros = draw(st.lists(st.integers(0, n - 1), max_size=n // 2))
+    x[zeros] = 0.0
+    w = draw(gst.arrays("numpy", (n,), min_value=-1, max_value=1))
+    return x, w
+
+
+@QUICK
+@given(relu_layers(), st.sampled_from(["x>0", "x>=0"]))
+def test_numpy_relu_with_exact_zeros_passes_for_either_convention(layer, convention):
+    x, w = layer
+
+    def grad(x):
+        return ((x > 0 if convention == "x>0" else x >= 0) * w,)
+
+    result = gradcheck(lambda x: float(np.sum(w * np.where(x > 0, x, 0.0))), x, grad=grad)
+    assert result.passed
+
+
+@QUICK
+@given(relu_layers(), st.integers(0, 39))
+def test_numpy_relu_with_exact_zeros_still_fails_a_wrong_entry_off_the_ties(layer, at):
+    x, w = layer
+    at %= x.size
+    x[at] = 0.5 + abs(x[at])  # off the ties, on the ReLU's active side
+    w[at] = 1.0
+
+    def grad(x):
+        g = (x > 0) * w
+        g[at] *= 1.01
+        return (g,)
+
+    with pytest.raises(GradcheckError):
+        gradcheck(lambda x: float(np.sum(w * np.where(x > 0, x, 0.0))), x, grad=grad)
