@@ -168,11 +168,13 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     counter.run([p for ps in coord_pairs for p in ps] + [p for p in dir_pairs if p is not None])
 
     # a direction through an exact tie is excluded: take it again without the parts
-    # of the block that move the tie, so the rest of the block stays covered
+    # of the block that move the tie, so the rest of the block stays covered (unless
+    # the coordinates cover the whole block already)
     coverage = [1.0] * len(specs)
     for b in range(len(specs)):
         p, v = dir_pairs[b], dirs[b]
-        if p is not None and v is not None and not p.usable():
+        whole = coord_index[b].size == specs[b].size
+        if p is not None and v is not None and not p.usable() and not whole:
             found = around_ties(counter, b, v, dir_steps[b], p)
             if found is not None:
                 dirs[b], dir_pairs[b], coverage[b] = found

@@ -862,3 +862,13 @@ def test_a_correct_kinked_f_pays_nothing_for_it():
     f, grad, x, _ = _big_relu_layer(1.0)
     result = gradcheck(f, x, grad=grad)
     assert result.passed and result.evaluations == 1 + 2 * 10 + 2
+
+
+def test_no_direction_around_ties_where_every_coordinate_is_checked():
+    f, grad, x = _relu_with_a_tie()
+    result = gradcheck(f, x, grad=grad, samples_per_block=None)
+    (block,) = result.blocks
+    assert result.passed and block.direction is not None
+    assert block.direction.coverage == 1.0 and not block.direction.counted
+    # the tied coordinate is retried at h/10 and h/100; nothing else is spent
+    assert result.evaluations == 1 + 2 * 40 + 2 + 2 * 2 + 2 * 2
