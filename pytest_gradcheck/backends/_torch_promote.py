@@ -82,6 +82,12 @@ _FIXED_CASTS = {
     torch.Tensor.bfloat16: torch.bfloat16,
 }
 _CASTS = frozenset({torch.Tensor.to, torch.Tensor.type, torch.Tensor.type_as})
+#: the floating tensor types ``Tensor.type`` takes by name
+_TYPE_NAMES = {
+    "FloatTensor": torch.float32,
+    "HalfTensor": torch.float16,
+    "BFloat16Tensor": torch.bfloat16,
+}
 
 
 def home_dtype(dtypes: Iterable[torch.dtype]) -> torch.dtype | None:
@@ -153,10 +159,19 @@ class Promoting(TorchFunctionMode):
             if isinstance(other, torch.Tensor) and self._keeps(other.dtype):
                 return (args[0], other.to(torch.float64)), {}
             return args, kwargs
-        if func is torch.Tensor.type and not isinstance(
-            args[1] if len(args) > 1 else kwargs.get("dtype"), torch.dtype
-        ):
-            return args, kwargs  # a type given by name
+        if func is torch.Tensor.type:
+            target = args[1] if len(args) > 1 else kwargs.get("dtype")
+            name = target if isinstance(target, str) else getattr(target, "__name__", None)
+            if isinstance(name, str):  # a tensor type: "torch.FloatTensor", torch.cuda.HalfTensor
+                dtype = _TYPE_NAMES.get(name.rsplit(".", 1)[-1])
+                if dtype is None or not self._keeps(dtype):
+                    return args, kwargs
+                prefix = name.rsplit(".", 1)[0] if "." in name else "torch"
+                if not isinstance(target, str):
+                    prefix = target.__module__
+                return (args[0], f"{prefix}.DoubleTensor", *args[2:]), {
+                    k: v for k, v in kwargs.items() if k != "dtype"
+                }
         new_args = list(args)
         for i, a in enumerate(args[1:], start=1):
             if isinstance(a, torch.dtype) and self._keeps(a):

@@ -224,6 +224,8 @@ CASTS = {
     "to(float32)": lambda t: t.to(torch.float32),
     "to(dtype=float32)": lambda t: t.to(dtype=torch.float32),
     "type(float32)": lambda t: t.type(torch.float32),
+    "type('torch.FloatTensor')": lambda t: t.type("torch.FloatTensor"),
+    "type(torch.FloatTensor)": lambda t: t.type(torch.FloatTensor),
 }
 
 
