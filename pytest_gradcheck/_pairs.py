@@ -529,8 +529,9 @@ def _narrow_ladder(
     to the analytic value than the plain difference (an error of the gradient does not
     depend on the step, so both are as far from it). Only those comparisons are taken
     again at h/10, then h/100 (each with its half step), and a smaller step counts only
-    while it keeps closing in on the analytic value (`_closer`): an estimate that
-    converges to it is the derivative's limit, which a wrong gradient is not.
+    while it keeps closing in on the analytic value (its error below TRUNCATION_SHRINK
+    of the larger step's): an estimate that converges to it is the derivative's limit,
+    which a wrong gradient is not.
     """
     current: dict[int, float] = {}
     ladder = []
