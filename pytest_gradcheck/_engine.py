@@ -194,7 +194,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             values = [along(loss, b) for loss in losses]
             if fails(dp, values, losses, scale, tolerance):
                 suspects.append((dp, values))
-            elif fails(dp, values, losses, scale, localize_above(dp, tolerance, strict)):
+            elif strict and fails(dp, values, losses, scale, localize_above(dp, tolerance, True)):
                 strict_suspects.append((dp, values))
     confirm(counter, suspects, losses, scale, tolerance)
     confirm(counter, strict_suspects, losses, scale, Tier.HAPPY)
