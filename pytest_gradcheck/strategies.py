@@ -138,6 +138,7 @@ def elements(
     max_value: float = 1.0,
     kink_margin: float | None = None,
     kinks: Sequence[float] = (0.0,),
+    at_kinks: bool = False,
 ) -> st.SearchStrategy[float]:
     """Finite, non-subnormal float64 values in ``[min_value, max_value]``.
 
@@ -146,12 +147,27 @@ def elements(
     and ``max(x, 0)``), so the finite differences of a check never straddle a kink
     unless the step exceeds the margin. Values shrink toward simple values (Hypothesis
     prefers integers) of the allowed interval nearest zero, the positive one on a tie.
+
+    With `at_kinks`, the opposite: some values are exactly a kink of `kinks` (those in
+    the range), the others anywhere in it, and values shrink toward the kinks. An input
+    exactly at a kink is an exact tie (a ReLU input of 0, a zero-padded row): the test
+    of the check's tie handling, where any valid subgradient must pass.
     """
     for name, value in (("min_value", min_value), ("max_value", max_value)):
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InvalidArgument(f"elements: {name}={value!r} must be a finite number")
     if min_value > max_value:
         raise InvalidArgument(f"elements: min_value={min_value} exceeds max_value={max_value}")
+    if at_kinks:
+        if kink_margin is not None:
+            raise InvalidArgument("elements: at_kinks and kink_margin exclude each other")
+        inside = sorted({float(k) for k in kinks if min_value <= k <= max_value}, key=abs)
+        if not inside:
+            raise InvalidArgument(
+                f"elements: at_kinks, but no kink of {tuple(kinks)} is in "
+                f"[{min_value}, {max_value}]"
+            )
+        return st.one_of(st.sampled_from(inside), _floats(min_value, max_value))
     if kink_margin is None:
         return _floats(min_value, max_value)
     if not isinstance(kink_margin, (int, float)) or not kink_margin > 0:
@@ -177,15 +193,17 @@ def arrays(
     kinks: Sequence[float] = (0.0,),
     elements: st.SearchStrategy[float] | None = None,
     unique: bool = False,
+    at_kinks: bool = False,
 ) -> st.SearchStrategy[Any]:
     """Float64 arrays of `framework` ("numpy", "torch" or "jax") with the given `shape`.
 
     `shape` is an int, a tuple or a strategy of shapes (for example `shapes()`).
     Elements are finite, non-subnormal and in ``[min_value, max_value]``; `kink_margin`
     keeps them ``|x - k| >= kink_margin`` away from each kink ``k`` in `kinks` (see
-    `elements`). Pass `elements` to draw from your own strategy of floats instead (it
-    cannot be combined with the bounds). With `unique`, no two elements are equal, which
-    keeps ties out of ``max``, sorting and pooling.
+    `elements`); `at_kinks` puts some of them exactly on a kink instead (exact ties,
+    see `elements`). Pass `elements` to draw from your own strategy of floats instead
+    (it cannot be combined with the bounds). With `unique`, no two elements are equal,
+    which keeps ties out of ``max``, sorting and pooling.
 
     Drawn by `hypothesis.extra.numpy.arrays` as a float64 NumPy array, then:
 
@@ -204,11 +222,13 @@ def arrays(
     """
     convert = _converter(framework)
     if elements is None:
-        elems = _elements_strategy(min_value, max_value, kink_margin, kinks)
+        elems = _elements_strategy(min_value, max_value, kink_margin, kinks, at_kinks)
     else:
-        if (min_value, max_value, kink_margin, tuple(kinks)) != (-1.0, 1.0, None, (0.0,)):
+        defaults = (-1.0, 1.0, None, (0.0,), False)
+        if (min_value, max_value, kink_margin, tuple(kinks), at_kinks) != defaults:
             raise InvalidArgument(
-                "arrays: pass either elements= or min_value/max_value/kink_margin/kinks, not both"
+                "arrays: pass either elements= or "
+                "min_value/max_value/kink_margin/kinks/at_kinks, not both"
             )
         elems = elements
     if isinstance(shape, int):
@@ -297,9 +317,13 @@ def _distance_to_zero(lo: float, hi: float) -> float:
 
 
 def _elements_strategy(
-    min_value: float, max_value: float, kink_margin: float | None, kinks: Sequence[float]
+    min_value: float,
+    max_value: float,
+    kink_margin: float | None,
+    kinks: Sequence[float],
+    at_kinks: bool,
 ) -> st.SearchStrategy[float]:
-    return elements(min_value, max_value, kink_margin, kinks)
+    return elements(min_value, max_value, kink_margin, kinks, at_kinks)
 
 
 def _away_from(

@@ -101,6 +101,24 @@ def test_kink_margin_shrinks_to_the_positive_side() -> None:
 
 
 @FAST
+@given(gst.arrays("numpy", 8, min_value=-2.0, max_value=2.0, kinks=(-1, 0, 5), at_kinks=True))
+def test_at_kinks_draws_values_on_the_kinks_in_range(a: np.ndarray) -> None:
+    _normal_finite_bounded(a, -2.0, 2.0)
+    assert not np.any(a == 5.0)  # out of range: never drawn
+
+
+def test_at_kinks_does_put_values_exactly_on_a_kink() -> None:
+    from hypothesis import find
+
+    mixed = find(
+        gst.arrays("numpy", 6, at_kinks=True),
+        lambda a: bool(np.any(a == 0.0) and np.any(np.abs(a) > 0.1)),
+    )
+    assert np.any(mixed == 0.0)
+    assert find(gst.elements(kinks=(0.7,), at_kinks=True), lambda v: True) == 0.7
+
+
+@FAST
 @given(gst.arrays("numpy", 4, unique=True))
 def test_unique_elements(a: np.ndarray) -> None:
     assert len(set(a.tolist())) == 4
@@ -113,6 +131,8 @@ def test_unique_elements(a: np.ndarray) -> None:
         {"min_value": math.inf},
         {"kink_margin": 0.0},
         {"kink_margin": 2.0},  # nothing in [-1, 1] is 2 away from 0
+        {"at_kinks": True, "kink_margin": 0.1},
+        {"at_kinks": True, "kinks": (3.0,)},  # no kink in [-1, 1]
     ],
 )
 def test_invalid_element_options(kwargs: dict) -> None:
