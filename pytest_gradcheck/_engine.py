@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._directions import around_ties, bisect, localize_above
+from ._directions import around_ties, beside_the_sample, bisect, localize_above
 from ._options import Options
 from ._pairs import (
     TOTAL,
@@ -154,12 +154,19 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             coord_pairs.append([])
         if opts.mode in ("directions", "both") and spec.size > 1:
             v = direction(spec.name, spec.size, opts.seed, streams)
+            v, moved = beside_the_sample(v, list(raw.values()), idx)
             x = base[b]
             rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
             hd = step_for(opts.eps, rms)
             dirs.append(v)
-            norms = {loss: norm(g, largest[loss]) for loss, g in raw.items()}
-            dir_pairs.append(make_pair(b, range(spec.size), v, hd, vf, norms))
+            dvf, dlargest, dgrads = vf, largest, raw
+            if moved is not None:  # the round-off and size of what the direction moves
+                dgrads = {loss: g[moved] for loss, g in raw.items()}
+                dlargest = {loss: absmax(g) for loss, g in dgrads.items()}
+                dmax = absmax(x[moved])
+                dvf = {loss: value_floor(m, dmax) for loss, m in dlargest.items()}
+            norms = {loss: norm(g, dlargest[loss]) for loss, g in dgrads.items()}
+            dir_pairs.append(make_pair(b, range(spec.size), v, hd, dvf, norms))
             dir_steps.append(hd)
         else:
             dirs.append(None)

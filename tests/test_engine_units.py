@@ -872,3 +872,43 @@ def test_no_direction_around_ties_where_every_coordinate_is_checked():
     assert block.direction.coverage == 1.0 and not block.direction.counted
     # the tied coordinate is retried at h/10 and h/100; nothing else is spent
     assert result.evaluations == 1 + 2 * 40 + 2 + 2 * 2 + 2 * 2
+
+
+# -- a direction dominated by the sampled coordinates -------------------------------------
+
+
+def _log_with_one_huge_gradient(wrong_at=None):
+    """sum(c * log x) over 400 entries, one at 3e-6 (gradient ~3e5, the others ~1)."""
+    rng = np.random.default_rng(0)
+    x = rng.random(400) + 0.5
+    x[7] = 3e-6
+    c = rng.standard_normal(400)
+
+    def grad(x):
+        g = c / x
+        if wrong_at is not None:
+            g[wrong_at] *= 1.02
+        return (g,)
+
+    def f(x):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(np.sum(c * np.log(x)))
+
+    return f, grad, x
+
+
+def test_a_direction_dominated_by_one_huge_entry_checks_the_rest_of_the_block():
+    """The entry of gradient 3e5 holds nearly all of v·g, so a 2% error elsewhere moved
+    it by less than 1e-7 and passed; it is sampled (the largest |g|), so the direction
+    leaves it out and checks the other 399 entries."""
+    f, grad, x = _log_with_one_huge_gradient()
+    result = gradcheck(f, x, grad=grad)
+    (block,) = result.blocks
+    assert result.passed and (7,) in block.indices
+    sampled = {i for (i,) in block.indices}
+    wrong = next(i for i in range(400) if i not in sampled)
+    f, grad, x = _log_with_one_huge_gradient(wrong_at=wrong)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, x, grad=grad)
+    (block,) = info.value.result.blocks
+    assert block.localized == ((wrong,),)
