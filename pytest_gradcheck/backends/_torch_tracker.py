@@ -285,18 +285,62 @@ def _median(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     return out[1].detach().clone() if isinstance(out, (tuple, list)) else None
 
 
+_POOL_PARAMS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+#: the most tied entries of a pooling window counted (a 2 x 2 window holds 4)
+_POOL_TIES = 4
+
+
 def _pool_indices(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
-    """``max_pool{1,2,3}d`` without indices: recompute the indices of the windows."""
+    """``max_pool{1,2,3}d`` without indices: the winners of the windows (`_pool_winners`)."""
     x = args[0]
     if not _is_float(x):
         return None
     name = func.overloadpacket.__name__
     with_indices = getattr(aten, f"{name}_with_indices")
-    params = [
-        _arg(func, args, kwargs, key)
-        for key in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
-    ]
-    return with_indices(x, *params)[1]
+    params = [_arg(func, args, kwargs, key) for key in _POOL_PARAMS]
+    values, indices = with_indices(x, *params)
+    return _pool_winners(x, values, indices, with_indices, params, _pool_dims(name))
+
+
+def _pool_with_indices(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
+    """``max_pool{1,2,3}d_with_indices``: the winners of the windows (`_pool_winners`)."""
+    x = args[0]
+    if not _is_float(x):
+        return None
+    params = [_arg(func, args, kwargs, key) for key in _POOL_PARAMS]
+    return _pool_winners(x, out[0], out[1], func, params, _pool_dims(func.overloadpacket.__name__))
+
+
+def _pool_dims(name: str) -> int:
+    """The spatial dimensions of ``max_pool{n}d``'s windows."""
+    return int(name[len("max_pool")])
+
+
+def _pool_winners(
+    x: Any, values: Any, indices: Any, with_indices: Any, params: list, n: int
+) -> Any:
+    """Each window's arg-max, and how many entries share its maximum:
+    ``8 * index + count`` (count up to `_POOL_TIES`).
+
+    A window whose maximum several entries share is an exact tie, a decision of its own
+    (see `_side`): moving any of them, up or down, changes the count, so a difference
+    through it is not judged one-sidedly by the first entry's convention. The count is
+    found by taking the winner out (-inf) and pooling again, while the maximum stays;
+    in overlapping windows a winner taken out of a neighbour's window can hide a tie
+    there, which is then judged as before.
+    """
+    count = torch.ones_like(indices)
+    others = x.detach().flatten(-n).clone()
+    winners = indices
+    target = values.detach()
+    for _ in range(_POOL_TIES - 1):
+        others.scatter_(-1, winners.flatten(-n), float("-inf"))
+        again, winners = with_indices(others.view(x.shape), *params)
+        same = again == target
+        if not bool(same.any()):
+            break
+        count = count + same.to(count.dtype)
+    return 8 * indices + count
 
 
 def _compare(func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
@@ -472,7 +516,8 @@ def _rules() -> dict[Any, _Rule]:
     add("sort topk kthvalue mode cummax cummin", _out(1), False, inplace=False)
     add("argsort", _out(), False, inplace=False)
     for n in (1, 2, 3):
-        add(f"max_pool{n}d_with_indices adaptive_max_pool{n}d", _out(1), False, inplace=False)
+        add(f"max_pool{n}d_with_indices", _pool_with_indices, False, inplace=False)
+        add(f"adaptive_max_pool{n}d", _out(1), False, inplace=False)
         add(f"max_pool{n}d", _pool_indices, True, inplace=False)
     add("fractional_max_pool2d fractional_max_pool3d", _out(1), False, inplace=False)
     add("abs sign sgn", _sign_of_input, True)

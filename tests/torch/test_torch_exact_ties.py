@@ -80,3 +80,53 @@ def test_a_wrong_gradient_beside_an_exact_kink_still_fails():
         if not k
     ]
     assert max(judged)[1] == (3,)  # the only entry above 1
+
+
+IMAGE = torch.tensor(
+    [[[[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 2.0, 2.0], [3.0, 0.0, 5.0, 5.0], [0.0, 3.0, 5.0, 4.0]]]],
+    dtype=torch.float64,
+)  # windows tied 4, 3 and 2 ways, and one with a single maximum
+
+
+def _pool(route):
+    """max_pool2d(x, 2) with a hand-written backward sending each window's gradient to
+    its first or last maximum, or (a bug) to the window's last entry."""
+
+    class Pool(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            out, idx = F.max_pool2d(x, 2, return_indices=True)
+            ctx.save_for_backward(x, idx)
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            x, idx = ctx.saved_tensors
+            if route == "first":
+                return F.max_unpool2d(g, idx, 2, output_size=x.shape[-2:])
+            if route == "corner":
+                return F.interpolate(g, scale_factor=2) * torch.tensor(
+                    [[0.0, 0.0], [0.0, 1.0]]
+                ).repeat(2, 2)
+            flipped = x.flip(-1, -2)
+            _, last = F.max_pool2d(flipped, 2, return_indices=True)
+            out = F.max_unpool2d(g.flip(-1, -2), last, 2, output_size=x.shape[-2:])
+            return out.flip(-1, -2)
+
+    return Pool.apply
+
+
+@pytest.mark.filterwarnings("ignore:max_unpooling2d")
+@pytest.mark.parametrize("route", ["first", "last"])
+@pytest.mark.parametrize("batch", [True, False])
+def test_a_max_pool_backward_may_pick_any_tied_maximum(route, batch):
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    result = gradcheck(lambda x: (_pool(route)(x) * w).sum(), IMAGE, batch=batch)
+    assert result.passed and result.kinks_crossed > 0
+
+
+@pytest.mark.filterwarnings("ignore:max_unpooling2d")
+def test_a_max_pool_backward_routing_off_the_maximum_still_fails():
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    with pytest.raises(GradcheckError):
+        gradcheck(lambda x: (_pool("corner")(x) * w).sum(), IMAGE, samples_per_block=None)
