@@ -83,7 +83,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     tolerance = opts.tolerance if opts.tolerance is not None else default_tolerance(kinks_present)
     # the default tolerance of a function with kinks allows for crossing them; a
     # direction that crossed none is smooth, and an error there is localized all the
-    # same (the localized coordinate's own error then decides, see `_localize_above`)
+    # same (the localized coordinate's own error then decides, see `_directions.localize_above`)
     strict = kinks_present and opts.tolerance is None
 
     if burn_losses:

@@ -84,6 +84,13 @@ class Pair:
     #: the checked point's signature, where tracked (set by `Counter._evaluate`)
     center: bytes | None = None
 
+    def take(self, other: Pair) -> None:
+        """Become `other`'s difference (its points, step and values): a retry at a
+        smaller step stands for this comparison from now on."""
+        self.point_plus, self.point_minus = other.point_plus, other.point_minus
+        self.step, self.plus, self.minus = other.step, other.plus, other.minus
+        self.finite = other.finite
+
     def crossed(self) -> bool:
         """Whether the difference went through a kink: its two points took different
         branches, or the same ones but not the checked point's. The latter is a
@@ -237,8 +244,7 @@ class Counter:
             self._evaluate(retries)
             still = []
             for (original, first), retry in zip(todo, retries, strict=True):
-                original.point_plus, original.point_minus = retry.point_plus, retry.point_minus
-                original.step, original.plus, original.minus = retry.step, retry.plus, retry.minus
+                original.take(retry)
                 if original.crossed():
                     still.append((original, first))
             todo = still
@@ -258,21 +264,21 @@ class Counter:
         warning. Still not finite at h/1000: the checked point is on the edge of f's
         domain, or f overflows, and the error says where.
         """
-        todo = [(p, smaller(p, 1.0)) for p in pairs]
-        found: list[tuple[Pair, Pair, float]] = []
+        todo = list(pairs)  # (their steps stay until the end: retries are relative to them)
+        found: list[tuple[Pair, float]] = []
         for divisor in DOMAIN_DIVISORS:
             if not todo:
                 break
-            retries = [smaller(first, divisor) for _, first in todo]
+            retries = [smaller(p, divisor) for p in todo]
             self._evaluate((), lenient=retries)
             still = []
-            for (original, first), retry in zip(todo, retries, strict=True):
+            for p, retry in zip(todo, retries, strict=True):
                 if retry.finite:
-                    found.append((original, first, divisor * DOMAIN_MARGIN))
+                    found.append((p, divisor * DOMAIN_MARGIN))
                 else:
-                    still.append((original, first))
+                    still.append(p)
             todo = still
-        for p, _ in todo:
+        for p in todo:
             assert p.plus is not None and p.minus is not None
             for ev, side in ((p.plus, "+"), (p.minus, "-")):
                 check_finite(
@@ -282,14 +288,11 @@ class Counter:
                 )
         if not found:
             return
-        finals = [smaller(first, divisor) for _, first, divisor in found]
+        finals = [smaller(p, divisor) for p, divisor in found]
         self._evaluate(finals)
-        for (original, _, divisor), final in zip(found, finals, strict=True):
-            original.point_plus, original.point_minus = final.point_plus, final.point_minus
-            original.step, original.plus, original.minus = final.step, final.plus, final.minus
-            original.finite = True
-            block = original.point_plus.deltas[0][0]
-            self.shrunk.setdefault(block, []).append((self._where(original), divisor))
+        for (p, divisor), final in zip(found, finals, strict=True):
+            p.take(final)
+            self.shrunk.setdefault(p.point_plus.deltas[0][0], []).append((self._where(p), divisor))
 
     def _where(self, p: Pair) -> str:
         """Which comparison a pair is, in words: a coordinate or a block's direction."""

@@ -502,7 +502,6 @@ class TorchBackend:
         self._eval_with_grad = False
         self._lowered_seen: set[str] = set()
         self._numerics: _Numerics | None = None
-        self._cuda_rng: list[torch.Tensor] | None = None
         # batched evaluation (see evaluate)
         self._batch = bool(getattr(settings, "batch", True))
         self._arg_blocks: set[str] = set()
