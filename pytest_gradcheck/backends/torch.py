@@ -275,6 +275,9 @@ class _Numerics:
             self._cudnn_benchmark = torch.backends.cudnn.benchmark
         self._deterministic = torch.are_deterministic_algorithms_enabled()
         self._warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        #: not changed by the check outside the keep-float64 mode, which restores it;
+        #: an f that sets it itself gets it back as it was, with everything else
+        self._default_dtype = torch.get_default_dtype()
 
     def apply(self) -> None:
         C = torch._C
@@ -301,6 +304,8 @@ class _Numerics:
 
     def restore(self) -> None:
         C = torch._C
+        if torch.get_default_dtype() is not self._default_dtype:
+            torch.set_default_dtype(self._default_dtype)
         if self._cuda:
             torch.backends.cudnn.benchmark = self._cudnn_benchmark
             torch.backends.cudnn.deterministic = self._cudnn_deterministic

@@ -300,3 +300,38 @@ def test_an_f_that_needs_its_float32_cast_runs_as_it_was():
     result = gradcheck(f, w, raise_on_fail=False)
     assert any("computes in lower precision" in m for m in result.warnings)
     assert torch.get_default_dtype() is torch.float32
+
+
+@pytest.mark.parametrize("outcome", ["passes", "fails", "raises"])
+def test_an_f_that_sets_the_default_dtype_gets_the_user_s_back(outcome):
+    """The contract's "dtypes exactly as before" includes torch's default dtype, also
+    where f itself changes it (a script's `set_default_dtype(float64)` inside f)."""
+    w = torch.randn(3, 4)
+    calls = []
+
+    def f(w):
+        torch.set_default_dtype(torch.float64)
+        calls.append(1)
+        if outcome == "raises" and len(calls) > 1:  # after the gradient pass
+            raise RuntimeError("boom")
+        return (w**2).sum()
+
+    class Off(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, v):
+            return v.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 1.1
+
+    assert torch.get_default_dtype() is torch.float32
+    if outcome == "raises":
+        with pytest.raises(RuntimeError, match="boom"):
+            gradcheck(f, w)
+    elif outcome == "fails":
+        result = gradcheck(lambda w: f(Off.apply(w)), w, raise_on_fail=False)
+        assert not result.passed
+    else:
+        assert gradcheck(f, w).passed
+    assert torch.get_default_dtype() is torch.float32
