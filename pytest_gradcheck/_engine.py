@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -96,177 +97,47 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     scale = _scale(grad, opts, warnings)
     losses: list[str | None] = [TOTAL, *term_names]
-
-    scaled: dict[tuple[str | None, int], np.ndarray] = {}
-
-    def analytic(loss: str | None, b: int) -> np.ndarray:
-        """The gradient of one loss in one block, times `scale` (computed once; read-only)."""
-        g = scaled.get((loss, b))
-        if g is None:
-            g = grad.total[b] if loss is None else grad.terms[loss][b]
-            g = scaled[(loss, b)] = g if scale == 1.0 else g * scale
-        return g
-
-    projected: dict[tuple[str | None, int], float] = {}
-
-    def along(loss: str | None, b: int) -> float:
-        """v · g of block b's direction for one loss, scaled (computed once)."""
-        a = projected.get((loss, b))
-        if a is None:
-            v = dirs[b]
-            assert v is not None
-            a = projected[(loss, b)] = float(v @ analytic(loss, b))
-        return a
-
-    # coordinates of every block, then one direction per block
-    coord_pairs: list[list[Pair]] = []
-    coord_index: list[np.ndarray] = []
-    dir_pairs: list[Pair | None] = []
-    dirs: list[np.ndarray | None] = []
-    dir_steps: list[float] = []
-    floors: list[dict[str | None, float]] = []
-    largests: list[dict[str | None, float]] = []
     streams = Streams(opts.seed)
-    for b, spec in enumerate(specs):
-        raw = {None: grad.total[b], **{t: grad.terms[t][b] for t in term_names}}
-        largest = {loss: absmax(g) for loss, g in raw.items()}
-        largests.append(largest)
-        values_max = absmax(base[b])
-        vf = {loss: value_floor(m, values_max) for loss, m in largest.items()}
-        floors.append(vf)
-        if opts.mode == "directions":
-            idx = np.zeros(0, dtype=np.int64)
-        else:
-            grads = [grad.total[b], *(grad.terms[t][b] for t in term_names)]
-            idx = sample_coordinates(
-                spec.name, spec.size, grads, opts.samples_per_block, opts.seed, streams
-            )
-        coord_index.append(idx)
-        if idx.size:
-            h = steps(opts.eps, base[b][idx])
-            coord_pairs.append(
-                [
-                    coordinate_pair(b, i, hi, vf, largest)
-                    for i, hi in zip(idx.tolist(), h.tolist(), strict=True)
-                ]
-            )
-        else:
-            coord_pairs.append([])
-        if opts.mode in ("directions", "both") and spec.size > 1:
-            v = direction(spec.name, spec.size, opts.seed, streams)
-            v, moved = beside_the_sample(v, list(raw.values()), idx)
-            x = base[b]
-            rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
-            hd = step_for(opts.eps, rms)
-            dirs.append(v)
-            dvf, dlargest, dgrads = vf, largest, raw
-            if moved is not None:  # the round-off and size of what the direction moves
-                dgrads = {loss: g[moved] for loss, g in raw.items()}
-                dlargest = {loss: absmax(g) for loss, g in dgrads.items()}
-                dmax = absmax(x[moved])
-                dvf = {loss: value_floor(m, dmax) for loss, m in dlargest.items()}
-            norms = {loss: norm(g, dlargest[loss]) for loss, g in dgrads.items()}
-            dir_pairs.append(make_pair(b, range(spec.size), v, hd, dvf, norms))
-            dir_steps.append(hd)
-        else:
-            dirs.append(None)
-            dir_pairs.append(None)
-            dir_steps.append(0.0)
-    counter.run([p for ps in coord_pairs for p in ps] + [p for p in dir_pairs if p is not None])
+    blocks = [_plan(b, s, grad, base[b], opts, streams) for b, s in enumerate(specs)]
+    counter.run(
+        [p for c in blocks for p in c.coords] + [c.dpair for c in blocks if c.dpair is not None]
+    )
 
     # a direction through an exact tie is excluded: take it again without the parts
     # of the block that move the tie, so the rest of the block stays covered (unless
     # the coordinates cover the whole block already)
-    coverage = [1.0] * len(specs)
-    for b in range(len(specs)):
-        p, v = dir_pairs[b], dirs[b]
-        whole = coord_index[b].size == specs[b].size
-        if p is not None and v is not None and not p.usable() and not whole:
-            found = around_ties(counter, b, v, dir_steps[b], p)
+    for b, c in enumerate(blocks):
+        p, v = c.dpair, c.direction
+        if p is not None and v is not None and not p.usable() and c.index.size < c.spec.size:
+            found = around_ties(counter, b, v, c.dstep, p)
             if found is not None:
-                dirs[b], dir_pairs[b], coverage[b] = found
+                c.direction, c.dpair, c.coverage = found
 
-    # confirm before condemning: failing comparisons get a Richardson step, a wide step
-    # and, where round-off may explain what still fails, a measurement of f's noise
-    suspects: list[tuple[Pair, list[float]]] = []
-    strict_suspects: list[tuple[Pair, list[float]]] = []
-    for b in range(len(specs)):
-        gs = [analytic(loss, b) for loss in losses]
-        for i, pp in zip(coord_index[b], coord_pairs[b], strict=True):
-            values = [float(g[i]) for g in gs]
-            if fails(pp, values, losses, scale, tolerance):
-                suspects.append((pp, values))
-        dp, v = dir_pairs[b], dirs[b]
-        if dp is not None and v is not None:
-            values = [along(loss, b) for loss in losses]
-            if fails(dp, values, losses, scale, tolerance):
-                suspects.append((dp, values))
-            elif strict and fails(dp, values, losses, scale, localize_above(dp, tolerance, True)):
-                strict_suspects.append((dp, values))
-    confirm(counter, suspects, losses, scale, tolerance)
-    confirm(counter, strict_suspects, losses, scale, Tier.HAPPY)
+    analytic = _Analytic(grad, scale, blocks)
+    _confirm(counter, blocks, analytic, losses, scale, tolerance, strict)
+    _localize(counter, blocks, analytic, losses, scale, tolerance, strict, opts.eps, base)
 
-    # localize directions that fail while no sampled coordinate does (bisection)
-    localized: list[list[tuple[int, Pair]]] = [[] for _ in specs]
-    for b in range(len(specs)):
-        p, v = dir_pairs[b], dirs[b]
-        if p is None or v is None or not p.usable():
-            continue
-        limit = localize_above(p, tolerance, strict)
-        for loss in losses:
-            g = analytic(loss, b)
-            if pair_tier(p, along(loss, b), loss, scale) <= limit:
-                continue
-            if any(
-                pair_tier(pp, float(g[i]), loss, scale) > limit
-                for i, pp in zip(coord_index[b], coord_pairs[b], strict=True)
-                if pp.usable()
-            ):
-                continue  # a sampled coordinate already shows the error
-            spot = bisect(counter, b, v, p, g, loss, scale)
-            if (
-                spot is not None
-                and spot not in coord_index[b]
-                and all(spot != i for i, _ in localized[b])
-            ):
-                h = step_for(opts.eps, float(base[b][spot]))
-                pair = make_pair(b, np.array([spot]), np.ones(1), h, floors[b], largests[b])
-                counter.run([pair])
-                values = [float(analytic(lo, b)[spot]) for lo in losses]
-                if fails(pair, values, losses, scale, tolerance):
-                    confirm(counter, [(pair, values)], losses, scale, tolerance)
-                localized[b].append((spot, pair))
-
-    results: dict[str | None, Result] = {}
     public = _public_options(opts)
-    for loss in losses:
-        blocks = []
-        for b, spec in enumerate(specs):
-            extra = localized[b]
-            idx = np.concatenate([coord_index[b], np.array([i for i, _ in extra], dtype=np.int64)])
-            pairs = coord_pairs[b] + [pp for _, pp in extra]
-            blocks.append(
-                _block_result(
-                    spec,
-                    idx,
-                    pairs,
-                    analytic(loss, b),
-                    scale,
-                    tolerance,
-                    dir_pairs[b],
-                    along(loss, b) if dirs[b] is not None else None,
-                    tuple(i for i, _ in extra),
-                    loss,
-                    coverage[b],
-                )
-            )
-        results[loss] = _assemble(
-            blocks, tolerance, kinks_present, framework, loss, public, scale, counter.count
+    results = {
+        loss: _assemble(
+            [_block_result(c, analytic, loss, scale, tolerance) for c in blocks],
+            tolerance,
+            kinks_present,
+            framework,
+            loss,
+            public,
+            scale,
+            counter.count,
         )
+        for loss in losses
+    }
 
     warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
     domain_warnings(specs, counter, warnings)
     dominance_warnings(specs, grad, term_names, opts.dominance, warnings)
+    largests = [c.largest for c in blocks]
+    coord_pairs = [c.coords for c in blocks]
+    dir_pairs = [c.dpair for c in blocks]
     vacuous = zero_warnings(specs, grad, largests, coord_pairs, dir_pairs, results[TOTAL], warnings)
     active_range_warnings(
         [s for b, s in enumerate(specs) if b not in vacuous],
@@ -274,12 +145,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         scale,
         warnings,
     )
-    for b, spec in enumerate(specs):
-        pairs = [*coord_pairs[b], *(pp for _, pp in localized[b])]
-        dp = dir_pairs[b]
-        if dp is not None:
-            pairs.append(dp)
-        noise_warning(spec, pairs, results[TOTAL].blocks[b], scale, largests[b][TOTAL], warnings)
+    for c, block in zip(blocks, results[TOTAL].blocks, strict=True):
+        noise_warning(c.spec, c.pairs(), block, scale, c.largest[TOTAL], warnings)
 
     mostly_excluded = excluded_warnings(results[TOTAL], warnings)
     if mostly_excluded or not all(r.passed for r in results.values()):
@@ -312,26 +179,186 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     )
 
 
-def _block_result(
+@dataclass
+class _Checked:
+    """One block's comparisons in flight: its sampled coordinates, its direction and
+    the coordinates its direction's localization added."""
+
+    block: int  # the block's position among the backend's blocks
+    spec: BlockSpec
+    #: the sampled flat indices, and their pairs
+    index: np.ndarray
+    coords: list[Pair]
+    #: per loss (None: the total), the round-off floor of the block's values and its
+    #: largest |g| (see `_steps.value_floor`)
+    floor: dict[str | None, float]
+    largest: dict[str | None, float]
+    #: the block's direction v (None: none), its pair and step, and the share of the
+    #: block it covers (less than 1 after `around_ties`)
+    direction: np.ndarray | None = None
+    dpair: Pair | None = None
+    dstep: float = 0.0
+    coverage: float = 1.0
+    #: (flat index, pair) of each coordinate found by bisecting the direction
+    localized: list[tuple[int, Pair]] = field(default_factory=list)
+
+    def pairs(self) -> list[Pair]:
+        """Every pair of the block: coordinates, localized ones, the direction."""
+        found = [*self.coords, *(p for _, p in self.localized)]
+        return found if self.dpair is None else [*found, self.dpair]
+
+
+def _plan(
+    b: int,
     spec: BlockSpec,
-    idx: np.ndarray,
-    pairs: Sequence[Pair],
-    g: np.ndarray,
+    grad: Gradient,
+    x: np.ndarray,
+    opts: Options,
+    streams: Streams,
+) -> _Checked:
+    """Block b's comparisons: its sampled coordinates and its direction (not yet run)."""
+    raw = {None: grad.total[b], **{t: g[b] for t, g in grad.terms.items()}}
+    largest = {loss: absmax(g) for loss, g in raw.items()}
+    values_max = absmax(x)
+    vf = {loss: value_floor(m, values_max) for loss, m in largest.items()}
+    if opts.mode == "directions":
+        idx = np.zeros(0, dtype=np.int64)
+    else:
+        idx = sample_coordinates(
+            spec.name, spec.size, list(raw.values()), opts.samples_per_block, opts.seed, streams
+        )
+    coords = []
+    if idx.size:
+        h = steps(opts.eps, x[idx])
+        coords = [
+            coordinate_pair(b, i, hi, vf, largest)
+            for i, hi in zip(idx.tolist(), h.tolist(), strict=True)
+        ]
+    checked = _Checked(b, spec, idx, coords, vf, largest)
+    if opts.mode in ("directions", "both") and spec.size > 1:
+        v = direction(spec.name, spec.size, opts.seed, streams)
+        v, moved = beside_the_sample(v, list(raw.values()), idx)
+        rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
+        hd = step_for(opts.eps, rms)
+        dvf, dlargest, dgrads = vf, largest, raw
+        if moved is not None:  # the round-off and size of what the direction moves
+            dgrads = {loss: g[moved] for loss, g in raw.items()}
+            dlargest = {loss: absmax(g) for loss, g in dgrads.items()}
+            dmax = absmax(x[moved])
+            dvf = {loss: value_floor(m, dmax) for loss, m in dlargest.items()}
+        norms = {loss: norm(g, dlargest[loss]) for loss, g in dgrads.items()}
+        checked.direction = v
+        checked.dpair = make_pair(b, range(spec.size), v, hd, dvf, norms)
+        checked.dstep = hd
+    return checked
+
+
+class _Analytic:
+    """The analytic side of the comparisons: per loss and block, the gradient times the
+    loss factor, and v · g of the block's direction (each computed once, read-only)."""
+
+    def __init__(self, grad: Gradient, scale: float, blocks: Sequence[_Checked]) -> None:
+        self._grad, self._scale, self._blocks = grad, scale, blocks
+        self._scaled: dict[tuple[str | None, int], np.ndarray] = {}
+        self._along: dict[tuple[str | None, int], float] = {}
+
+    def of(self, loss: str | None, b: int) -> np.ndarray:
+        g = self._scaled.get((loss, b))
+        if g is None:
+            g = self._grad.total[b] if loss is None else self._grad.terms[loss][b]
+            g = self._scaled[(loss, b)] = g if self._scale == 1.0 else g * self._scale
+        return g
+
+    def along(self, loss: str | None, b: int) -> float:
+        a = self._along.get((loss, b))
+        if a is None:
+            v = self._blocks[b].direction
+            assert v is not None
+            a = self._along[(loss, b)] = float(v @ self.of(loss, b))
+        return a
+
+
+def _confirm(
+    counter: Counter,
+    blocks: Sequence[_Checked],
+    analytic: _Analytic,
+    losses: Sequence[str | None],
     scale: float,
     tolerance: Tier,
-    dpair: Pair | None,
-    along: float | None,
-    localized: tuple[int, ...],
-    loss: str | None,
-    coverage: float = 1.0,
-) -> BlockResult:
-    """Compare analytic and numeric values of one block for one loss.
+    strict: bool,
+) -> None:
+    """Confirm before condemning: failing comparisons get a Richardson step, a wide step
+    and, where round-off may explain what still fails, a measurement of f's noise. With
+    `strict`, a direction above *happy* is confirmed too (it will be localized)."""
+    suspects: list[tuple[Pair, list[float]]] = []
+    strict_suspects: list[tuple[Pair, list[float]]] = []
+    for b, c in enumerate(blocks):
+        gs = [analytic.of(loss, b) for loss in losses]
+        for i, pp in zip(c.index, c.coords, strict=True):
+            values = [float(g[i]) for g in gs]
+            if fails(pp, values, losses, scale, tolerance):
+                suspects.append((pp, values))
+        dp = c.dpair
+        if dp is not None and c.direction is not None:
+            values = [analytic.along(loss, b) for loss in losses]
+            if fails(dp, values, losses, scale, tolerance):
+                suspects.append((dp, values))
+            elif strict and fails(dp, values, losses, scale, localize_above(dp, tolerance, True)):
+                strict_suspects.append((dp, values))
+    confirm(counter, suspects, losses, scale, tolerance)
+    confirm(counter, strict_suspects, losses, scale, Tier.HAPPY)
 
-    `along` is v · g of the block's direction for this loss (None without a direction).
-    """
-    analytic = np.array(g[idx], dtype=np.float64)
+
+def _localize(
+    counter: Counter,
+    blocks: Sequence[_Checked],
+    analytic: _Analytic,
+    losses: Sequence[str | None],
+    scale: float,
+    tolerance: Tier,
+    strict: bool,
+    eps: float | str,
+    base: Sequence[np.ndarray],
+) -> None:
+    """Localize each direction that fails while no sampled coordinate does: bisect it to
+    an entry, and compare that entry on its own (added to `localized`)."""
+    for b, c in enumerate(blocks):
+        p, v = c.dpair, c.direction
+        if p is None or v is None or not p.usable():
+            continue
+        limit = localize_above(p, tolerance, strict)
+        for loss in losses:
+            g = analytic.of(loss, b)
+            if pair_tier(p, analytic.along(loss, b), loss, scale) <= limit:
+                continue
+            if any(
+                pair_tier(pp, float(g[i]), loss, scale) > limit
+                for i, pp in zip(c.index, c.coords, strict=True)
+                if pp.usable()
+            ):
+                continue  # a sampled coordinate already shows the error
+            spot = bisect(counter, b, v, p, g, loss, scale)
+            if spot is None or spot in c.index or any(spot == i for i, _ in c.localized):
+                continue
+            h = step_for(eps, float(base[b][spot]))
+            pair = make_pair(b, np.array([spot]), np.ones(1), h, c.floor, c.largest)
+            counter.run([pair])
+            values = [float(analytic.of(lo, b)[spot]) for lo in losses]
+            if fails(pair, values, losses, scale, tolerance):
+                confirm(counter, [(pair, values)], losses, scale, tolerance)
+            c.localized.append((spot, pair))
+
+
+def _block_result(
+    c: _Checked, analytic: _Analytic, loss: str | None, scale: float, tolerance: Tier
+) -> BlockResult:
+    """Compare analytic and numeric values of one block for one loss."""
+    spec = c.spec
+    idx = np.concatenate([c.index, np.array([i for i, _ in c.localized], dtype=np.int64)])
+    pairs = c.coords + [pp for _, pp in c.localized]
+    values = np.array(analytic.of(loss, c.block)[idx], dtype=np.float64)
     numerics, floors, steps_, kinks, sides, rels, tiers = [], [], [], [], [], [], []
-    for a, p in zip(analytic.tolist(), pairs, strict=True):
+    for a, p in zip(values.tolist(), pairs, strict=True):
         n, fl, h, _ = best(p, a, loss, scale)
         crossed, one_sided = p.crossed(), p.one_sided is not None
         rel = relative_error(a, n)
@@ -345,13 +372,14 @@ def _block_result(
             tiers.append(Tier.HAPPY if abs(a - n) <= fl else Tier.of(rel))
     numeric = np.array(numerics, dtype=np.float64)
     within = (
-        np.abs(analytic - numeric) <= np.array(floors, dtype=np.float64)
+        np.abs(values - numeric) <= np.array(floors, dtype=np.float64)
         if numerics
         else np.zeros(0, dtype=bool)
     )
     d = None
-    if dpair is not None and along is not None:
-        a = along
+    dpair = c.dpair
+    if dpair is not None and c.direction is not None:
+        a = analytic.along(loss, c.block)
         n, fl, h, tier = best(dpair, a, loss, scale)
         d = DirectionResult(
             analytic=a,
@@ -362,7 +390,7 @@ def _block_result(
             within_noise=abs(a - n) <= fl,
             tier=tier,
             one_sided=dpair.one_sided is not None,
-            coverage=coverage,
+            coverage=c.coverage,
         )
         if dpair.usable():
             tiers.append(d.tier)
@@ -373,7 +401,7 @@ def _block_result(
         shape=tuple(spec.shape),
         dtype=spec.dtype,
         indices=indices,
-        analytic=analytic,
+        analytic=values,
         numeric=numeric,
         rel_error=np.array(rels, dtype=np.float64),
         kink_crossed=np.array(kinks, dtype=bool),
@@ -383,7 +411,7 @@ def _block_result(
         tier=tier,
         passed=tier <= tolerance,
         direction=d,
-        localized=_multi_indices(localized, spec.shape),
+        localized=_multi_indices([i for i, _ in c.localized], spec.shape),
     )
 
 
