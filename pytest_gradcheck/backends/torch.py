@@ -224,7 +224,8 @@ def _deterministic(mode: bool, warn_only: bool) -> None:
 
 
 class _Numerics:
-    """TF32, reduced-precision reductions and determinism: off/on for the check.
+    """TF32, reduced-precision reductions, determinism and the fused attention path:
+    off/on for the check.
 
     TF32 is held by torch twice, by a legacy API (``allow_tf32``, the float32 matmul
     precision) and by the ``fp32_precision`` strings, and torch refuses to read the
@@ -278,6 +279,14 @@ class _Numerics:
         #: not changed by the check outside the keep-float64 mode, which restores it;
         #: an f that sets it itself gets it back as it was, with everything else
         self._default_dtype = torch.get_default_dtype()
+        #: the fused inference path of MultiheadAttention and the Transformer layers,
+        #: taken under no_grad in eval mode: the check evaluates f under no_grad, so
+        #: its differences would measure another computation than the gradient pass's
+        #: (another kernel; with a padding mask, nested tensors that zero the padded
+        #: positions). Off for the check, so both run the same ops.
+        mha = getattr(torch.backends, "mha", None)
+        self._mha = mha if mha is not None and hasattr(mha, "set_fastpath_enabled") else None
+        self._mha_fastpath = self._mha.get_fastpath_enabled() if self._mha is not None else None
 
     def apply(self) -> None:
         C = torch._C
@@ -301,11 +310,15 @@ class _Numerics:
         if self._cuda:
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
+        if self._mha_fastpath:
+            self._mha.set_fastpath_enabled(False)
 
     def restore(self) -> None:
         C = torch._C
         if torch.get_default_dtype() is not self._default_dtype:
             torch.set_default_dtype(self._default_dtype)
+        if self._mha is not None and self._mha.get_fastpath_enabled() != self._mha_fastpath:
+            self._mha.set_fastpath_enabled(self._mha_fastpath)
         if self._cuda:
             torch.backends.cudnn.benchmark = self._cudnn_benchmark
             torch.backends.cudnn.deterministic = self._cudnn_deterministic
