@@ -222,7 +222,9 @@ def _plan(
     values_max = absmax(x)
     vf = {loss: value_floor(m, values_max) for loss, m in largest.items()}
     if opts.mode == "directions":
-        idx = np.zeros(0, dtype=np.int64)
+        # a block of one entry has no direction but its coordinate (the same 2
+        # evaluations): without it, the block would pass unseen
+        idx = np.zeros(int(spec.size == 1), dtype=np.int64)
     else:
         idx = sample_coordinates(
             spec.name, spec.size, list(raw.values()), opts.samples_per_block, opts.seed, streams

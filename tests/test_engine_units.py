@@ -272,7 +272,8 @@ def _smooth(mode, **options):
     [
         ("both", [10, 5, 1], [True, True, False]),
         ("coords", [10, 5, 1], [False, False, False]),
-        ("directions", [0, 0, 0], [True, True, False]),
+        # the block of one entry has no direction: its coordinate is checked instead
+        ("directions", [0, 0, 1], [True, True, False]),
     ],
 )
 def test_modes(mode, coords, directions):
@@ -290,6 +291,25 @@ def test_modes(mode, coords, directions):
     n_dirs = sum(directions)
     assert result.evaluations == 1 + 2 * sum(coords) + 2 * n_dirs
     assert result.coordinates == sum(coords)
+
+
+@pytest.mark.parametrize("shape", [(1,), ()])
+def test_directions_mode_checks_a_block_of_one_entry(shape):
+    """A scalar temperature with a sign error: `mode="directions"` gives such a block no
+    direction, and passed it unseen (happy) before its coordinate was checked."""
+    w, t = np.linspace(-1.0, 1.0, 6), np.full(shape, 0.7)
+
+    def f(w, t):
+        return float(np.sum(np.tanh(w * t)))
+
+    def grad(w, t):
+        s = 1 - np.tanh(w * t) ** 2
+        return s * t, np.full(shape, -np.sum(s * w))  # the sign of dt is wrong
+
+    result = gradcheck(f, w, t, grad=grad, mode="directions", raise_on_fail=False)
+    assert not result.passed
+    assert result.blocks[1].tier is Tier.WRONG
+    assert result.blocks[1].indices == (() if not shape else (0,),)
 
 
 def test_evaluations_count_the_calls_of_f():
