@@ -28,11 +28,12 @@ from ._pairs import (
     confirm,
     coordinate_pair,
     fails,
+    is_finite,
     make_pair,
     pair_tier,
 )
 from ._result import BlockResult, DirectionResult, Result
-from ._sampling import Streams, direction, sample_coordinates
+from ._sampling import Streams, direction, off_ties, sample_coordinates
 from ._steps import absmax, norm, step_for, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from ._warnings import (
@@ -49,6 +50,10 @@ from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
 SWEEP_STEPS: tuple[float, ...] = tuple(10.0**-k for k in range(1, 11))
 #: how many of the worst coordinates the sweep covers
 SWEEP_COORDINATES = 3
+#: how far a block none of whose comparisons counted is moved off its ties, in steps h
+#: of its direction: far enough that no step (nor the retries' larger ones) reaches a
+#: tie the move broke, near enough to be the same region of f
+OFF_TIES_STEPS = 100.0
 
 
 def run_check(backend: Backend, opts: Options, framework: str) -> Result:
@@ -113,24 +118,61 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
             if found is not None:
                 c.direction, c.dpair, c.coverage = found
 
-    analytic = _Analytic(grad, scale, blocks)
+    analytic = _Analytic([grad] * len(blocks), scale, blocks)
     _confirm(counter, blocks, analytic, losses, scale, tolerance, strict)
     _localize(counter, blocks, analytic, losses, scale, tolerance, strict, opts.eps, base)
 
     public = _public_options(opts)
-    results = {
-        loss: _assemble(
-            [_block_result(c, analytic, loss, scale, tolerance) for c in blocks],
-            tolerance,
-            kinks_present,
-            framework,
-            loss,
-            public,
+
+    def assemble() -> dict[str | None, Result]:
+        return {
+            loss: _assemble(
+                [_block_result(c, analytic, loss, scale, tolerance) for c in blocks],
+                tolerance,
+                kinks_present,
+                framework,
+                loss,
+                public,
+                scale,
+                counter.count,
+            )
+            for loss in losses
+        }
+
+    results = assemble()
+    # what follows evaluates f at the checked point: before any block moves off its ties
+    if excluded_warnings(results[TOTAL], []) or not all(r.passed for r in results.values()):
+        _check_deterministic(counter, grad.center)
+    sweep_rows = _sweep(counter, specs, results[TOTAL], scale) if opts.sweep else ()
+
+    unjudged = [c for c in blocks if c.pairs() and not any(p.usable() for p in c.pairs())]
+    if unjudged:
+        grads = [grad] * len(blocks)
+        moved_by = _off_the_ties(
+            counter,
+            blocks,
+            grads,
+            unjudged,
+            base,
+            opts,
+            streams,
+            track,
+            losses,
             scale,
-            counter.count,
+            tolerance,
+            strict,
         )
-        for loss in losses
-    }
+        analytic = _Analytic(grads, scale, blocks)
+        results = assemble()
+        for b, delta in moved_by.items():
+            warnings.append(
+                f"block {specs[b].name!r} sits on exact ties at the checked point: each "
+                "of its comparisons crossed a kink at every step (a ReLU input of exactly "
+                "0, from a zero bias on zero padding, say), so it was checked at points "
+                f"moved off the ties, {delta:.2g} to either side in each of its entries "
+                "(seeded signs), where its gradient is unambiguous; its rows in the report "
+                "are from the side that agreed worse"
+            )
 
     warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
     domain_warnings(specs, counter, warnings)
@@ -148,10 +190,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     for c, block in zip(blocks, results[TOTAL].blocks, strict=True):
         noise_warning(c.spec, c.pairs(), block, scale, c.largest[TOTAL], warnings)
 
-    mostly_excluded = excluded_warnings(results[TOTAL], warnings)
-    if mostly_excluded or not all(r.passed for r in results.values()):
-        _check_deterministic(counter, grad.center)
-    sweep_rows = _sweep(counter, specs, results[TOTAL], scale) if opts.sweep else ()
+    excluded_warnings(results[TOTAL], warnings)
 
     total = results[TOTAL]
     terms = {t: results[t] for t in term_names}
@@ -259,15 +298,17 @@ class _Analytic:
     """The analytic side of the comparisons: per loss and block, the gradient times the
     loss factor, and v · g of the block's direction (each computed once, read-only)."""
 
-    def __init__(self, grad: Gradient, scale: float, blocks: Sequence[_Checked]) -> None:
-        self._grad, self._scale, self._blocks = grad, scale, blocks
+    def __init__(self, grads: Sequence[Gradient], scale: float, blocks: Sequence[_Checked]) -> None:
+        #: per block, the gradient at the point its comparisons were made
+        self._grads, self._scale, self._blocks = grads, scale, blocks
         self._scaled: dict[tuple[str | None, int], np.ndarray] = {}
         self._along: dict[tuple[str | None, int], float] = {}
 
     def of(self, loss: str | None, b: int) -> np.ndarray:
         g = self._scaled.get((loss, b))
         if g is None:
-            g = self._grad.total[b] if loss is None else self._grad.terms[loss][b]
+            grad = self._grads[b]
+            g = grad.total[b] if loss is None else grad.terms[loss][b]
             g = self._scaled[(loss, b)] = g if self._scale == 1.0 else g * self._scale
         return g
 
@@ -294,7 +335,8 @@ def _confirm(
     `strict`, a direction above *happy* is confirmed too (it will be localized)."""
     suspects: list[tuple[Pair, list[float]]] = []
     strict_suspects: list[tuple[Pair, list[float]]] = []
-    for b, c in enumerate(blocks):
+    for c in blocks:
+        b = c.block
         gs = [analytic.of(loss, b) for loss in losses]
         for i, pp in zip(c.index, c.coords, strict=True):
             values = [float(g[i]) for g in gs]
@@ -324,8 +366,8 @@ def _localize(
 ) -> None:
     """Localize each direction that fails while no sampled coordinate does: bisect it to
     an entry, and compare that entry on its own (added to `localized`)."""
-    for b, c in enumerate(blocks):
-        p, v = c.dpair, c.direction
+    for c in blocks:
+        b, p, v = c.block, c.dpair, c.direction
         if p is None or v is None or not p.usable():
             continue
         limit = localize_above(p, tolerance, strict)
@@ -349,6 +391,86 @@ def _localize(
             if fails(pair, values, losses, scale, tolerance):
                 confirm(counter, [(pair, values)], losses, scale, tolerance)
             c.localized.append((spot, pair))
+
+
+def _off_the_ties(
+    counter: Counter,
+    blocks: list[_Checked],
+    grads: list[Gradient],
+    unjudged: Sequence[_Checked],
+    base: Sequence[np.ndarray],
+    opts: Options,
+    streams: Streams,
+    track: bool,
+    losses: Sequence[str | None],
+    scale: float,
+    tolerance: Tier,
+    strict: bool,
+) -> dict[int, float]:
+    """Check the blocks none of whose comparisons counted at points moved off the ties.
+
+    At an exact tie (a ReLU input of exactly 0, from a zero bias on zero padding) every
+    step crosses the kink, however small, so a block whose every coordinate moves a tie
+    had no comparison at all, and a wrong gradient in it passed unseen. Moved by
+    `OFF_TIES_STEPS` steps with seeded signs, each tie the block breaks lies on one
+    side, far beyond a step, and the block is compared there like any other; then at
+    the opposite move, since one side of a ReLU may hide what the other shows (a unit
+    moved below its tie passes no gradient). Per block, the side that agrees worse
+    replaces its comparisons in `blocks` (and its gradient in `grads`); the other
+    blocks' comparisons stand (f's determinism was checked at the checked point).
+    Returns each replaced block's move; a side where f or its gradient is not finite
+    is skipped.
+    """
+    backend = counter.backend
+    at = [x for x in base]  # where the backend's blocks are
+    moves: dict[int, np.ndarray] = {}
+    moved_by: dict[int, float] = {}
+    for c in unjudged:
+        x = base[c.block]
+        rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
+        moved_by[c.block] = OFF_TIES_STEPS * step_for(opts.eps, rms)
+        moves[c.block] = moved_by[c.block] * off_ties(c.spec.name, x.size, opts.seed, streams)
+    judged: set[int] = set()
+    for side in (1.0, -1.0):
+        update = [np.zeros_like(x) for x in base]
+        for c in unjudged:
+            update[c.block] = (base[c.block] + side * moves[c.block]) - at[c.block]
+        backend.step(update)
+        at = [x + u for x, u in zip(at, update, strict=True)]
+        point = backend.gradient(track)
+        counter.count += point.evaluations
+        finite = [*point.total, *(g for t in point.terms.values() for g in t)]
+        if not is_finite(point.center) or not all(np.isfinite(g).all() for g in finite):
+            continue
+        counter.center = point.center
+        here = [_plan(c.block, c.spec, point, at[c.block], opts, streams) for c in unjudged]
+        counter.run([p for c in here for p in c.pairs()])
+        for c in here:
+            p, v = c.dpair, c.direction
+            if p is not None and v is not None and not p.usable() and c.index.size < c.spec.size:
+                found = around_ties(counter, c.block, v, c.dstep, p)
+                if found is not None:
+                    c.direction, c.dpair, c.coverage = found
+        trial, trial_grads = list(blocks), list(grads)
+        for c in here:
+            trial[c.block], trial_grads[c.block] = c, point
+        analytic = _Analytic(trial_grads, scale, trial)
+        _confirm(counter, here, analytic, losses, scale, tolerance, strict)
+        _localize(counter, here, analytic, losses, scale, tolerance, strict, opts.eps, at)
+        previous = _Analytic(grads, scale, blocks)
+        for c in here:
+            if not any(p.usable() for p in c.pairs()):
+                continue
+            worst = max(_block_result(c, analytic, lo, scale, tolerance).tier for lo in losses)
+            if c.block in judged:
+                kept = blocks[c.block]
+                if worst <= max(
+                    _block_result(kept, previous, lo, scale, tolerance).tier for lo in losses
+                ):
+                    continue
+            blocks[c.block], grads[c.block] = c, point
+            judged.add(c.block)
+    return {b: d for b, d in moved_by.items() if b in judged}
 
 
 def _block_result(

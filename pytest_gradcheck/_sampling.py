@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 #: the purposes of a block's streams
-_COORDINATES, _DIRECTION = 1, 2
+_COORDINATES, _DIRECTION, _OFF_TIES = 1, 2, 3
 
 
 def _rng(seed: int, name: str, purpose: int) -> np.random.Generator:
@@ -129,4 +129,13 @@ def direction(name: str, size: int, seed: int, streams: Streams | None = None) -
     norm = math.sqrt(float(v @ v))
     if norm > 0:
         v *= 1.0 / norm
+    return v
+
+
+def off_ties(name: str, size: int, seed: int, streams: Streams | None = None) -> np.ndarray:
+    """The seeded move of a block off exact ties: per entry, a random sign and a size in
+    [0.5, 1) (see `direction`), not normalised, so every entry moves and none by much
+    more than another: each tie its coordinates break moves to a side."""
+    v = _stream(seed, name, _OFF_TIES, streams).random(size)
+    np.subtract(v, v < 0.5, out=v)
     return v

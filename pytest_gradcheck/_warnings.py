@@ -108,8 +108,9 @@ def excluded_warnings(total: Result, warnings: list[str]) -> bool:
         if total_n and counted == 0:
             warnings.append(
                 f"block {block.name!r} was not checked: all {total_n} of its comparisons "
-                "crossed a kink and were excluded; check at another point (another seed or "
-                "fewer datapoints) or with a smaller eps"
+                "crossed a kink and were excluded, also off its exact ties: f has kinks "
+                "closer than a step all around the point; check at another point (fewer "
+                "datapoints, after burn_in= steps) or with a smaller eps"
             )
     return suspicious
 

@@ -199,8 +199,33 @@ def test_eps_auto_scales_the_step_with_the_coordinate():
     assert r.passed and r.tier is Tier.HAPPY
 
 
-def test_a_block_whose_comparisons_are_all_excluded_is_reported_unchecked():
-    x = np.array([0.0])  # |x| exactly at its kink: the tie matches neither side
+def test_a_block_on_exact_ties_is_checked_at_a_point_moved_off_them():
+    """|x| at x == 0: every step crosses the kink, so no comparison of the block counted
+    and a wrong gradient passed unseen; the block is now checked off the tie."""
+    x = np.array([0.0, 0.0, 0.0])  # |x| exactly at its kink: the tie matches neither side
     r = gradcheck(lambda x: np.abs(x).sum(), x, grad=lambda x: (np.sign(x),))
-    assert r.passed and r.kinks_crossed == 1
+    assert r.passed and r.kinks_crossed == 0
+    assert len(r.blocks[0].indices) == 3 and r.blocks[0].counted.all()
+    assert np.abs(r.blocks[0].analytic).tolist() == [1.0, 1.0, 1.0]  # the moved point's
+    assert any("'args[0]' sits on exact ties" in w for w in r.warnings)
+    assert not any("was not checked" in w for w in r.warnings)
+    assert x.tolist() == [0.0, 0.0, 0.0]
+
+    wrong = gradcheck(
+        lambda x: np.abs(x).sum(), x, grad=lambda x: (2.0 * np.sign(x),), raise_on_fail=False
+    )
+    assert not wrong.passed and wrong.tier is Tier.WRONG
+
+
+def test_a_block_with_kinks_everywhere_near_it_is_reported_unchecked():
+    """A staircase finer than any step: every difference crosses a stair, here and off
+    the ties alike, so no comparison counts and the report says the block was not
+    checked."""
+    x = np.array([0.25, 0.5])
+    r = gradcheck(
+        lambda x: float(np.sum(x + 1e-12 * np.floor(x * 1e12))),
+        x,
+        grad=lambda x: (np.ones_like(x),),
+    )
+    assert r.passed
     assert any("'args[0]' was not checked" in w for w in r.warnings)

@@ -130,3 +130,43 @@ def test_a_max_pool_backward_routing_off_the_maximum_still_fails():
     w = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
     with pytest.raises(GradcheckError):
         gradcheck(lambda x: (_pool("corner")(x) * w).sum(), IMAGE, samples_per_block=None)
+
+
+class _Linear(torch.autograd.Function):
+    """x @ W.T + b, with the bias gradient summed over the batch or (a planted bug)
+    averaged."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, mean):
+        ctx.save_for_backward(x, w)
+        ctx.mean = mean
+        return x @ w.T + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        db = g.mean(0) if ctx.mean else g.sum(0)
+        return g @ w, g.T @ x, db, None
+
+
+@pytest.mark.parametrize("mean", [False, True], ids=["right", "bias mean"])
+def test_a_zero_bias_on_zero_rows_is_checked_off_its_ties(mean):
+    """Every bias entry moves the ties of the zero rows (z = b = 0 under a ReLU): no
+    comparison of the bias counted, and its planted bug passed unseen."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    x[::2] = 0.0  # padding rows
+    w = torch.randn(5, 4, dtype=torch.float64)
+    b = torch.zeros(5, dtype=torch.float64)
+    v = torch.randn(5, dtype=torch.float64)
+
+    def f(w, b):
+        return (torch.relu(_Linear.apply(x, w, b, mean)) @ v).sum()
+
+    result = gradcheck(f, w, b, raise_on_fail=False)
+    assert any("'args[1]' sits on exact ties" in m for m in result.warnings)
+    assert result.blocks[1].counted.all()
+    assert result.passed is (not mean)
+    if mean:
+        assert result.blocks[1].tier is Tier.WRONG and result.blocks[0].passed
+    assert b.abs().sum().item() == 0.0
