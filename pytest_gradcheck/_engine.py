@@ -42,6 +42,7 @@ from ._warnings import (
     dominance_warnings,
     excluded_warnings,
     noise_warning,
+    resolution_warnings,
     zero_warnings,
 )
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
@@ -191,6 +192,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         noise_warning(c.spec, c.pairs(), block, scale, c.largest[TOTAL], warnings)
 
     excluded_warnings(results[TOTAL], warnings)
+    resolution_warnings(results[TOTAL], grad.center.loss, warnings)
 
     total = results[TOTAL]
     terms = {t: results[t] for t in term_names}

@@ -89,6 +89,33 @@ def noise_warning(
     )
 
 
+def resolution_warnings(total: Result, loss: float, warnings: list[str]) -> None:
+    """Warn where round-off of f let a sizeable disagreement pass.
+
+    A disagreement within f's round-off counts as happy (shown as "noise"), and rightly:
+    the difference quotient cannot resolve it. Where that excuses a relative error above
+    the *ok* tier, the check cannot tell a correct gradient from one wrong by as much
+    (a loss of 1e8, a constant plus what the parameters change, hides a 10% error at
+    the default step), and the reader of a passing report must know it.
+    """
+    limit = THRESHOLDS[Tier.OK]
+    for block in total.blocks:
+        excused = block.counted & block.within_noise & (block.rel_error > limit)
+        worst = [float(r) for r in block.rel_error[excused]]
+        d = block.direction
+        if d is not None and d.counted and d.within_noise and d.rel_error > limit:
+            worst.append(d.rel_error)
+        if worst:
+            warnings.append(
+                f"in block {block.name!r}, {len(worst)} comparison(s) disagree by up to "
+                f"{max(worst):.2g} (relative) and were let pass as round-off of f: f "
+                f"({loss:.3g} at the checked point) is large next to what a step changes, "
+                "so a gradient wrong by that much cannot be told from a correct one here. "
+                "Subtract from the loss what does not depend on the checked values (a "
+                "constant changes no gradient), or check with a larger eps"
+            )
+
+
 def excluded_warnings(total: Result, warnings: list[str]) -> bool:
     """Warn about blocks that kink exclusions left (nearly) unchecked.
 

@@ -932,3 +932,25 @@ def test_a_direction_dominated_by_one_huge_entry_checks_the_rest_of_the_block():
         gradcheck(f, x, grad=grad)
     (block,) = info.value.result.blocks
     assert block.localized == ((wrong,),)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1.1])
+def test_a_large_constant_in_the_loss_that_hides_errors_is_said(factor):
+    """A loss of 1e8 (a constant plus what x changes): round-off of f at the default
+    step excuses disagreements of 10%, so a gradient wrong by 10% passes as noise. The
+    check cannot resolve it, and says so, correct gradient or not."""
+    x = np.array([0.3, -1.2, 0.8])
+
+    def f(x):
+        return float(np.sum(np.sin(x)) + 1e8)
+
+    result = gradcheck(f, x, grad=lambda x: (factor * np.cos(x),))
+    said = [w for w in result.warnings if "were let pass as round-off of f" in w]
+    assert len(said) == 1 and "'args[0]'" in said[0] and "1e+08" in said[0]
+
+
+def test_a_loss_of_ordinary_size_gets_no_resolution_warning():
+    x = np.array([0.3, -1.2, 0.8])
+    result = gradcheck(lambda x: float(np.sum(np.sin(x)) + 1e4), x, grad=lambda x: (np.cos(x),))
+    assert result.tier is Tier.HAPPY
+    assert not any("round-off of f" in w for w in result.warnings)
