@@ -34,7 +34,7 @@ from ._pairs import (
 )
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import Streams, direction, off_ties, sample_coordinates
-from ._steps import absmax, norm, step_for, steps, value_floor
+from ._steps import TINY, absmax, norm, step_for, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from ._warnings import (
     active_range_warnings,
@@ -182,6 +182,17 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     coord_pairs = [c.coords for c in blocks]
     dir_pairs = [c.dpair for c in blocks]
     vacuous = zero_warnings(specs, grad, largests, coord_pairs, dir_pairs, results[TOTAL], warnings)
+    rows = [([*c.coords, *(p for _, p in c.localized)], c.dpair) for c in blocks]
+    tiny = {b for b, m in enumerate(largests) if 0.0 < m[TOTAL] * scale <= TINY}
+    vacuous |= resolution_warnings(
+        results[TOTAL],
+        rows,
+        [m[TOTAL] * scale for m in largests],
+        grad.center.loss,
+        vacuous,
+        tiny,
+        warnings,
+    )
     active_range_warnings(
         [s for b, s in enumerate(specs) if b not in vacuous],
         [m[TOTAL] for b, m in enumerate(largests) if b not in vacuous],
@@ -192,7 +203,6 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         noise_warning(c.spec, c.pairs(), block, scale, c.largest[TOTAL], warnings)
 
     excluded_warnings(results[TOTAL], warnings)
-    resolution_warnings(results[TOTAL], grad.center.loss, warnings)
 
     total = results[TOTAL]
     terms = {t: results[t] for t in term_names}

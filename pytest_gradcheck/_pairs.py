@@ -48,6 +48,17 @@ NOISE_SIGMAS = 2.0
 #: better than this (relative): a check that cannot resolve errors of 1e-4 (f computed
 #: in float32 inside, say) is no evidence that the gradient is right
 NOISE_USABLE = 1e-4
+#: f is stationary along a comparison where its centered difference is below
+#: STATIONARY of the one-sided change of f over the step (which is then curvature,
+#: f'' h / 2): at a minimum, where the gradient is zero up to round-off that the
+#: quotient's other floors (from |f| and from the gradients, both about 0 at a minimum
+#: of value 0) do not bound. A disagreement below STATIONARY of that one-sided change,
+#: over h, counts as round-off there: measured at a distillation loss at its minimum
+#: (KL of a copy of the teacher), round-off of f was 7e-4 of the change, since f sums
+#: log-probabilities of size 1 to a value of 1e-13. Only a gradient below about
+#: 1e-9 f'' is judged so: one that small is no smaller than the round-off of a
+#: centered difference of f's intermediate values
+STATIONARY = 1e-3
 
 
 @dataclass
@@ -83,6 +94,9 @@ class Pair:
     value_floor: Mapping[str | None, float] = field(default_factory=dict)
     #: the checked point's signature, where tracked (set by `Counter._evaluate`)
     center: bytes | None = None
+    #: f at the checked point (set by `Counter._evaluate`): the one-sided changes of f
+    #: over the step bound the round-off at a stationary point (see STATIONARY)
+    at: Evaluation | None = None
 
     def take(self, other: Pair) -> None:
         """Become `other`'s difference (its points, step and values): a retry at a
@@ -156,10 +170,25 @@ class Pair:
         return (value_of(self.plus, term) - value_of(self.minus, term)) / (2.0 * self.step)
 
     def _floor(self, fa: float, fb: float, term: str | None) -> float:
-        return max(
+        floor = max(
             noise_floor(fa, fb, self.step),
             self.value_floor.get(term, 0.0) / self.step,
         )
+        if self.at is not None:  # at a stationary point: see STATIONARY
+            f0 = value_of(self.at, term)
+            change = max(abs(fa - f0), abs(fb - f0))
+            if abs(fa - fb) <= STATIONARY * change:
+                floor = max(floor, STATIONARY * change / self.step)
+        return floor
+
+    def stationary(self, term: str | None) -> bool:
+        """Whether f is stationary along this difference (see STATIONARY)."""
+        if self.at is None or self.plus is None or self.minus is None:
+            return False
+        fp, fm = value_of(self.plus, term), value_of(self.minus, term)
+        f0 = value_of(self.at, term)
+        change = max(abs(fp - f0), abs(fm - f0))
+        return change > 0.0 and abs(fp - fm) <= STATIONARY * change
 
 
 def value_of(ev: Evaluation, term: str | None) -> float:
@@ -355,7 +384,7 @@ class Counter:
         center = self.center.signature if self.track and self.center is not None else None
         for i, p in enumerate(everything):
             p.plus, p.minus = evals[2 * i], evals[2 * i + 1]
-            p.center = center
+            p.center, p.at = center, self.center
             if i < len(pairs):
                 check_finite(p.plus, "f(x + h)")
                 check_finite(p.minus, "f(x - h)")

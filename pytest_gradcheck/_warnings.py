@@ -89,31 +89,72 @@ def noise_warning(
     )
 
 
-def resolution_warnings(total: Result, loss: float, warnings: list[str]) -> None:
-    """Warn where round-off of f let a sizeable disagreement pass.
+def resolution_warnings(
+    total: Result,
+    pairs: Sequence[tuple[Sequence[Pair], Pair | None]],
+    largests: Sequence[float],
+    loss: float,
+    vacuous: set[int],
+    tiny: set[int],
+    warnings: list[str],
+) -> set[int]:
+    """Warn where round-off of f let a sizeable disagreement pass; return the blocks
+    found at a stationary point.
 
     A disagreement within f's round-off counts as happy (shown as "noise"), and rightly:
-    the difference quotient cannot resolve it. Where that excuses a relative error above
-    the *ok* tier, the check cannot tell a correct gradient from one wrong by as much
-    (a loss of 1e8, a constant plus what the parameters change, hides a 10% error at
-    the default step), and the reader of a passing report must know it.
+    the difference quotient cannot resolve it. Where that excuses a disagreement above
+    the *ok* tier's share of the block's largest gradient (`largests`, scaled as the
+    report is; the direction's against |g|), the reader of a passing report must know
+    what it means: either f is stationary along every such comparison
+    (`Pair.stationary`: at a minimum, its gradient zero up to round-off), so a wrong
+    gradient cannot show there, or f is large next to what a step changes (a loss of
+    1e8, a constant plus what the parameters move, hides a 10% error at the default
+    step). A zero entry beside large ones, whose numeric value is round-off, is no
+    such case. `pairs` holds each block's pairs in the order of its rows, and its
+    direction's; blocks in `vacuous` have had their warning already (`zero_warnings`),
+    and those in `tiny` get the active-range warning unless they are stationary.
     """
     limit = THRESHOLDS[Tier.OK]
-    for block in total.blocks:
-        excused = block.counted & block.within_noise & (block.rel_error > limit)
-        worst = [float(r) for r in block.rel_error[excused]]
+    stationary: set[int] = set()
+    for b, (block, (rows, dpair)) in enumerate(zip(total.blocks, pairs, strict=True)):
+        if b in vacuous:
+            continue
+        largest = largests[b]
+        if largest == 0.0:  # nothing to measure a disagreement against
+            continue
+        gap = np.abs(block.analytic - block.numeric)
+        excused = block.counted & block.within_noise & (gap > limit * largest)
+        shares = [float(x) / largest for x in gap[excused]]
+        flat = [rows[i].stationary(TOTAL) for i in np.flatnonzero(excused).tolist()]
         d = block.direction
-        if d is not None and d.counted and d.within_noise and d.rel_error > limit:
-            worst.append(d.rel_error)
-        if worst:
+        if d is not None and dpair is not None and d.counted and d.within_noise:
+            size = dpair.reference.get(TOTAL, 0.0) * total.scale
+            if size > 0.0 and abs(d.analytic - d.numeric) > limit * size:
+                shares.append(abs(d.analytic - d.numeric) / size)
+                flat.append(dpair.stationary(TOTAL))
+        if not shares:
+            continue
+        if all(flat):
+            stationary.add(b)
             warnings.append(
-                f"in block {block.name!r}, {len(worst)} comparison(s) disagree by up to "
-                f"{max(worst):.2g} (relative) and were let pass as round-off of f: f "
-                f"({loss:.3g} at the checked point) is large next to what a step changes, "
-                "so a gradient wrong by that much cannot be told from a correct one here. "
-                "Subtract from the loss what does not depend on the checked values (a "
-                "constant changes no gradient), or check with a larger eps"
+                f"the gradient of block {block.name!r} is zero up to round-off at the "
+                f"checked point: f is stationary along {len(shares)} comparison(s) (what a "
+                "step changes is curvature alone), a minimum such as a student equal to "
+                "its teacher, so the check cannot catch a wrong gradient there; check at "
+                "a point away from it"
             )
+            continue
+        if b in tiny:
+            continue
+        warnings.append(
+            f"in block {block.name!r}, {len(shares)} comparison(s) disagree by up to "
+            f"{max(shares):.2g} of the block's largest gradient and were let pass as "
+            f"round-off of f: f ({loss:.3g} at the checked point) is large next to what a "
+            "step changes, so a gradient wrong by that much cannot be told from a correct "
+            "one here. Subtract from the loss what does not depend on the checked values "
+            "(a constant changes no gradient), or check with a larger eps"
+        )
+    return stationary
 
 
 def excluded_warnings(total: Result, warnings: list[str]) -> bool:
