@@ -34,6 +34,11 @@ Segment = tuple[str, Mapping[str, bool]]
 
 _NO_MARKUP: Mapping[str, bool] = {}
 
+#: the mark of a row whose check has warnings, and the line explaining it: a passing
+#: check's warnings say where it could not see a wrong gradient
+WARNED = "!"
+LEGEND = " the check has warnings: see the warnings summary, or its failure message"
+
 
 def tier_of(check: Mapping[str, Any]) -> Tier:
     return Tier.parse(check["tier"])
@@ -51,6 +56,7 @@ class Row:
     coordinates: int = 0
     kinks_crossed: int = 0
     passed: bool = True
+    warned: bool = False  # any of its checks has warnings (its examples', for Hypothesis)
 
     @property
     def tier(self) -> str:
@@ -108,6 +114,7 @@ class SessionReport:
                     row.coordinates += check["coordinates"]
                     row.kinks_crossed += check["kinks_crossed"]
                     row.passed = row.passed and check["passed"]
+                    row.warned = row.warned or bool(check.get("warnings"))
                     if (tier_of(check), check["max_rel_error"]) > (
                         tier_of(row.check),
                         row.max_rel_error,
@@ -122,6 +129,7 @@ class SessionReport:
                 coordinates=check["coordinates"],
                 kinks_crossed=check["kinks_crossed"],
                 passed=check["passed"],
+                warned=bool(check.get("warnings")),
             )
             if check.get("example") is not None:
                 collapsed[(nodeid, index)] = row
@@ -281,6 +289,8 @@ def section_lines(report: SessionReport, detail: str, width: int = 80) -> list[l
         extra = ""
         if not r.passed:
             line.append(("  FAILED", COLOURS["wrong"]))
+        if r.warned:
+            line.append(("  " + WARNED, COLOURS["uncomfortable"]))
         if r.examples > 1:
             extra += f"  ({r.examples} examples, worst shown)"
         terms = check.get("terms") or {}
@@ -313,6 +323,8 @@ def section_lines(report: SessionReport, detail: str, width: int = 80) -> list[l
     s = report.summary()
     counts = ", ".join(f"{n} {t}" for t, n in s["tiers"].items() if n)
     lines.append([(f"{s['checks']} check(s) in {s['tests']} test(s): {counts}", _NO_MARKUP)])
+    if any(r.warned for r in rows):
+        lines.append([(WARNED, COLOURS["uncomfortable"]), (LEGEND, _NO_MARKUP)])
     return lines
 
 
