@@ -121,6 +121,31 @@ def _path(config: pytest.Config, name: str) -> Path | None:
     return None if value is None else base / Path(str(value)).expanduser()
 
 
+def _writable(path: Path | None, where: str) -> None:
+    """A usage error unless the session can write an output file at `path`.
+
+    Checked at configure time, so a bad path stops the run before any test does (the
+    file itself is written at the end). Missing parent directories are fine (they are
+    created then); a directory at `path`, a file among its parents or a directory we
+    may not write into are not.
+    """
+    if path is None:
+        return
+    if path.is_dir():
+        raise pytest.UsageError(f"{where}: {path} is a directory; give the path of a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise pytest.UsageError(f"{where}: {path} exists and is not writable")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise pytest.UsageError(f"{where}: cannot write {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"{where}: cannot write {path}: {parent} is not writable")
+
+
 def _gates(config: pytest.Config) -> Gates:
     gates = Gates()
     tier = _raw(config, "fail_tier")
@@ -144,6 +169,7 @@ def _gates(config: pytest.Config) -> Gates:
         gates.baseline_shown = str(baseline.value).strip()
         gates.baseline_given = given("baseline", gates.baseline_shown, baseline.source)
     gates.save_baseline = _path(config, "save_baseline")
+    _writable(gates.save_baseline, _raw(config, "save_baseline").where)
     if gates.baseline is not None and not hasattr(config, "workerinput"):
         try:
             gates.expected = load_baseline(gates.baseline)
@@ -173,6 +199,7 @@ def pytest_configure(config: pytest.Config) -> None:
     detail = str(detail or "summary").strip().lower()
     if detail not in REPORT_CHOICES:
         raise pytest.UsageError(f"{where}: must be summary, blocks or off, got {detail!r}")
+    _writable(_path(config, "json"), _raw(config, "json").where)
     state = _State(_layer(config, "cli"), _layer(config, "ini"), detail, _gates(config))
     config.stash[STATE] = state
     config.pluginmanager.register(_Collector(config, state), "gradcheck-collector")

@@ -112,6 +112,33 @@ def test_json_path_from_ini_is_relative_to_the_ini_file(suite: pytest.Pytester) 
     validate_report(load_json(suite.path / "reports" / "gc.json"))
 
 
+def test_an_output_path_that_cannot_be_written_is_a_usage_error(inner: pytest.Pytester) -> None:
+    # found before any test runs (exit status 4), not as a traceback at the session's end
+    inner.makepyfile(test_x="def test_x():\n    raise AssertionError('must not run')\n")
+    inner.mkdir("adir")
+    inner.makefile(".txt", afile="")
+    cases = [
+        (["--gradcheck-json=adir"], "--gradcheck-json: * is a directory; give the path of a file"),
+        (["--gradcheck-save-baseline=afile.txt/b.json"],
+         "--gradcheck-save-baseline: cannot write *b.json: *afile.txt is not a directory"),
+        (["--gradcheck-json=afile.txt/deeper/r.json"],
+         "--gradcheck-json: cannot write *: *afile.txt is not a directory"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = inner.runpytest(*args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, args
+        result.stderr.fnmatch_lines([f"ERROR: {message}"])
+        assert "must not run" not in result.stdout.str()
+    inner.makeini("[pytest]\ngradcheck_json = adir\n")
+    result = inner.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ini key gradcheck_json: * is a directory*"])
+    # a missing parent directory is fine: it is created at the end
+    inner.makeini("[pytest]\n")
+    inner.runpytest("--gradcheck-json=new/dir/r.json").assert_outcomes(failed=1)
+    assert (inner.path / "new" / "dir" / "r.json").is_file()
+
+
 def test_json_written_with_no_checks_and_non_finite_numbers_as_null(tmp_path) -> None:
     report = SessionReport()
     doc = report.document(
