@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ._context import current
+from ._context import TestContext, current
 from ._options import check_names, resolve
 from ._result import GradcheckError, GradcheckWarning, Result
 
@@ -45,10 +45,35 @@ def gradcheck(
     Bad input raises `ValueError` or `TypeError` naming the block or argument.
     """
     __tracebackhide__ = True
+    ctx = current()
+    try:
+        result = _check(f, args, params, grad, options, ctx)
+    except Exception as error:  # bad input, or f itself raised: the check has no result
+        if ctx is not None:
+            ctx.record_error(error)
+        raise
+    if ctx is not None:
+        ctx.record(result)
+    _tell_hypothesis(result)
+    if not result.passed and raise_on_fail:
+        raise GradcheckError(result)  # its message lists the warnings
+    _warn(result)
+    return result
+
+
+def _check(
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    params: Any,
+    grad: Callable[..., Any] | None,
+    options: dict[str, Any],
+    ctx: TestContext | None,
+) -> Result:
+    """Resolve the options, run the check on its backend and return the `Result`."""
+    __tracebackhide__ = True
     if not callable(f):
         raise TypeError(f"gradcheck: f must be callable, got {type(f).__name__}")
     check_names(options, "the gradcheck call")
-    ctx = current()
     layers = (options, *(ctx.layers if ctx else ()))
     opts = resolve(*layers)
 
@@ -61,16 +86,9 @@ def gradcheck(
     settings = Settings(seed=opts.seed, device=opts.device, wrt=opts.wrt, batch=opts.batch)
     backend = backend_cls(f, args, params, grad, settings)
     try:
-        result = run_check(backend, opts, framework)
+        return run_check(backend, opts, framework)
     finally:
         backend.close()
-    if ctx is not None:
-        ctx.record(result)
-    _tell_hypothesis(result)
-    if not result.passed and raise_on_fail:
-        raise GradcheckError(result)  # its message lists the warnings
-    _warn(result)
-    return result
 
 
 def _warn(result: Result) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from ._tiers import Tier
 
 #: bumped when the JSON layout changes incompatibly (new fields do not bump it)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: terminal markup of each tier (TerminalWriter keywords)
 COLOURS: dict[str, dict[str, bool]] = {
@@ -27,6 +27,7 @@ COLOURS: dict[str, dict[str, bool]] = {
     "ok": {"cyan": True},
     "uncomfortable": {"yellow": True},
     "wrong": {"red": True, "bold": True},
+    "error": {"red": True, "bold": True},  # a check that raised
 }
 
 #: one piece of a terminal line: text and its markup
@@ -42,6 +43,39 @@ LEGEND = " the check has warnings: see the warnings summary, or its failure mess
 
 def tier_of(check: Mapping[str, Any]) -> Tier:
     return Tier.parse(check["tier"])
+
+
+def raised(check: Mapping[str, Any]) -> bool:
+    """Whether the check raised (bad input, an error in f) instead of giving a result."""
+    return check.get("error") is not None
+
+
+def _rank(check: Mapping[str, Any]) -> tuple[int, float]:
+    """Worse checks rank higher: by tier, then error; one that raised above all."""
+    if raised(check):
+        return (len(Tier), math.inf)
+    return (int(tier_of(check)), check["max_rel_error"])
+
+
+def raised_entry(error: BaseException) -> dict[str, Any]:
+    """The fields of a check that raised, in place of `Result.to_dict()` (no tier, no
+    error measured): the exception's type and message under ``error``."""
+    return {
+        "passed": False,
+        "tier": None,
+        "max_rel_error": None,
+        "tolerance": None,
+        "kinks_crossed": 0,
+        "evaluations": 0,
+        "coordinates": 0,
+        "framework": None,
+        "seconds": 0.0,
+        "options": {},
+        "warnings": [],
+        "blocks": [],
+        "terms": {},
+        "error": {"type": type(error).__name__, "message": str(error)},
+    }
 
 
 @dataclass
@@ -60,10 +94,11 @@ class Row:
 
     @property
     def tier(self) -> str:
-        return self.check["tier"]
+        """The tier's label, or ``error`` for a check that raised."""
+        return "error" if raised(self.check) else self.check["tier"]
 
     @property
-    def max_rel_error(self) -> float:
+    def max_rel_error(self) -> float | None:
         return self.check["max_rel_error"]
 
 
@@ -115,10 +150,7 @@ class SessionReport:
                     row.kinks_crossed += check["kinks_crossed"]
                     row.passed = row.passed and check["passed"]
                     row.warned = row.warned or bool(check.get("warnings"))
-                    if (tier_of(check), check["max_rel_error"]) > (
-                        tier_of(row.check),
-                        row.max_rel_error,
-                    ):
+                    if _rank(check) > _rank(row.check):
                         row.check = check
                     continue
             row = Row(
@@ -143,18 +175,20 @@ class SessionReport:
     def summary(self) -> dict[str, Any]:
         """Counts over the session: tests, checks, tiers, the worst."""
         checks = self.checks
+        results = [c for c in checks if not raised(c)]
         tiers = {t.label: 0 for t in Tier}
-        for c in checks:
+        for c in results:
             tiers[c["tier"]] += 1
-        worst = max((tier_of(c) for c in checks), default=None)
+        worst = max((tier_of(c) for c in results), default=None)
         return {
             "tests": len({c["nodeid"] for c in checks}),
             "checks": len(checks),
-            "passed": sum(1 for c in checks if c["passed"]),
-            "failed": sum(1 for c in checks if not c["passed"]),
+            "passed": sum(1 for c in results if c["passed"]),
+            "failed": sum(1 for c in results if not c["passed"]),
+            "errors": len(checks) - len(results),
             "tiers": tiers,
             "worst_tier": None if worst is None else worst.label,
-            "max_rel_error": max((c["max_rel_error"] for c in checks), default=None),
+            "max_rel_error": max((c["max_rel_error"] for c in results), default=None),
             "kinks_crossed": sum(c["kinks_crossed"] for c in checks),
             "evaluations": sum(c["evaluations"] for c in checks),
             "seconds": sum(c.get("seconds", 0.0) for c in checks),
@@ -164,6 +198,8 @@ class SessionReport:
         """Each test's worst tier and largest max relative error."""
         out: dict[str, tuple[Tier, float]] = {}
         for c in self.checks:
+            if raised(c):
+                continue
             tier, err = tier_of(c), c["max_rel_error"]
             prev = out.get(c["nodeid"])
             out[c["nodeid"]] = (
@@ -246,6 +282,11 @@ def dumps(document: Mapping[str, Any]) -> str:
 # -- the terminal section ---------------------------------------------------------
 
 
+def _clip(text: str, width: int) -> str:
+    """`text` cut to `width` columns at its end."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[len(text) - width + 3 :]
 
@@ -281,6 +322,13 @@ def section_lines(report: SessionReport, detail: str, width: int = 80) -> list[l
         if len(label) > name_w:  # the whole test id on its own line, the cells below it
             lines.append([(label, _NO_MARKUP)])
             label = ""
+        if raised(check):  # no result: what it raised, on a line of its own
+            cells = f"{label:<{name_w}}  {'-':>6}  {'-':>6}  {'-':>5}  {'-':>11}  "
+            lines.append([(cells, _NO_MARKUP), _tier(r.tier)])
+            error = check["error"]
+            text = f"{error['type']}: {error['message']}".splitlines()[0]
+            lines.append([("    " + _clip(text, width - 4), _NO_MARKUP)])
+            continue
         cells = (
             f"{label:<{name_w}}  {len(check['blocks']):>6}  "
             f"{r.coordinates:>6}  {r.kinks_crossed:>5}  {r.max_rel_error:>11.2e}  "
@@ -321,7 +369,7 @@ def section_lines(report: SessionReport, detail: str, width: int = 80) -> list[l
                     )
         lines.extend(_sweep_lines(check))
     s = report.summary()
-    counts = ", ".join(f"{n} {t}" for t, n in s["tiers"].items() if n)
+    counts = ", ".join(f"{n} {t}" for t, n in [*s["tiers"].items(), ("raised", s["errors"])] if n)
     lines.append([(f"{s['checks']} check(s) in {s['tests']} test(s): {counts}", _NO_MARKUP)])
     if any(r.warned for r in rows):
         lines.append([(WARNED, COLOURS["uncomfortable"]), (LEGEND, _NO_MARKUP)])

@@ -31,7 +31,7 @@ from ._cli import SESSION, Switch, flag, given, unknown_ini_keys, unknown_ini_me
 from ._context import TestContext, running
 from ._gates import Gates, Verdict, evaluate, load_baseline, report_lines
 from ._options import CLI, NAMES, SWITCHES, Options, check_names, parse_text, resolve
-from ._report import SessionReport, dumps, plain, section_lines
+from ._report import SessionReport, dumps, plain, raised_entry, section_lines
 from ._tiers import Tier
 
 RECORDER = pytest.StashKey["_Recorder"]()
@@ -302,9 +302,14 @@ class _Recorder:
 
     def __call__(self, result: Any) -> None:
         with self._lock:
-            self._record(result)
+            self._record(result.to_dict())
 
-    def _record(self, result: Any) -> None:
+    def error(self, error: BaseException) -> None:
+        """Record a check that raised (bad input, an error in f) instead of a result."""
+        with self._lock:
+            self._record(raised_entry(error))
+
+    def _record(self, fields: dict[str, Any]) -> None:
         ctx = _build_context()
         if ctx is None:
             index, example = self._plain, None
@@ -315,7 +320,7 @@ class _Recorder:
             index, example = self._in_example, self._examples - 1
             self._in_example += 1
         where = {"nodeid": self.nodeid, "index": index, "example": example, "when": self.when}
-        self.entries.append(plain({**where, **result.to_dict()}))
+        self.entries.append(plain({**where, **fields}))
 
     def take(self) -> list[dict[str, Any]]:
         """The entries recorded since the last call."""
@@ -336,7 +341,12 @@ def _with_context(item: pytest.Item, when: str, marker: dict[str, Any]) -> TestC
     state = item.config.stash[STATE]
     rec = _recorder(item)
     rec.when = when
-    return TestContext(nodeid=item.nodeid, layers=(marker, state.cli, state.ini), record=rec)
+    return TestContext(
+        nodeid=item.nodeid,
+        layers=(marker, state.cli, state.ini),
+        record=rec,
+        record_error=rec.error,
+    )
 
 
 def _lenient_marker(item: pytest.Item) -> dict[str, Any]:
@@ -422,14 +432,16 @@ def _user_properties(item: pytest.Item, rec: _Recorder) -> None:
     """The test's worst tier and max rel error, as junit properties."""
     if not rec.entries:
         return
-    worst = max(rec.entries, key=lambda c: (Tier.parse(c["tier"]), c["max_rel_error"]))
-    err = max(c["max_rel_error"] for c in rec.entries)
     props = [p for p in item.user_properties if not str(p[0]).startswith("gradcheck_")]
-    props += [
-        ("gradcheck_tier", worst["tier"]),
-        ("gradcheck_max_rel_error", repr(float(err))),
-        ("gradcheck_checks", str(len(rec.entries))),
-    ]
+    results = [c for c in rec.entries if c.get("error") is None]  # not the ones that raised
+    if results:
+        worst = max(results, key=lambda c: (Tier.parse(c["tier"]), c["max_rel_error"]))
+        err = max(c["max_rel_error"] for c in results)
+        props += [
+            ("gradcheck_tier", worst["tier"]),
+            ("gradcheck_max_rel_error", repr(float(err))),
+        ]
+    props.append(("gradcheck_checks", str(len(rec.entries))))
     item.user_properties[:] = props
 
 
