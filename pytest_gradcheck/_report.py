@@ -118,7 +118,7 @@ class SessionReport:
         """Add the checks carried by one test report.
 
         `position` is the test's place in the collection (None: unknown, sorted last),
-        `outcome` the report's outcome (passed, failed, skipped).
+        `outcome` the test phase's outcome (passed, failed, skipped, xfailed, xpassed).
         """
         for entry in entries:
             check = dict(entry)

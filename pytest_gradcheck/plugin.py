@@ -467,6 +467,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 # -- the session: summary section, JSON, gates ----------------------------------------
 
 
+def _outcome(report: pytest.TestReport) -> str:
+    """The phase's outcome as pytest reports it to the user: an xfail test's
+    ``xfailed`` or ``xpassed``, where ``report.outcome`` says skipped or passed."""
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    return report.outcome
+
+
 class _Collector:
     """Registered per session: gathers checks from test reports, writes the outputs.
 
@@ -487,7 +495,7 @@ class _Collector:
             self.state.report.add(
                 checks,
                 position=getattr(report, "gradcheck_position", None),
-                outcome=report.outcome,
+                outcome=_outcome(report),
             )
 
     @pytest.hookimpl(trylast=True)

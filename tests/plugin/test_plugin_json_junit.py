@@ -273,3 +273,34 @@ def test_a_check_that_raised_is_in_the_json_the_section_and_the_gates(
     inner.makepyfile(test_r=RAISING)
     rerun = inner.runpytest("--gradcheck-baseline=ok.json").stdout.str()
     assert re.search(r"test_r.py::test_raises #2: raised ValueError: .* \(baseline max rel", rerun)
+
+
+def test_an_xfail_tests_checks_say_xfailed_or_xpassed(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_x="""
+        import pytest
+        from pytest_gradcheck import gradcheck
+        from gc_helpers import X, square, square_grad, square_wrong
+
+        @pytest.mark.xfail(reason="known bug")
+        def test_xfailed():
+            gradcheck(square, X, grad=square_wrong)
+
+        @pytest.mark.xfail(reason="fixed since")
+        def test_xpassed():
+            gradcheck(square, X, grad=square_grad)
+
+        @pytest.mark.xfail(reason="fixed since", strict=True)
+        def test_strict():
+            gradcheck(square, X, grad=square_grad)
+        """
+    )
+    inner.runpytest("--gradcheck-json=r.json").assert_outcomes(xfailed=1, xpassed=1, failed=1)
+    doc = load_json(inner.path / "r.json")
+    validate_report(doc)
+    outcomes = {c["nodeid"].split("::")[1]: c["test_outcome"] for c in doc["checks"]}
+    assert outcomes == {
+        "test_xfailed": "xfailed",
+        "test_xpassed": "xpassed",
+        "test_strict": "failed",
+    }
