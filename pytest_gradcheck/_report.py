@@ -1,5 +1,5 @@
 """The session's gradient-check report: checks collected from test reports, the rows of
-the terminal section "gradient checks", and the JSON document.
+the terminal section "gradient checks" (laid out by `_terminal`), and the JSON document.
 
 Works on plain dicts (`Result.to_dict()` plus where the check ran), the form in which
 results travel with test reports, also across pytest-xdist workers. Checks are kept in
@@ -20,25 +20,6 @@ from ._tiers import Tier
 
 #: bumped when the JSON layout changes incompatibly (new fields do not bump it)
 SCHEMA_VERSION = 2
-
-#: terminal markup of each tier (TerminalWriter keywords)
-COLOURS: dict[str, dict[str, bool]] = {
-    "happy": {"green": True},
-    "ok": {"cyan": True},
-    "uncomfortable": {"yellow": True},
-    "wrong": {"red": True, "bold": True},
-    "error": {"red": True, "bold": True},  # a check that raised
-}
-
-#: one piece of a terminal line: text and its markup
-Segment = tuple[str, Mapping[str, bool]]
-
-_NO_MARKUP: Mapping[str, bool] = {}
-
-#: the mark of a row whose check has warnings, and the line explaining it: a passing
-#: check's warnings say where it could not see a wrong gradient
-WARNED = "!"
-LEGEND = " the check has warnings: see the warnings summary, or its failure message"
 
 
 def tier_of(check: Mapping[str, Any]) -> Tier:
@@ -277,118 +258,3 @@ def finite_json(value: Any) -> Any:
 
 def dumps(document: Mapping[str, Any]) -> str:
     return json.dumps(finite_json(document), indent=1, allow_nan=False) + "\n"
-
-
-# -- the terminal section ---------------------------------------------------------
-
-
-def _clip(text: str, width: int) -> str:
-    """`text` cut to `width` columns at its end."""
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else "..." + text[len(text) - width + 3 :]
-
-
-def _tier(label: str) -> Segment:
-    return (label, COLOURS.get(label, _NO_MARKUP))
-
-
-def section_lines(report: SessionReport, detail: str, width: int = 80) -> list[list[Segment]]:
-    """The lines of the "gradient checks" section, as segments with markup.
-
-    ``detail="blocks"`` adds one line per block (of the total and of each term):
-    name, shape, coordinates checked, kinks crossed, worst relative error, tier. A
-    collapsed Hypothesis row shows the blocks of its worst example.
-    """
-    rows = report.rows()
-    if not rows:
-        return []
-    name_w = max(len(r.label) for r in rows)
-    name_w = max(4, min(name_w, max(30, width - 46)))
-    lines: list[list[Segment]] = [
-        [
-            (
-                f"{'test':<{name_w}}  {'blocks':>6}  {'coords':>6}  {'kinks':>5}  "
-                f"{'max rel err':>11}  tier",
-                _NO_MARKUP,
-            )
-        ]
-    ]
-    for r in rows:
-        check = r.check
-        label = r.label
-        if len(label) > name_w:  # the whole test id on its own line, the cells below it
-            lines.append([(label, _NO_MARKUP)])
-            label = ""
-        if raised(check):  # no result: what it raised, on a line of its own
-            cells = f"{label:<{name_w}}  {'-':>6}  {'-':>6}  {'-':>5}  {'-':>11}  "
-            lines.append([(cells, _NO_MARKUP), _tier(r.tier)])
-            error = check["error"]
-            text = f"{error['type']}: {error['message']}".splitlines()[0]
-            lines.append([("    " + _clip(text, width - 4), _NO_MARKUP)])
-            continue
-        cells = (
-            f"{label:<{name_w}}  {len(check['blocks']):>6}  "
-            f"{r.coordinates:>6}  {r.kinks_crossed:>5}  {r.max_rel_error:>11.2e}  "
-        )
-        line: list[Segment] = [(cells, _NO_MARKUP), _tier(r.tier)]
-        extra = ""
-        if not r.passed:
-            line.append(("  FAILED", COLOURS["wrong"]))
-        if r.warned:
-            line.append(("  " + WARNED, COLOURS["uncomfortable"]))
-        if r.examples > 1:
-            extra += f"  ({r.examples} examples, worst shown)"
-        terms = check.get("terms") or {}
-        if terms:
-            extra += "  terms: " + ", ".join(f"{t}={sub['tier']}" for t, sub in terms.items())
-        if extra:
-            line.append((extra, _NO_MARKUP))
-        lines.append(line)
-        if detail == "blocks":
-            for term, sub in [(None, check), *terms.items()]:
-                for b in sub["blocks"]:
-                    name = b["name"] if term is None else f"{term}: {b['name']}"
-                    shape = (
-                        "("
-                        + ", ".join(str(s) for s in b["shape"])
-                        + (",)" if len(b["shape"]) == 1 else ")")
-                    )
-                    lines.append(
-                        [
-                            (
-                                f"    {_fit(name, 28):<28} {shape:<14} "
-                                f"{len(b['indices']):>6}  {b['kinks_crossed']:>5}  "
-                                f"{b['max_rel_error']:>11.2e}  ",
-                                _NO_MARKUP,
-                            ),
-                            _tier(b["tier"]),
-                        ]
-                    )
-        lines.extend(_sweep_lines(check))
-    s = report.summary()
-    counts = ", ".join(f"{n} {t}" for t, n in [*s["tiers"].items(), ("raised", s["errors"])] if n)
-    lines.append([(f"{s['checks']} check(s) in {s['tests']} test(s): {counts}", _NO_MARKUP)])
-    if any(r.warned for r in rows):
-        lines.append([(WARNED, COLOURS["uncomfortable"]), (LEGEND, _NO_MARKUP)])
-    return lines
-
-
-def _sweep_lines(check: Mapping[str, Any]) -> list[list[Segment]]:
-    """The step-size sweep of a check (``sweep=True``, ``--gradcheck-h-sweep``), if any."""
-    rows = check.get("sweep") or []
-    if not rows:
-        return []
-    steps = sorted({float(h) for row in rows for h in row["rel_error"]}, reverse=True)
-    head = f"    {'h-sweep':<20} " + " ".join(f"{h:>8.0e}" for h in steps)
-    out: list[list[Segment]] = [[(head, _NO_MARKUP)]]
-    for row in rows:
-        errors = {float(h): e for h, e in row["rel_error"].items()}
-        where = f"{row['block']}[{', '.join(str(i) for i in row['index'])}]"
-        cells = " ".join(
-            f"{errors[h]:>8.1e}" if errors.get(h) is not None else f"{'-':>8}" for h in steps
-        )
-        out.append([(f"    {_fit(where, 20):<20} {cells}", _NO_MARKUP)])
-    return out

@@ -31,7 +31,8 @@ from ._cli import SESSION, Switch, flag, given, unknown_ini_keys, unknown_ini_me
 from ._context import TestContext, running
 from ._gates import Gates, Verdict, evaluate, load_baseline, report_lines
 from ._options import CLI, NAMES, SWITCHES, Options, check_names, parse_text, resolve
-from ._report import SessionReport, dumps, plain, raised_entry, section_lines
+from ._report import SessionReport, dumps, plain, raised_entry
+from ._terminal import section_lines
 from ._tiers import Tier
 
 RECORDER = pytest.StashKey["_Recorder"]()
