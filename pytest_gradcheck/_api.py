@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ._context import current
+from ._context import TestContext, current
 from ._options import check_names, resolve
-from ._result import GradcheckError, Result
+from ._result import GradcheckError, GradcheckWarning, Result
 
 
 def gradcheck(
@@ -38,14 +39,41 @@ def gradcheck(
     this call > the test's ``gradcheck`` marker > CLI flag > ini key > default.
 
     Returns the `Result`. When the check fails and `raise_on_fail` is true, raises
-    `GradcheckError` (an `AssertionError`) listing the worst coordinates. Bad input
-    raises `ValueError` or `TypeError` naming the block or argument.
+    `GradcheckError` (an `AssertionError`) listing the worst coordinates and the
+    check's warnings. A check that returns issues each of its `Result.warnings` as a
+    `GradcheckWarning` (in pytest: in the warnings summary, attributed to the test).
+    Bad input raises `ValueError` or `TypeError` naming the block or argument.
     """
+    __tracebackhide__ = True
+    ctx = current()
+    try:
+        result = _check(f, args, params, grad, options, ctx)
+    except Exception as error:  # bad input, or f itself raised: the check has no result
+        if ctx is not None:
+            ctx.record_error(error)
+        raise
+    if ctx is not None:
+        ctx.record(result)
+    _tell_hypothesis(result)
+    if not result.passed and raise_on_fail:
+        raise GradcheckError(result)  # its message lists the warnings
+    _warn(result)
+    return result
+
+
+def _check(
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    params: Any,
+    grad: Callable[..., Any] | None,
+    options: dict[str, Any],
+    ctx: TestContext | None,
+) -> Result:
+    """Resolve the options, run the check on its backend and return the `Result`."""
     __tracebackhide__ = True
     if not callable(f):
         raise TypeError(f"gradcheck: f must be callable, got {type(f).__name__}")
     check_names(options, "the gradcheck call")
-    ctx = current()
     layers = (options, *(ctx.layers if ctx else ()))
     opts = resolve(*layers)
 
@@ -58,15 +86,23 @@ def gradcheck(
     settings = Settings(seed=opts.seed, device=opts.device, wrt=opts.wrt, batch=opts.batch)
     backend = backend_cls(f, args, params, grad, settings)
     try:
-        result = run_check(backend, opts, framework)
+        return run_check(backend, opts, framework)
     finally:
         backend.close()
-    if ctx is not None:
-        ctx.record(result)
-    _tell_hypothesis(result)
-    if not result.passed and raise_on_fail:
-        raise GradcheckError(result)
-    return result
+
+
+def _warn(result: Result) -> None:
+    """Issue each warning of a returning check as a `GradcheckWarning` at the caller.
+
+    A passing check's warnings say where it could not see a wrong gradient (tiny or
+    exactly-zero gradients, comparisons excluded at kinks, a float32 cast), so they
+    must reach the user the way Python and pytest show warnings, not only
+    `Result.warnings`; pytest filters (``-W error::pytest_gradcheck.GradcheckWarning``)
+    then apply to them.
+    """
+    __tracebackhide__ = True
+    for text in result.warnings:
+        warnings.warn(GradcheckWarning(text), stacklevel=3)  # gradcheck's caller
 
 
 def _tell_hypothesis(result: Result) -> None:

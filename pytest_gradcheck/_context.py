@@ -29,6 +29,8 @@ class TestContext:
     nodeid: str
     layers: tuple[Mapping[str, Any], ...] = ()  # highest precedence first
     record: Callable[[Result], None] = field(default=lambda result: None)
+    #: a check that raised instead of returning a result (bad input, an error in f)
+    record_error: Callable[[BaseException], None] = field(default=lambda error: None)
 
 
 CURRENT: ContextVar[TestContext | None] = ContextVar("gradcheck_test", default=None)

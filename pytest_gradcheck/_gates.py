@@ -71,6 +71,8 @@ def worst_by_key(checks: Iterable[Mapping[str, Any]]) -> dict[Key, tuple[float, 
     """The worst (max rel error, tier) of each check key, folding Hypothesis examples."""
     out: dict[Key, tuple[float, str]] = {}
     for c in checks:
+        if c.get("error") is not None:
+            continue  # it raised: no tier, no error to compare (see `raised_by_key`)
         key = (str(c["nodeid"]), int(c.get("index", 0)))
         err = c.get("max_rel_error")
         err = float("inf") if err is None else float(err)  # null: non-finite in JSON
@@ -79,6 +81,22 @@ def worst_by_key(checks: Iterable[Mapping[str, Any]]) -> dict[Key, tuple[float, 
         if prev is None or (Tier.parse(tier), err) > (Tier.parse(prev[1]), prev[0]):
             out[key] = (err, tier)
     return out
+
+
+def raised_by_key(checks: Iterable[Mapping[str, Any]]) -> dict[Key, str]:
+    """What each check key that raised raised (``ValueError: ...``), any example's."""
+    out: dict[Key, str] = {}
+    for c in checks:
+        error = c.get("error")
+        if error is not None:
+            key = (str(c["nodeid"]), int(c.get("index", 0)))
+            message = str(error.get("message", "")).splitlines()
+            out.setdefault(key, f"{error.get('type')}: {message[0] if message else ''}")
+    return out
+
+
+def _short(text: str, width: int = 100) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _labels(keys: Iterable[Key]) -> dict[Key, str]:
@@ -120,8 +138,11 @@ def evaluate(gates: Gates, checks: list[Mapping[str, Any]]) -> Verdict:
     """Apply the gates to the session's checks."""
     verdict = Verdict()
     now = worst_by_key(checks)
-    labels = _labels([*now, *gates.expected])
+    raised = {key: text for key, text in raised_by_key(checks).items() if key not in now}
+    labels = _labels([*now, *raised, *gates.expected])
     if gates.fail_tier is not None:
+        for key, text in raised.items():
+            verdict.fail_tier.append(f"{labels[key]}: raised {_short(text)}")
         for key, (err, tier) in now.items():
             if Tier.parse(tier) > gates.fail_tier:
                 verdict.fail_tier.append(
@@ -131,6 +152,12 @@ def evaluate(gates: Gates, checks: list[Mapping[str, Any]]) -> Verdict:
     if gates.baseline is not None:
         factor = gates.baseline_factor
         for key, (old, _) in gates.expected.items():
+            if key in raised:
+                verdict.baseline.append(
+                    f"{labels[key]}: raised {_short(raised[key])} "
+                    f"(baseline max rel error {old:.2e})"
+                )
+                continue
             if key not in now:
                 verdict.baseline.append(
                     f"{labels[key]}: check disappeared (baseline max rel error {old:.2e})"

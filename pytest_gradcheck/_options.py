@@ -56,16 +56,25 @@ CLI: dict[str, tuple[str, str]] = {
     "samples_per_block": ("samples", "coordinates checked per block, or 'all' (default 10)"),
     "seed": ("seed", "seed every RNG is reset to before each evaluation (default 0)"),
     "kinks": ("kinks", "'track' (winner tracking, default) or 'off'"),
-    "tolerance": ("tolerance", "worst passing tier: happy, ok, uncomfortable, wrong"),
+    "tolerance": (
+        "tolerance",
+        "worst passing tier: happy, ok, uncomfortable, wrong (default: auto, happy for a "
+        "smooth f, ok where kinks are present)",
+    ),
     "burn_in": ("burn-in", "optimisation steps taken before checking (default 0)"),
-    "device": ("device", "run checks on 'cpu' or 'cuda' (default: where inputs live)"),
+    "device": (
+        "device",
+        "run checks on 'cpu', 'cuda' ('cuda:N') or, for JAX, 'gpu' (default: where the "
+        "inputs live)",
+    ),
     "wrt": ("wrt", "comma-separated block names to check (default: all)"),
     "mode": ("mode", "'coords', 'directions' or 'both' (default)"),
     "burn_in_lr": ("burn-in-lr", "step size of the burn-in's SGD (default 1e-2)"),
-    "scale": ("scale", "'auto' rescales the loss when gradients are tiny"),
+    "scale": ("scale", "'auto' rescales the loss when gradients are tiny (default: off)"),
     "sweep": (
         "h-sweep",
-        "add a step-size sweep table (h = 1e-1 ... 1e-10) for the worst coordinates",
+        "add a step-size sweep table (h = 1e-1 ... 1e-10) for the worst coordinates "
+        "(default off; the bare flag means on, =off turns it off)",
     ),
     "dominance": ("dominance", "term-dominance warning ratio (default 100)"),
     "batch": ("batch", "evaluate perturbed points as a vmap batch where possible (default on)"),

@@ -312,3 +312,21 @@ class GradcheckError(AssertionError):
     def __init__(self, result: Result) -> None:
         self.result = result
         super().__init__(str(result))
+
+
+class GradcheckWarning(UserWarning):
+    """What a check that returned noticed beside its verdict: one warning per entry of
+    `Result.warnings` (tiny gradients, a block whose gradient is exactly 0, comparisons
+    excluded at kinks, float32 inputs cast to float64, a dominating term...).
+
+    `gradcheck` issues them, in pytest and outside it, for a check that returns (it
+    passed, or failed with ``raise_on_fail=False``); a check that raises
+    `GradcheckError` lists them in its message instead. They say where a passing check
+    could not see a wrong gradient, so they are warnings rather than a line of the
+    result alone: pytest shows them in its warnings summary, attributed to the test,
+    and ``-W error::pytest_gradcheck.GradcheckWarning`` (or a ``filterwarnings`` entry)
+    turns them into failures; ``warnings.filterwarnings("ignore",
+    category=GradcheckWarning)`` silences them.
+    """
+
+    __module__ = "pytest_gradcheck"

@@ -31,7 +31,8 @@ from ._cli import SESSION, Switch, flag, given, unknown_ini_keys, unknown_ini_me
 from ._context import TestContext, running
 from ._gates import Gates, Verdict, evaluate, load_baseline, report_lines
 from ._options import CLI, NAMES, SWITCHES, Options, check_names, parse_text, resolve
-from ._report import SessionReport, dumps, plain, section_lines
+from ._report import SessionReport, dumps, plain, raised_entry
+from ._terminal import section_lines
 from ._tiers import Tier
 
 RECORDER = pytest.StashKey["_Recorder"]()
@@ -121,6 +122,31 @@ def _path(config: pytest.Config, name: str) -> Path | None:
     return None if value is None else base / Path(str(value)).expanduser()
 
 
+def _writable(path: Path | None, where: str) -> None:
+    """A usage error unless the session can write an output file at `path`.
+
+    Checked at configure time, so a bad path stops the run before any test does (the
+    file itself is written at the end). Missing parent directories are fine (they are
+    created then); a directory at `path`, a file among its parents or a directory we
+    may not write into are not.
+    """
+    if path is None:
+        return
+    if path.is_dir():
+        raise pytest.UsageError(f"{where}: {path} is a directory; give the path of a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise pytest.UsageError(f"{where}: {path} exists and is not writable")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise pytest.UsageError(f"{where}: cannot write {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"{where}: cannot write {path}: {parent} is not writable")
+
+
 def _gates(config: pytest.Config) -> Gates:
     gates = Gates()
     tier = _raw(config, "fail_tier")
@@ -144,6 +170,7 @@ def _gates(config: pytest.Config) -> Gates:
         gates.baseline_shown = str(baseline.value).strip()
         gates.baseline_given = given("baseline", gates.baseline_shown, baseline.source)
     gates.save_baseline = _path(config, "save_baseline")
+    _writable(gates.save_baseline, _raw(config, "save_baseline").where)
     if gates.baseline is not None and not hasattr(config, "workerinput"):
         try:
             gates.expected = load_baseline(gates.baseline)
@@ -173,6 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
     detail = str(detail or "summary").strip().lower()
     if detail not in REPORT_CHOICES:
         raise pytest.UsageError(f"{where}: must be summary, blocks or off, got {detail!r}")
+    _writable(_path(config, "json"), _raw(config, "json").where)
     state = _State(_layer(config, "cli"), _layer(config, "ini"), detail, _gates(config))
     config.stash[STATE] = state
     config.pluginmanager.register(_Collector(config, state), "gradcheck-collector")
@@ -275,9 +303,14 @@ class _Recorder:
 
     def __call__(self, result: Any) -> None:
         with self._lock:
-            self._record(result)
+            self._record(result.to_dict())
 
-    def _record(self, result: Any) -> None:
+    def error(self, error: BaseException) -> None:
+        """Record a check that raised (bad input, an error in f) instead of a result."""
+        with self._lock:
+            self._record(raised_entry(error))
+
+    def _record(self, fields: dict[str, Any]) -> None:
         ctx = _build_context()
         if ctx is None:
             index, example = self._plain, None
@@ -288,7 +321,7 @@ class _Recorder:
             index, example = self._in_example, self._examples - 1
             self._in_example += 1
         where = {"nodeid": self.nodeid, "index": index, "example": example, "when": self.when}
-        self.entries.append(plain({**where, **result.to_dict()}))
+        self.entries.append(plain({**where, **fields}))
 
     def take(self) -> list[dict[str, Any]]:
         """The entries recorded since the last call."""
@@ -309,7 +342,12 @@ def _with_context(item: pytest.Item, when: str, marker: dict[str, Any]) -> TestC
     state = item.config.stash[STATE]
     rec = _recorder(item)
     rec.when = when
-    return TestContext(nodeid=item.nodeid, layers=(marker, state.cli, state.ini), record=rec)
+    return TestContext(
+        nodeid=item.nodeid,
+        layers=(marker, state.cli, state.ini),
+        record=rec,
+        record_error=rec.error,
+    )
 
 
 def _lenient_marker(item: pytest.Item) -> dict[str, Any]:
@@ -395,14 +433,16 @@ def _user_properties(item: pytest.Item, rec: _Recorder) -> None:
     """The test's worst tier and max rel error, as junit properties."""
     if not rec.entries:
         return
-    worst = max(rec.entries, key=lambda c: (Tier.parse(c["tier"]), c["max_rel_error"]))
-    err = max(c["max_rel_error"] for c in rec.entries)
     props = [p for p in item.user_properties if not str(p[0]).startswith("gradcheck_")]
-    props += [
-        ("gradcheck_tier", worst["tier"]),
-        ("gradcheck_max_rel_error", repr(float(err))),
-        ("gradcheck_checks", str(len(rec.entries))),
-    ]
+    results = [c for c in rec.entries if c.get("error") is None]  # not the ones that raised
+    if results:
+        worst = max(results, key=lambda c: (Tier.parse(c["tier"]), c["max_rel_error"]))
+        err = max(c["max_rel_error"] for c in results)
+        props += [
+            ("gradcheck_tier", worst["tier"]),
+            ("gradcheck_max_rel_error", repr(float(err))),
+        ]
+    props.append(("gradcheck_checks", str(len(rec.entries))))
     item.user_properties[:] = props
 
 
@@ -428,6 +468,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 # -- the session: summary section, JSON, gates ----------------------------------------
 
 
+def _outcome(report: pytest.TestReport) -> str:
+    """The phase's outcome as pytest reports it to the user: an xfail test's
+    ``xfailed`` or ``xpassed``, where ``report.outcome`` says skipped or passed."""
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    return report.outcome
+
+
 class _Collector:
     """Registered per session: gathers checks from test reports, writes the outputs.
 
@@ -448,7 +496,7 @@ class _Collector:
             self.state.report.add(
                 checks,
                 position=getattr(report, "gradcheck_position", None),
-                outcome=report.outcome,
+                outcome=_outcome(report),
             )
 
     @pytest.hookimpl(trylast=True)

@@ -155,8 +155,9 @@ def compact(text: str) -> str:
 def summary_rows(text: str) -> list[str]:
     """The rows of the "gradient checks" terminal section, one string per check row.
 
-    A long test id may stand on a line of its own with the row's columns on the next;
-    such a pair is joined.
+    A long test id may stand on a line of its own with the row's columns on the next,
+    and notes that do not fit beside the columns (the example count) on indented
+    lines below: they are joined.
     """
     section = re.split(r"=+ gradient checks =+", text)[1].split("\n=")[0]
     rows: list[str] = []
@@ -164,12 +165,9 @@ def summary_rows(text: str) -> list[str]:
         first = line.split()[0] if line.strip() else ""
         if "::" in first:
             rows.append(line.strip())
-        elif rows and line.startswith(" ") and not re.search(TIER, rows[-1]):
+        elif rows and line.startswith(" "):  # the row's cells, or what did not fit beside
             rows[-1] += " " + line.strip()
     return rows
-
-
-TIER = r"\b(happy|ok|uncomfortable|wrong)\b"
 
 
 def examples_in(rows: list[str], test: str) -> int:

@@ -112,19 +112,17 @@ def test_relu_away_from_its_kink(gradcheck, x):
 
 
 def summary_rows(text: str) -> list[str]:
-    """The check rows of the "gradient checks" section (a wrapped test id joined)."""
+    """The check rows of the "gradient checks" section (a wrapped test id and the notes
+    below the columns joined)."""
     section = re.split(r"=+ gradient checks =+", text)[1].split("\n=")[0]
     rows: list[str] = []
     for line in section.splitlines():
         first = line.split()[0] if line.strip() else ""
         if "::" in first:
             rows.append(line.strip())
-        elif rows and line.startswith(" ") and not re.search(TIER, rows[-1]):
+        elif rows and line.startswith(" "):  # the row's cells, or what did not fit beside
             rows[-1] += " " + line.strip()
     return rows
-
-
-TIER = r"\b(happy|ok|uncomfortable|wrong)\b"
 
 
 def compact(text: str) -> str:

@@ -132,10 +132,12 @@ def schema_errors(value: Any, schema: dict[str, Any], root: dict[str, Any], path
             yield f"{path}: {value} <= exclusiveMinimum {schema['exclusiveMinimum']}"
     for sub in schema.get("allOf", []):
         yield from schema_errors(value, sub, root, path)
-    if "anyOf" in schema and not any(
-        not list(schema_errors(value, sub, root, path)) for sub in schema["anyOf"]
-    ):
-        yield f"{path}: {value!r:.60} matches none of anyOf"
+    if "anyOf" in schema:
+        each = [list(schema_errors(value, sub, root, path)) for sub in schema["anyOf"]]
+        if all(each):
+            yield f"{path}: {value!r:.60} matches none of anyOf"
+            for errors in each:  # why, for each alternative
+                yield from errors
     if isinstance(value, dict):
         for key in schema.get("required", []):
             if key not in value:

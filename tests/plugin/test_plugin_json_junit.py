@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
-from gc_plugin_util import SCHEMA_PATH, load_json, schema_errors, validate_report
+from gc_plugin_util import SCHEMA_PATH, load_json, schema_errors, section, validate_report
 
 from pytest_gradcheck._report import SCHEMA_VERSION, SessionReport, dumps
 
@@ -112,6 +113,33 @@ def test_json_path_from_ini_is_relative_to_the_ini_file(suite: pytest.Pytester) 
     validate_report(load_json(suite.path / "reports" / "gc.json"))
 
 
+def test_an_output_path_that_cannot_be_written_is_a_usage_error(inner: pytest.Pytester) -> None:
+    # found before any test runs (exit status 4), not as a traceback at the session's end
+    inner.makepyfile(test_x="def test_x():\n    raise AssertionError('must not run')\n")
+    inner.mkdir("adir")
+    inner.makefile(".txt", afile="")
+    cases = [
+        (["--gradcheck-json=adir"], "--gradcheck-json: * is a directory; give the path of a file"),
+        (["--gradcheck-save-baseline=afile.txt/b.json"],
+         "--gradcheck-save-baseline: cannot write *b.json: *afile.txt is not a directory"),
+        (["--gradcheck-json=afile.txt/deeper/r.json"],
+         "--gradcheck-json: cannot write *: *afile.txt is not a directory"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = inner.runpytest(*args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, args
+        result.stderr.fnmatch_lines([f"ERROR: {message}"])
+        assert "must not run" not in result.stdout.str()
+    inner.makeini("[pytest]\ngradcheck_json = adir\n")
+    result = inner.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ini key gradcheck_json: * is a directory*"])
+    # a missing parent directory is fine: it is created at the end
+    inner.makeini("[pytest]\n")
+    inner.runpytest("--gradcheck-json=new/dir/r.json").assert_outcomes(failed=1)
+    assert (inner.path / "new" / "dir" / "r.json").is_file()
+
+
 def test_json_written_with_no_checks_and_non_finite_numbers_as_null(tmp_path) -> None:
     report = SessionReport()
     doc = report.document(
@@ -133,7 +161,7 @@ def test_schema_file_is_strict_enough_to_catch_mistakes(suite: pytest.Pytester) 
     broken["checks"][0]["tier"] = "fine"
     del broken["checks"][1]["blocks"][0]["rel_error"]
     broken["checks"][2]["nodeid"] = 3
-    broken["schema_version"] = 2
+    broken["schema_version"] = SCHEMA_VERSION + 1
     errors = "\n".join(schema_errors(broken, schema, schema))
     assert "$.checks[0].tier" in errors
     assert "missing required 'rel_error'" in errors
@@ -178,3 +206,101 @@ def test_the_docs_example_document_is_valid() -> None:
     page = (SCHEMA_PATH.parent / "json-schema.md").read_text()
     example = page.split("```json\n", 1)[1].split("\n```", 1)[0]
     validate_report(json.loads(example))
+
+
+RAISING = """
+import pytest
+from pytest_gradcheck import gradcheck
+from gc_helpers import X, square, square_grad
+
+def bad_shape(x):
+    return (x[:2],)
+
+def test_raises(gradcheck):
+    gradcheck(square, X, grad=square_grad)
+    gradcheck(square, X, grad=bad_shape)
+
+def test_caught():
+    with pytest.raises(TypeError):
+        gradcheck(square, X, grad=square_grad, sample_per_block=3)
+"""
+
+
+def test_a_check_that_raised_is_in_the_json_the_section_and_the_gates(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(test_r=RAISING)
+    result = inner.runpytest("--gradcheck-json=r.json", "--junitxml=j.xml")
+    result.assert_outcomes(passed=1, failed=1)
+    doc = load_json(inner.path / "r.json")
+    validate_report(doc)
+    checks = {(c["nodeid"].split("::")[1], c["index"]): c for c in doc["checks"]}
+    assert sorted(checks) == [("test_caught", 0), ("test_raises", 0), ("test_raises", 1)]
+    assert "error" not in checks["test_raises", 0] and checks["test_raises", 0]["tier"] == "happy"
+    bad = checks["test_raises", 1]
+    assert bad["error"]["type"] == "ValueError"
+    assert bad["error"]["message"].startswith(
+        "gradcheck: the analytic gradient of block 'args[0]' has shape"
+    )
+    assert (bad["passed"], bad["tier"], bad["max_rel_error"], bad["test_outcome"]) == (
+        False, None, None, "failed",
+    )  # fmt: skip
+    caught = checks["test_caught", 0]
+    assert caught["error"]["type"] == "TypeError" and caught["test_outcome"] == "passed"
+    s = doc["summary"]
+    assert (s["checks"], s["passed"], s["failed"], s["errors"]) == (3, 1, 0, 2)
+    assert s["worst_tier"] == "happy"
+    lines = section(result.stdout.str())
+    i = next(n for n, line in enumerate(lines) if "::test_raises #2" in line)
+    assert lines[i].split()[2:] == ["-", "-", "-", "-", "error"]
+    assert lines[i + 1].startswith("    ValueError: gradcheck: the analytic gradient of block")
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[-1] == "3 check(s) in 2 test(s): 1 happy, 2 raised"
+    props = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in ET.parse(inner.path / "j.xml").iter("testcase")
+    }
+    assert props["test_raises"]["gradcheck_checks"] == "2"
+    assert props["test_raises"]["gradcheck_tier"] == "happy"
+    assert "gradcheck_tier" not in props["test_caught"]
+    # the gates name what it raised; a baseline check that raises now is not "disappeared"
+    gated = inner.runpytest("--gradcheck-fail-tier=wrong", "--gradcheck-baseline=r.json")
+    out = gated.stdout.str()
+    assert "test_r.py::test_caught: raised TypeError: gradcheck: " in out
+    assert "disappeared" not in out
+    inner.makepyfile(test_r=RAISING.replace("grad=bad_shape", "grad=square_grad"))
+    inner.runpytest("--gradcheck-save-baseline=ok.json").assert_outcomes(passed=2)
+    inner.makepyfile(test_r=RAISING)
+    rerun = inner.runpytest("--gradcheck-baseline=ok.json").stdout.str()
+    assert re.search(r"test_r.py::test_raises #2: raised ValueError: .* \(baseline max rel", rerun)
+
+
+def test_an_xfail_tests_checks_say_xfailed_or_xpassed(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        test_x="""
+        import pytest
+        from pytest_gradcheck import gradcheck
+        from gc_helpers import X, square, square_grad, square_wrong
+
+        @pytest.mark.xfail(reason="known bug")
+        def test_xfailed():
+            gradcheck(square, X, grad=square_wrong)
+
+        @pytest.mark.xfail(reason="fixed since")
+        def test_xpassed():
+            gradcheck(square, X, grad=square_grad)
+
+        @pytest.mark.xfail(reason="fixed since", strict=True)
+        def test_strict():
+            gradcheck(square, X, grad=square_grad)
+        """
+    )
+    inner.runpytest("--gradcheck-json=r.json").assert_outcomes(xfailed=1, xpassed=1, failed=1)
+    doc = load_json(inner.path / "r.json")
+    validate_report(doc)
+    outcomes = {c["nodeid"].split("::")[1]: c["test_outcome"] for c in doc["checks"]}
+    assert outcomes == {
+        "test_xfailed": "xfailed",
+        "test_xpassed": "xpassed",
+        "test_strict": "failed",
+    }

@@ -279,6 +279,15 @@ def test_every_cli_option_has_a_flag_and_an_ini_key(inner: pytest.Pytester) -> N
         assert f"--gradcheck-{flag}" in out
 
 
+def test_every_flags_help_says_its_default(inner: pytest.Pytester) -> None:
+    for flag, help_text in CLI.values():
+        assert "default" in help_text, f"--gradcheck-{flag} gives no default"
+    out = " ".join(inner.runpytest("--help").stdout.str().split())  # unwrapped
+    assert "wrong (default: auto, happy for a smooth f, ok where kinks are present)" in out
+    assert "(default off; the bare flag means on, =off turns it off)" in out
+    assert "'cpu', 'cuda' ('cuda:N') or, for JAX, 'gpu' (default: where the inputs live)" in out
+
+
 @pytest.mark.parametrize("source", ["cli", "ini"])
 def test_options_from_text(inner: pytest.Pytester, source: str) -> None:
     samples = {k: v for k, v in SAMPLES.items() if k in CLI}

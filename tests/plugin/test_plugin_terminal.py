@@ -38,13 +38,18 @@ def test_two_checks(gradcheck):
 
 
 def _rows(output: str) -> dict[str, str]:
-    rows = {}
+    """Each check's row, a test id on a line of its own and the notes below the
+    columns joined to it."""
+    rows: dict[str, str] = {}
+    name = ""
     for line in section(output)[1:-1]:
-        if "::" in line:
+        if "::" in line and not line.startswith(" "):
             name = line.split("::")[1].split()[0]
             if "#" in line:
                 name += line.split("::")[1].split()[1]
             rows[name] = line
+        elif name and line.startswith(" "):
+            rows[name] += " " + line.strip() if rows[name].strip() else line
     return rows
 
 
@@ -77,10 +82,11 @@ def test_blocks_mode_adds_one_line_per_block(inner: pytest.Pytester) -> None:
     assert lines[i + 1].split()[:4] == ["args[0]", "(3,)", "3", "0"]
     assert lines[i + 1].split()[-1] == "happy"
     j = next(n for n, line in enumerate(lines) if "::test_terms" in line)
-    block_lines = [line.split()[0] for line in lines[j + 1 : j + 4]]
+    assert lines[j + 1].startswith("    terms: data=")  # below the columns, at 80
+    block_lines = [line.split()[0] for line in lines[j + 2 : j + 5]]
     assert block_lines == ["args[0]", "data:", "reg:"]
     k = next(n for n, line in enumerate(lines) if "::test_two_checks #2" in line)
-    assert lines[k + 1].split()[0] == "args[0]['w']"
+    assert lines[k + 2].split()[0] == "args[0]['w']"  # below the row's cells
 
 
 def test_report_off_hides_the_section_and_ini_key(inner: pytest.Pytester) -> None:
@@ -145,17 +151,18 @@ def test_hypothesis_examples_collapse_into_one_row(inner: pytest.Pytester) -> No
     result = inner.runpytest("--gradcheck-report=blocks")
     result.assert_outcomes(passed=2)
     lines = section(result.stdout.str())
-    hyp = [line for line in lines if "::test_hyp" in line]
-    assert len(hyp) == 2  # one row per check of the example, not one per example
+    # the example count below the cells (it does not fit beside them at 80 columns)
+    heads = [i for i, line in enumerate(lines) if "::test_hyp" in line]
+    assert len(heads) == 2  # one row per check of the example, not one per example
+    hyp = [" ".join(lines[i : i + 2]) for i in heads]
     for line in hyp:
         m = re.search(r"\((\d+) examples, worst shown\)", line)
         assert m and int(m.group(1)) >= 12
-    assert hyp[0].split()[1] == "#1" and hyp[0].split()[-5] == "happy"
+    assert hyp[0].split()[1] == "#1" and hyp[0].split()[6] == "happy"
     assert hyp[1].split()[1] == "#2" and "uncomfortable" in hyp[1]
     # the collapsed row sums the coordinates of its examples
     assert int(hyp[0].split()[3]) == 2 * int(re.search(r"\((\d+) examples", hyp[0]).group(1))
-    i = lines.index(hyp[0])
-    assert lines[i + 1].split()[:2] == ["args[0]", "(2,)"]  # the worst example's blocks
+    assert lines[heads[0] + 2].split()[:2] == ["args[0]", "(2,)"]  # the worst example's blocks
     assert sum("::test_plain" in line for line in lines) == 1
 
 
@@ -394,3 +401,71 @@ def test_a_square_block_read_on_one_triangle_gets_the_symmetrize_hint() -> None:
         "analytic one is not, and the lower triangle passes or is off by a factor 2: f "
         "reads only the lower triangle of a matrix it treats as symmetric"
     )
+
+
+WIDE = """
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from pytest_gradcheck import gradcheck
+from gc_helpers import X, square, square_grad, square_off, square_scaled
+
+def long_terms(w):
+    return {"data_cross_entropy_of_the_batch": np.sum(w ** 2),
+            "l2_regularisation_of_every_weight": 0.5 * np.sum(w ** 4), "kl": np.sum(w)}
+
+def long_terms_grad(w):
+    return {"data_cross_entropy_of_the_batch": (2 * w,),
+            "l2_regularisation_of_every_weight": (2 * w ** 3,), "kl": (np.ones_like(w),)}
+
+NAME = "a_block_with_a_rather_long_name"
+
+def test_terms_with_long_names():
+    gradcheck(lambda d: long_terms(d[NAME]), {NAME: X},
+              grad=lambda d: {k: ({NAME: v[0]},) for k, v in long_terms_grad(d[NAME]).items()})
+
+@settings(max_examples=5, derandomize=True, database=None, deadline=None)
+@given(st.floats(0.5, 2.0))
+def test_hyp(v):
+    gradcheck(square, np.array([v, 1.0]), grad=square_grad)
+
+def test_uncomfortable():
+    gradcheck(square, X, grad=square_off, raise_on_fail=False)
+
+def test_ok():
+    gradcheck(square, X, grad=square_scaled(1 + 1e-6), raise_on_fail=False)
+
+def test_warned():
+    gradcheck(lambda x, y: np.sum(x**2), X, X.copy(), grad=lambda x, y: (2 * x, 0 * y))
+"""
+
+
+@pytest.mark.parametrize("detail", ["summary", "blocks"])
+def test_the_section_fits_80_columns(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, detail: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    inner.makepyfile(test_wide=WIDE)
+    result = inner.runpytest(f"--gradcheck-report={detail}", "--gradcheck-h-sweep")
+    result.assert_outcomes(passed=5)
+    lines = section(result.stdout.str())
+    too_wide = [line for line in lines if len(line) > 80]
+    assert not too_wide, "\n".join(too_wide)
+    text = "\n".join(lines)
+    assert "(5 examples, worst shown)" in text
+    assert "data_cross_entropy_of_the_batch=happy" in text and "kl=happy" in text
+    # FAILED in one column, whatever the tier before it; the warnings mark in the next
+    failed = [line for line in lines if line.endswith("FAILED")]
+    assert len(failed) == 2 and len({line.index("FAILED") for line in failed}) == 1
+    (warned,) = [line for line in lines if line.endswith("!")]
+    assert warned.index("!") == failed[0].index("FAILED") + len("FAILED  ")
+    if detail == "blocks":  # a block's numbers under the header's columns
+        header = lines[0]
+        ends = {name: header.index(name) + len(name) for name in ("coords", "kinks", "err")}
+        blocks = [line for line in lines if re.match(r"    \S.* \(\d+(, \d+)*,?\)\s+\d", line)]
+        assert len(blocks) >= 6
+        for line in blocks:
+            cells = re.search(r"\s(\d+)\s+(\d+)\s+(\S+e[-+]\d\d)\s+\w+$", line)
+            assert cells, line
+            assert cells.end(1) == ends["coords"] and cells.end(2) == ends["kinks"], line
+            assert cells.end(3) == ends["err"], line
