@@ -50,6 +50,7 @@ def gradcheck(
     opts = resolve(*layers)
 
     from ._engine import run_check
+    from ._inputs import check_blocks
     from .backends import detect_framework, load_backend
     from .backends._base import Settings
 
@@ -58,6 +59,7 @@ def gradcheck(
     settings = Settings(seed=opts.seed, device=opts.device, wrt=opts.wrt, batch=opts.batch)
     backend = backend_cls(f, args, params, grad, settings)
     try:
+        check_blocks(backend.blocks())
         result = run_check(backend, opts, framework)
     finally:
         backend.close()
