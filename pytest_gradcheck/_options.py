@@ -6,6 +6,7 @@ keywords, the ``--gradcheck-*`` flags and the ``gradcheck_*`` ini keys.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -58,7 +59,11 @@ CLI: dict[str, tuple[str, str]] = {
     "kinks": ("kinks", "'track' (winner tracking, default) or 'off'"),
     "tolerance": ("tolerance", "worst passing tier: happy, ok, uncomfortable, wrong"),
     "burn_in": ("burn-in", "optimisation steps taken before checking (default 0)"),
-    "device": ("device", "run checks on 'cpu' or 'cuda' (default: where inputs live)"),
+    "device": (
+        "device",
+        "run checks on 'cpu' or 'cuda' (alias 'gpu'; 'cuda:N' picks a GPU); "
+        "default: where the inputs live",
+    ),
     "wrt": ("wrt", "comma-separated block names to check (default: all)"),
     "mode": ("mode", "'coords', 'directions' or 'both' (default)"),
     "burn_in_lr": ("burn-in-lr", "step size of the burn-in's SGD (default 1e-2)"),
@@ -148,6 +153,29 @@ def _is_wrt(value: Any) -> bool:
     )
 
 
+def _torch_device(value: Any) -> bool:
+    """Whether `value` is a ``torch.device`` (torch is not imported to ask)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.device)
+
+
+def _device_text(value: Any) -> str | None:
+    """The device option as text: None, ``cpu``, ``cuda`` or ``gpu`` (``:N`` picks a
+    GPU). A ``torch.device`` is taken as its text (``torch.device("cuda", 1)`` is
+    ``cuda:1``), so the result and the JSON report record a plain string."""
+    if value is None:
+        return None
+    text = str(value) if _torch_device(value) else value
+    if isinstance(text, str):
+        kind, colon, index = text.partition(":")
+        if kind in ("cpu", "cuda", "gpu") and (not colon or (kind != "cpu" and index.isdigit())):
+            return text
+    raise ValueError(
+        "gradcheck: device must be None (where the inputs live), 'cpu', 'cuda' or 'gpu' "
+        f"(the same; 'cuda:1' or 'gpu:1' picks a GPU) or a torch.device, got {value!r}"
+    )
+
+
 def validate(o: Options) -> Options:
     """Check every option's type and range; normalise tolerance to a Tier."""
     if o.eps != "auto" and not (_is_number(o.eps) and 0 < float(o.eps) < 1):
@@ -173,14 +201,9 @@ def validate(o: Options) -> Options:
         raise ValueError(f"gradcheck: burn_in_lr must be a positive float, got {o.burn_in_lr!r}")
     if o.scale not in (None, "auto"):
         raise ValueError(f"gradcheck: scale must be None or 'auto', got {o.scale!r}")
-    if (
-        o.device is not None
-        and o.device not in ("cpu", "cuda", "gpu")
-        and not str(o.device).startswith("cuda:")
-    ):
-        raise ValueError(
-            f"gradcheck: device must be None, 'cpu' or 'cuda' ('cuda:N'), got {o.device!r}"
-        )
+    device = _device_text(o.device)
+    if device is not o.device:
+        o = Options(**{**o.as_dict(), "device": device})
     if not _is_wrt(o.wrt):
         raise TypeError(
             "gradcheck: wrt must be None (every floating block), a list of block names "

@@ -62,3 +62,72 @@ def test_an_empty_module_parameter_is_named():
     with pytest.raises(ValueError, match=r"block 'extra' has no entries"):
         gradcheck(lambda x: model(x).sum(), x, params=model)
     assert gradcheck(lambda x: model(x).sum(), x, params=model, wrt=["weight", "bias"]).passed
+
+
+# -- devices ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:3", "gpu:1"])
+def test_numpy_refuses_a_gpu_device_rather_than_running_on_the_cpu(device):
+    f, args, kw = square_check("numpy", np.arange(1.0, 4.0))
+    with pytest.raises(ValueError, match=rf"device='{device}'.*NumPy.*device=None"):
+        gradcheck(f, *args, device=device, **kw)
+    assert gradcheck(f, *args, device="cpu", **kw).options["device"] == "cpu"
+
+
+@pytest.mark.parametrize("device", ["gpu:1", "cuda:1", "gpu", "cuda", "cpu"])
+def test_every_documented_device_spelling_is_a_valid_option(device):
+    from pytest_gradcheck._options import resolve
+
+    assert resolve({"device": device}).device == device
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cpu:0", "CUDA", 3])
+def test_a_bad_device_names_every_accepted_spelling(device):
+    f, args, kw = square_check("numpy", np.arange(1.0, 4.0))
+    with pytest.raises(ValueError, match=r"'cpu', 'cuda' or 'gpu'.*'gpu:1'.*torch\.device"):
+        gradcheck(f, *args, device=device, **kw)
+
+
+def test_jax_takes_an_indexed_gpu_as_documented():
+    f, args, kw = square_check("jax", np.arange(1.0, 4.0))
+    with pytest.raises(ValueError) as info:  # no such GPU here: JAX's own refusal
+        gradcheck(f, *args, device="gpu:99", **kw)
+    assert "device must be" not in str(info.value)
+    assert "gpu:99" in str(info.value)
+
+
+def test_torch_takes_a_torch_device_and_records_its_text():
+    torch = pytest.importorskip("torch")
+    f, args, kw = square_check("torch", np.arange(1.0, 4.0))
+    result = gradcheck(f, *args, device=torch.device("cpu"), **kw)
+    assert result.passed and result.options["device"] == "cpu"
+
+
+def test_torch_takes_gpu_as_an_alias_of_cuda():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for a machine without a GPU")
+    f, args, kw = square_check("torch", np.arange(1.0, 4.0))
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        gradcheck(f, *args, device="gpu", **kw)
+
+
+def test_a_run_wide_gpu_device_fails_each_numpy_check_saying_how_to_opt_out(pytester):
+    pytester.makepyfile(
+        test_np="""
+        import numpy as np
+        import pytest
+        from pytest_gradcheck import gradcheck
+
+        def test_plain():
+            gradcheck(lambda x: np.sum(x**2), np.ones(3), grad=lambda x: 2 * x)
+
+        @pytest.mark.gradcheck(device=None)
+        def test_opted_out():
+            gradcheck(lambda x: np.sum(x**2), np.ones(3), grad=lambda x: 2 * x)
+        """
+    )
+    result = pytester.runpytest("--gradcheck-device=cuda")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*device='cuda'*NumPy*"])

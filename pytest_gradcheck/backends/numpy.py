@@ -96,6 +96,8 @@ class NumpyBackend:
             raise TypeError(_NO_GRAD)
         if not callable(grad):
             raise TypeError(f"gradcheck: grad must be callable, got {type(grad).__name__}")
+        if settings.device not in (None, "cpu"):
+            raise ValueError(_cpu_only(settings.device))
         self.f, self.grad, self.settings = f, grad, settings
         self.params = params
         self.warnings: list[str] = []
@@ -405,6 +407,16 @@ def _takes_dout(grad: Callable[..., Any]) -> bool:
         p.kind is p.VAR_KEYWORD
         or (p.name == "dout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
         for p in parameters
+    )
+
+
+def _cpu_only(device: str) -> str:
+    """The error for a device NumPy cannot run on: never a silent run on the CPU."""
+    return (
+        f"gradcheck: device={device!r}, but f works on NumPy arrays, which live on the "
+        "CPU only: a NumPy check cannot run on a GPU. Use device=None or 'cpu' for it; "
+        "where --gradcheck-device or the ini key gradcheck_device asks for a GPU for the "
+        "whole run, give the NumPy tests @pytest.mark.gradcheck(device=None)"
     )
 
 

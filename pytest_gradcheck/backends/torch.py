@@ -173,6 +173,8 @@ def _resolve_device(setting: Any) -> torch.device | None:
     """The device the check is moved to (None: every tensor stays where it is)."""
     if setting is None:
         return None
+    if isinstance(setting, str) and setting.startswith("gpu"):
+        setting = "cuda" + setting[3:]  # 'gpu' (JAX's word) is an alias of 'cuda'
     try:
         device = torch.device(setting)
     except (RuntimeError, TypeError) as err:
