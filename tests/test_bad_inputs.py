@@ -131,3 +131,58 @@ def test_a_run_wide_gpu_device_fails_each_numpy_check_saying_how_to_opt_out(pyte
     result = pytester.runpytest("--gradcheck-device=cuda")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*device='cuda'*NumPy*"])
+
+
+# -- NaN and infinity in a block ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_nan_in_a_block_is_named_with_its_index(framework):
+    x = np.arange(1.0, 7.0).reshape(2, 3)
+    x[1, 2] = np.nan
+    f, args, kw = square_check(framework, x)
+    with pytest.raises(
+        ValueError, match=r"block 'args\[0\]' holds nan at index \(1, 2\).*pass finite values"
+    ):
+        gradcheck(f, *args, **kw)
+
+
+def test_an_infinity_in_a_params_entry_is_named_and_wrt_is_suggested():
+    params = {"W": np.ones(3), "mask": np.array([0.0, -np.inf, 0.0])}
+
+    def f():
+        return np.sum(params["W"] ** 2 + np.exp(params["mask"]))
+
+    def g():
+        return {"W": 2 * params["W"], "mask": np.exp(params["mask"])}
+
+    with pytest.raises(ValueError, match=r"block 'mask' holds -inf at index 1.*wrt="):
+        gradcheck(f, params=params, grad=g)
+    assert gradcheck(f, params=params, grad=g, wrt=["W"]).passed
+
+
+def test_a_loss_that_is_nan_at_the_checked_point_does_not_suggest_a_smaller_eps():
+    x = -np.ones(3)  # log of negatives: NaN at the point itself, whatever the step
+    # (np.errstate: NumPy's own warning about the log is not the point here)
+    with (
+        pytest.raises(ValueError, match="the checked point") as info,
+        np.errstate(invalid="ignore"),
+    ):
+        gradcheck(lambda x: np.sum(np.log(x)), x, grad=lambda x: 1 / x)
+    assert "eps" not in str(info.value)
+
+
+def test_jax_and_torch_say_checked_point_alike():
+    jax = pytest.importorskip("jax")
+    torch = pytest.importorskip("torch")
+    jnp = jax.numpy
+    messages = []
+    for f, x in [
+        (lambda x: jnp.sum(jnp.log(x)), jnp.asarray(-np.ones(3))),
+        (lambda x: x.log().sum(), torch.from_numpy(-np.ones(3))),
+    ]:
+        with pytest.raises(ValueError) as info:
+            gradcheck(f, x)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert "the loss at the checked point is nan" in messages[0]

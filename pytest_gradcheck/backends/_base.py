@@ -239,23 +239,33 @@ def check_gradient_array(
             total = float(flat.sum())
         if math.isfinite(total):  # one pass, no mask: all finite (a sum of finite values
             return flat  # can overflow, so only this side is certain)
-    bad = ~np.isfinite(flat)
-    if bad.any():
-        idx = int(np.flatnonzero(bad)[0])
-        # the block's own index is what the user can look up; the flat one is what a
-        # reshape(-1) of the gradient shows
-        if len(shape) > 1:
-            multi = tuple(int(i) for i in np.unravel_index(idx, tuple(shape)))
-            at = f"index {multi} (flat index {idx})"
-        elif len(shape) == 1:
-            at = f"index {idx}"
-        else:
-            at = "its only entry"
+    idx = first_nonfinite(flat)
+    if idx is not None:
         raise ValueError(
             f"gradcheck: the analytic gradient of {_where(name, term)} holds {flat[idx]} at "
-            f"{at}; gradients must be finite"
+            f"{index_text(idx, shape)}; gradients must be finite"
         )
     return flat
+
+
+def first_nonfinite(flat: np.ndarray) -> int | None:
+    """The flat index of the first NaN or infinity in `flat`, None if all are finite."""
+    bad = ~np.isfinite(flat)
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None
+
+
+def index_text(idx: int, shape: tuple[int, ...]) -> str:
+    """Where flat index `idx` lies in a block of `shape`, for messages.
+
+    The block's own index is what the user can look up; the flat one is what a
+    reshape(-1) shows.
+    """
+    if len(shape) > 1:
+        multi = tuple(int(i) for i in np.unravel_index(idx, tuple(shape)))
+        return f"index {multi} (flat index {idx})"
+    if len(shape) == 1:
+        return f"index {idx}"
+    return "its only entry"
 
 
 def _where(name: str, term: str | None) -> str:
