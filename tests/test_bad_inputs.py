@@ -186,3 +186,70 @@ def test_jax_and_torch_say_checked_point_alike():
         messages.append(str(info.value))
     assert messages[0] == messages[1]
     assert "the loss at the checked point is nan" in messages[0]
+
+
+# -- failed backward passes (PyTorch) -----------------------------------------------------
+
+
+def _linear_function(backward):
+    """A custom ``x @ W.T`` Function with the given backward(ctx, g, x, W)."""
+    torch = pytest.importorskip("torch")
+
+    class Lin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return x @ w.T
+
+        @staticmethod
+        def backward(ctx, g):
+            return backward(g, *ctx.saved_tensors)
+
+    return Lin
+
+
+def test_a_backward_that_raises_inside_gets_no_advice_about_returned_shapes():
+    torch = pytest.importorskip("torch")
+    lin = _linear_function(lambda g, x, w: (g @ w.T, g.T @ x))  # bug: dx is g @ w
+    x = torch.randn(8, 6, dtype=torch.float64)
+    params = {
+        "W1": torch.randn(5, 6, dtype=torch.float64),
+        "W2": torch.randn(3, 5, dtype=torch.float64),
+    }
+
+    def f():
+        return lin.apply(torch.tanh(x @ params["W1"].T), params["W2"]).pow(2).sum()
+
+    with pytest.raises(ValueError, match="raised an error") as info:
+        gradcheck(f, params=params)
+    text = str(info.value)
+    assert "shaped like that input" not in text and "wrt=" not in text
+    assert "'W1'" not in text and "'W2'" not in text  # both fail: naming them says nothing
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_a_backward_returning_too_few_gradients_gets_the_advice_and_the_block():
+    torch = pytest.importorskip("torch")
+    lin = _linear_function(lambda g, x, w: (g @ w,))  # one gradient for two inputs
+    x = torch.randn(4, 3, dtype=torch.float64)
+    w = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="incorrect number of gradients") as info:
+        gradcheck(lambda: lin.apply(x, w).sum(), params={"W": w})
+    assert "one gradient per forward input" in str(info.value)
+
+
+def test_a_reentrant_checkpoint_says_to_pass_use_reentrant_false():
+    torch = pytest.importorskip("torch")
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh()).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+
+    def f(x):
+        return checkpoint(block, x, use_reentrant=True).pow(2).sum()
+
+    with pytest.raises(ValueError, match=r"use_reentrant=False") as info:
+        gradcheck(f, x, params=block)
+    assert "shaped like that input" not in str(info.value)
+    assert gradcheck(lambda x: checkpoint(block, x, use_reentrant=False).pow(2).sum(), x).passed

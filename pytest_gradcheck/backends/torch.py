@@ -160,6 +160,16 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+#: autograd's own errors about the gradients a backward returned (their count or shape)
+_BAD_GRADIENTS = re.compile(
+    r"returned an invalid gradient|incorrect number of gradients|"
+    r"expected shape compatible with|returned (?:a )?gradient of (?:the )?wrong",
+    re.I,
+)
+#: torch.utils.checkpoint(use_reentrant=True) refusing torch.autograd.grad
+_REENTRANT = re.compile(r"use_reentrant=True.*incompatible with \.grad\(\)", re.S)
+
+
 def _names(names: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -1209,16 +1219,48 @@ class TorchBackend:
             with watch or contextlib.nullcontext():
                 return torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
         except RuntimeError as err:
-            culprits = self._failing_blocks(loss, inputs, str(err))
-            where = f" of term {term!r}" if term is not None else ""
+            raise self._backward_error(loss, inputs, term, err) from err
+
+    def _backward_error(
+        self, loss: torch.Tensor, inputs: list[torch.Tensor], term: Any, err: RuntimeError
+    ) -> ValueError:
+        """The error for a failed backward pass, with the advice that fits its cause.
+
+        A backward returning the wrong count or shape of gradients names the blocks it
+        concerns and says what a backward must return. A reentrant checkpoint refuses
+        ``autograd.grad``: that says to pass ``use_reentrant=False``. A backward that
+        raised inside names the blocks whose gradients need it only where not all do
+        (where every block fails, naming them all says nothing), and points at the
+        chained traceback.
+        """
+        msg = str(err)
+        where = f" of term {term!r}" if term is not None else ""
+        first = msg.splitlines()[0] if msg else type(err).__name__
+        if _REENTRANT.search(msg):
+            return ValueError(
+                f"gradcheck: the backward pass{where} failed: torch.utils.checkpoint with "
+                "use_reentrant=True cannot compute gradients with torch.autograd.grad, "
+                "which the check uses. Pass use_reentrant=False to checkpoint() (for a "
+                "Hugging Face model: gradient_checkpointing_enable(gradient_checkpointing_"
+                "kwargs={'use_reentrant': False})), or turn checkpointing off for the check"
+            )
+        culprits = self._failing_blocks(loss, inputs, msg)
+        if _BAD_GRADIENTS.search(msg):
             named = f" for block {_names(culprits)}" if culprits else ""
-            raise ValueError(
-                f"gradcheck: the backward pass{where} failed{named}: "
-                f"{str(err).splitlines()[0]}\nA custom torch.autograd.Function's backward "
-                "must return one gradient per forward input, shaped like that input (None "
-                "where no gradient is needed). Fix the backward, or leave the block out "
-                "with wrt=."
-            ) from err
+            return ValueError(
+                f"gradcheck: the backward pass{where} failed{named}: {first}\nA custom "
+                "torch.autograd.Function's backward must return one gradient per forward "
+                "input, shaped like that input (None where no gradient is needed). Fix "
+                "the backward, or leave the block out with wrt=."
+            )
+        some = culprits and len(culprits) < len(self._blocks)
+        named = f" (the gradient of {_names(culprits)} goes through it)" if some else ""
+        return ValueError(
+            f"gradcheck: the backward pass{where} raised an error{named}: {first}\nThe "
+            "error came from inside a backward function (a custom "
+            "torch.autograd.Function's backward, or a derivative torch computes); the "
+            "chained traceback above shows where. Fix that backward."
+        )
 
     def _failing_blocks(self, loss: torch.Tensor, inputs: list[torch.Tensor], msg: str) -> list:
         """The blocks whose own backward fails, narrowed by the shape the error expects."""
