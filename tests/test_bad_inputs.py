@@ -253,3 +253,15 @@ def test_a_reentrant_checkpoint_says_to_pass_use_reentrant_false():
         gradcheck(f, x, params=block)
     assert "shaped like that input" not in str(info.value)
     assert gradcheck(lambda x: checkpoint(block, x, use_reentrant=False).pow(2).sum(), x).passed
+
+
+def test_a_check_inside_inference_mode_says_to_leave_it():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(4, 3).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"inference_mode\(\).*outside"):
+        gradcheck(lambda x: model(x).pow(2).sum(), x, params=model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with torch.inference_mode(), torch.inference_mode(False):  # as the message says
+        assert gradcheck(lambda x: model(x).pow(2).sum(), x, params=model).passed

@@ -501,6 +501,14 @@ class TorchBackend:
             )
         if not callable(f):
             raise TypeError(f"gradcheck: f must be callable, got {type(f).__name__}")
+        if torch.is_inference_mode_enabled():
+            # autograd is off for good there (no version counters, no graph): a check
+            # could compute no gradient, and torch's own error names none of this
+            raise ValueError(
+                "gradcheck: called inside torch.inference_mode(), where autograd cannot "
+                "compute gradients; run the check outside it (or inside "
+                "torch.inference_mode(False))"
+            )
         self.f = f
         self.warnings: list[str] = []
         self._seed = settings.seed
