@@ -265,3 +265,92 @@ def test_a_check_inside_inference_mode_says_to_leave_it():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with torch.inference_mode(), torch.inference_mode(False):  # as the message says
         assert gradcheck(lambda x: model(x).pow(2).sum(), x, params=model).passed
+
+
+# -- wrt naming a subtree -----------------------------------------------------------------
+
+
+def _nested(framework: str) -> tuple[Callable[..., Any], dict]:
+    """A two-layer function of nested params in `framework`: (f(params, x), params)."""
+    rng = np.random.default_rng(0)
+    raw = {
+        "dense1": {"kernel": rng.standard_normal((2, 3)), "bias": rng.standard_normal(3)},
+        "dense10": {"kernel": rng.standard_normal((3, 1))},
+    }
+    if framework == "jax":
+        jax = pytest.importorskip("jax")
+        jnp = jax.numpy
+        params = jax.tree_util.tree_map(jnp.asarray, raw)
+        tanh, total = jnp.tanh, jnp.sum
+    else:
+        torch = pytest.importorskip("torch")
+        params = {k: {n: torch.from_numpy(v) for n, v in d.items()} for k, d in raw.items()}
+        tanh, total = torch.tanh, torch.sum
+
+    def f(p, x):
+        h = tanh(x @ p["dense1"]["kernel"] + p["dense1"]["bias"])
+        return total(h @ p["dense10"]["kernel"])
+
+    return f, params
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_wrt_naming_a_subtree_of_args_selects_every_block_under_it(framework):
+    f, params = _nested(framework)
+    x = params["dense1"]["bias"][None, :2] * 0 + 1  # a (1, 2) input of the same framework
+    result = gradcheck(f, params, x, wrt=["args[0]['dense1']"])
+    assert sorted(b.name for b in result.blocks) == [
+        "args[0]['dense1']['bias']",
+        "args[0]['dense1']['kernel']",
+    ]  # not dense10, whose name only starts with the same letters
+    assert {b.name for b in gradcheck(f, params, x, wrt="args[0]").blocks} == {
+        "args[0]['dense1']['bias']",
+        "args[0]['dense1']['kernel']",
+        "args[0]['dense10']['kernel']",
+    }
+
+
+def test_wrt_naming_a_subtree_of_params_selects_every_block_under_it():
+    params = {"dense1": {"W": np.ones((2, 2)), "b": np.zeros(2)}, "out": np.ones(2)}
+
+    def f():
+        return np.sum(np.tanh(params["dense1"]["W"] @ params["out"] + params["dense1"]["b"]))
+
+    def g():
+        h = np.tanh(params["dense1"]["W"] @ params["out"] + params["dense1"]["b"])
+        d = 1 - h**2
+        return {
+            "dense1": {"W": np.outer(d, params["out"]), "b": d},
+            "out": params["dense1"]["W"].T @ d,
+        }
+
+    result = gradcheck(f, params=params, grad=g, wrt=["dense1"])
+    assert sorted(b.name for b in result.blocks) == ["dense1['W']", "dense1['b']"]
+
+
+def test_wrt_naming_a_submodule_selects_its_parameters():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    model.double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    result = gradcheck(lambda x: model(x).sum(), x, params=model, wrt=["2"])
+    assert [b.name for b in result.blocks] == ["2.weight", "2.bias"]
+
+
+def test_an_exact_block_name_wins_over_a_subtree():
+    params = {"a": np.ones(2), "a.b": np.ones(3)}
+
+    def f():
+        return np.sum(params["a"] ** 2) + np.sum(params["a.b"] ** 2)
+
+    def g():
+        return {"a": 2 * params["a"], "a.b": 2 * params["a.b"]}
+
+    assert [b.name for b in gradcheck(f, params=params, grad=g, wrt=["a"]).blocks] == ["a"]
+
+
+def test_wrt_naming_nothing_says_block_or_subtree():
+    f, args, kw = square_check("numpy", np.ones(3))
+    with pytest.raises(ValueError, match=r"'args\[1\]', which is not a block.*nor a subtree"):
+        gradcheck(f, *args, wrt=["args[1]"], **kw)
