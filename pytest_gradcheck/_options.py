@@ -6,6 +6,7 @@ keywords, the ``--gradcheck-*`` flags and the ``gradcheck_*`` ini keys.
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
@@ -91,8 +92,32 @@ def parse_switch(name: str, text: str) -> bool:
     return word in ON_WORDS
 
 
+#: what a number option takes, for the error when its text is no number
+_NUMBER_TEXT = {
+    "eps": "a float in (0, 1) or 'auto'",
+    "samples_per_block": "a positive int or 'all' (every coordinate)",
+    "seed": "an int in [0, 2**32)",
+    "burn_in": "an int >= 0",
+    "burn_in_lr": "a positive float",
+    "dominance": "a ratio > 1",
+}
+
+
 def parse_text(name: str, text: str) -> Any:
-    """Parse an option given as text (a CLI flag or an ini value)."""
+    """Parse an option given as text (a CLI flag or an ini value).
+
+    Text that is no number where a number is due is a ValueError saying what the
+    option takes (Python's own "could not convert string to float" names neither).
+    """
+    try:
+        return _parse_text(name, text)
+    except ValueError as err:
+        if name not in _NUMBER_TEXT or str(err).startswith("gradcheck:"):
+            raise
+        raise ValueError(f"gradcheck: {name} must be {_NUMBER_TEXT[name]}, got {text!r}") from None
+
+
+def _parse_text(name: str, text: str) -> Any:
     t = text.strip()
     if name == "eps":
         return "auto" if t.lower() == "auto" else float(t)
@@ -117,10 +142,32 @@ def check_names(given: Mapping[str, Any], where: str) -> None:
     """Reject unknown option names, listing the valid ones."""
     unknown = sorted(set(given) - set(NAMES))
     if unknown:
+        named = []
+        for name in unknown:
+            meant = _meant(str(name))
+            named.append(repr(name) + (f" ({meant})" if meant else ""))
         raise TypeError(
-            f"gradcheck: unknown option(s) {', '.join(map(repr, unknown))} in {where}; "
+            f"gradcheck: unknown option(s) {', '.join(named)} in {where}; "
             f"valid options: {', '.join(NAMES)}"
         )
+
+
+#: the call's arguments that are not options (a marker or a layer cannot set them)
+CALL_ONLY = ("params", "grad", "raise_on_fail")
+
+
+def _meant(name: str) -> str | None:
+    """What an unknown option name most likely meant, as a hint; None if nothing.
+
+    A call-only argument is said to be one; a flag's spelling (``samples``,
+    ``h_sweep``) maps to its option; else the closest option name.
+    """
+    if name in CALL_ONLY:
+        return "an argument of the gradcheck(...) call only, not an option"
+    by_flag = {CLI[n][0].replace("-", "_"): n for n in CLI}
+    close = [by_flag[name]] if name in by_flag else []
+    close = close or difflib.get_close_matches(name, NAMES, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None
 
 
 def resolve(*layers: Mapping[str, Any]) -> Options:
