@@ -44,6 +44,8 @@ def gradcheck(
     __tracebackhide__ = True
     if not callable(f):
         raise TypeError(f"gradcheck: f must be callable, got {type(f).__name__}")
+    if not isinstance(raise_on_fail, bool):  # "no" or 0 would read as true or false
+        raise TypeError(f"gradcheck: raise_on_fail must be True or False, got {raise_on_fail!r}")
     check_names(options, "the gradcheck call")
     ctx = current()
     layers = (options, *(ctx.layers if ctx else ()))

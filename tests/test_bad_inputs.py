@@ -354,3 +354,42 @@ def test_wrt_naming_nothing_says_block_or_subtree():
     f, args, kw = square_check("numpy", np.ones(3))
     with pytest.raises(ValueError, match=r"'args\[1\]', which is not a block.*nor a subtree"):
         gradcheck(f, *args, wrt=["args[1]"], **kw)
+
+
+# -- smaller things -----------------------------------------------------------------------
+
+
+def test_a_meta_tensor_block_is_named():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(3, dtype=torch.float64, device="meta")
+    with pytest.raises(ValueError, match=r"block 'args\[0\]' is on the 'meta' device"):
+        gradcheck(lambda x: x.pow(2).sum(), x)
+
+
+def test_a_grad_key_that_params_lacks_is_an_error():
+    params = {"W": np.ones(3)}
+
+    def f():
+        return np.sum(params["W"] ** 2)
+
+    with pytest.raises(ValueError, match=r"'w2', which params does not hold.*'W'"):
+        gradcheck(f, params=params, grad=lambda: {"W": 2 * params["W"], "w2": np.ones(3)})
+
+
+def test_a_grad_for_a_params_entry_left_out_by_wrt_is_fine():
+    params = {"W": np.ones(3), "b": np.zeros(3)}
+
+    def f():
+        return np.sum(params["W"] ** 2 + params["b"])
+
+    def g():
+        return {"W": 2 * params["W"], "b": np.ones(3)}
+
+    assert gradcheck(f, params=params, grad=g, wrt=["W"]).passed
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_raise_on_fail_must_be_a_bool(value):
+    f, args, kw = square_check("numpy", np.ones(3))
+    with pytest.raises(TypeError, match="raise_on_fail must be True or False"):
+        gradcheck(f, *args, raise_on_fail=value, **kw)

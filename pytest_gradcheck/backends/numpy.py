@@ -362,6 +362,7 @@ class NumpyBackend:
                     f"got {type(raw).__name__}" + (f" for term {term!r}" if term else "")
                 )
             found = dict(self._param_leaves(raw))
+            self._refuse_extra(found, term)
         out: list[np.ndarray | None] = []
         for spec in self._specs:
             g = found.get(spec.name)
@@ -372,6 +373,24 @@ class NumpyBackend:
                 raise ValueError(_no_gradient(spec.name))
             out.append(check_gradient_array(spec.name, g, spec.shape, term))
         return out
+
+    def _refuse_extra(self, found: Mapping[str, Any], term: str | None) -> None:
+        """A gradient for a key params lacks is a typo that would go unchecked: an error.
+
+        A gradient for a positional argument (``args[0]``, a backward's dx) is allowed:
+        with params= the arguments are data, so it is not checked.
+        """
+        known = {name for name, _ in self._param_leaves(self.params)}
+        data = {name for name, _ in iter_leaves(self._args, "args")}
+        extra = [name for name in found if name not in known and name not in data]
+        if extra:
+            entries = ", ".join(map(repr, sorted(known)))
+            raise ValueError(
+                f"gradcheck: grad returned a gradient for {', '.join(map(repr, extra))}"
+                + (f" of term {term!r}" if term else "")
+                + f", which params does not hold (its entries: {entries}); "
+                "key grad's dict exactly like params"
+            )
 
     def step(self, update: Sequence[np.ndarray]) -> None:
         for b, u in enumerate(update):

@@ -212,6 +212,19 @@ def _resolve_device(setting: Any) -> torch.device | None:
     return device
 
 
+def _refuse_meta(leaves: Sequence[tuple[str, Any]], chosen: set[str]) -> None:
+    """A checked tensor on the ``meta`` device has no values to perturb (torch's own
+    "Cannot copy out of meta tensor" names no block): a ValueError naming it."""
+    for name, leaf in leaves:
+        if name in chosen and isinstance(leaf, torch.Tensor) and leaf.device.type == "meta":
+            raise ValueError(
+                f"gradcheck: block {name!r} is on the 'meta' device, which holds shapes but "
+                "no values, so there is nothing to check; materialise it first (for a "
+                "module: .to_empty(device='cpu') and initialise its parameters), or leave "
+                "it out with wrt="
+            )
+
+
 def _try(getter: Callable[[], Any]) -> tuple[bool, Any]:
     """Read a global flag that torch refuses to read in some states (mixed TF32 APIs)."""
     try:
@@ -659,6 +672,7 @@ class TorchBackend:
             else:
                 others.append(name)
         chosen = set(select_blocks(floating, others, settings.wrt))
+        _refuse_meta(arg_leaves + param_leaves, chosen)
         arrays = [
             name
             for name, leaf in arg_leaves + param_leaves
