@@ -393,3 +393,32 @@ def test_raise_on_fail_must_be_a_bool(value):
     f, args, kw = square_check("numpy", np.ones(3))
     with pytest.raises(TypeError, match="raise_on_fail must be True or False"):
         gradcheck(f, *args, raise_on_fail=value, **kw)
+
+
+# -- f's own errors while the check evaluates it without grad (PyTorch) --------------------
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_runtime_error_of_f_at_a_perturbed_point_is_not_swallowed(batch):
+    torch = pytest.importorskip("torch")
+    calls = []
+
+    def f(x):
+        calls.append(torch.is_grad_enabled())
+        if len(calls) == 2:  # once, at the first perturbed point (no grad there)
+            raise RuntimeError("flaky data loader")
+        return x.pow(2).sum()
+
+    with pytest.raises(RuntimeError, match="flaky data loader"):
+        gradcheck(f, torch.ones(3, dtype=torch.float64), batch=batch, kinks="off")
+
+
+def test_an_f_that_needs_autograd_itself_is_still_evaluated_with_grad():
+    torch = pytest.importorskip("torch")
+
+    def penalty(x):
+        y = x.pow(3).sum()
+        (g,) = torch.autograd.grad(y, x, create_graph=True)  # needs grad even at x + h
+        return g.pow(2).sum()
+
+    assert gradcheck(penalty, torch.linspace(0.5, 1.5, 4, dtype=torch.float64)).passed

@@ -170,6 +170,13 @@ _BAD_GRADIENTS = re.compile(
 _REENTRANT = re.compile(r"use_reentrant=True.*incompatible with \.grad\(\)", re.S)
 
 
+#: the errors of an f that needs autograd itself when the check evaluates it without
+#: grad (an inner torch.autograd.grad or .backward(), a gradient penalty)
+_NEEDS_GRAD = re.compile(
+    r"requires?[_ ]grad|grad_fn|autograd|backward|differentiated|grad mode|no_grad", re.I
+)
+
+
 def _names(names: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -1365,7 +1372,9 @@ class TorchBackend:
         try:
             # no graph is needed for a loss value; f computes the same values either way
             return self._attempt(fast, track, measure, False)
-        except RuntimeError:
+        except RuntimeError as err:
+            if not _NEEDS_GRAD.search(str(err)):
+                raise  # f's own failure, not grad mode's: a retry would hide it
             # f needs autograd itself (an inner torch.autograd.grad, a gradient penalty)
             result = self._attempt(fast, track, measure, True)
             self._eval_with_grad = True
