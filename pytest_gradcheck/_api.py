@@ -47,6 +47,10 @@ def gradcheck(
     __tracebackhide__ = True
     ctx = current()
     try:
+        if not isinstance(raise_on_fail, bool):  # "no" or 0 would read as true or false
+            raise TypeError(
+                f"gradcheck: raise_on_fail must be True or False, got {raise_on_fail!r}"
+            )
         result = _check(f, args, params, grad, options, ctx)
     except Exception as error:  # bad input, or f itself raised: the check has no result
         if ctx is not None:
@@ -78,6 +82,7 @@ def _check(
     opts = resolve(*layers)
 
     from ._engine import run_check
+    from ._inputs import check_blocks
     from .backends import detect_framework, load_backend
     from .backends._base import Settings
 
@@ -86,6 +91,7 @@ def _check(
     settings = Settings(seed=opts.seed, device=opts.device, wrt=opts.wrt, batch=opts.batch)
     backend = backend_cls(f, args, params, grad, settings)
     try:
+        check_blocks(backend.blocks())
         return run_check(backend, opts, framework)
     finally:
         backend.close()

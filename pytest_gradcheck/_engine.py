@@ -76,7 +76,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     grad = backend.gradient(track)
     counter.count += grad.evaluations
     counter.center = grad.center
-    check_finite(grad.center, "the checked point")
+    check_finite(grad.center, "the checked point", near=False)
     term_names = tuple(grad.terms)
     # a tracked center without a signature means the backend could not track this f
     # (e.g. JAX eager fallback): kinks are then possible, not absent
@@ -568,7 +568,7 @@ def _burn_in(
     losses = []
     for step in range(opts.burn_in):
         g = backend.gradient(False)
-        check_finite(g.center, f"burn-in step {step}")
+        check_finite(g.center, f"burn-in step {step}", near=False)
         losses.append(g.center.loss)
         if opts.burn_in_step is not None:
             named = {s.name: g.total[b].reshape(s.shape) for b, s in enumerate(specs)}

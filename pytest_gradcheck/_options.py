@@ -6,6 +6,8 @@ keywords, the ``--gradcheck-*`` flags and the ``gradcheck_*`` ini keys.
 
 from __future__ import annotations
 
+import difflib
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -64,8 +66,8 @@ CLI: dict[str, tuple[str, str]] = {
     "burn_in": ("burn-in", "optimisation steps taken before checking (default 0)"),
     "device": (
         "device",
-        "run checks on 'cpu', 'cuda' ('cuda:N') or, for JAX, 'gpu' (default: where the "
-        "inputs live)",
+        "run checks on 'cpu' or 'cuda' (alias 'gpu'; 'cuda:N' picks a GPU); "
+        "default: where the inputs live",
     ),
     "wrt": ("wrt", "comma-separated block names to check (default: all)"),
     "mode": ("mode", "'coords', 'directions' or 'both' (default)"),
@@ -95,8 +97,32 @@ def parse_switch(name: str, text: str) -> bool:
     return word in ON_WORDS
 
 
+#: what a number option takes, for the error when its text is no number
+_NUMBER_TEXT = {
+    "eps": "a float in (0, 1) or 'auto'",
+    "samples_per_block": "a positive int or 'all' (every coordinate)",
+    "seed": "an int in [0, 2**32)",
+    "burn_in": "an int >= 0",
+    "burn_in_lr": "a positive float",
+    "dominance": "a ratio > 1",
+}
+
+
 def parse_text(name: str, text: str) -> Any:
-    """Parse an option given as text (a CLI flag or an ini value)."""
+    """Parse an option given as text (a CLI flag or an ini value).
+
+    Text that is no number where a number is due is a ValueError saying what the
+    option takes (Python's own "could not convert string to float" names neither).
+    """
+    try:
+        return _parse_text(name, text)
+    except ValueError as err:
+        if name not in _NUMBER_TEXT or str(err).startswith("gradcheck:"):
+            raise
+        raise ValueError(f"gradcheck: {name} must be {_NUMBER_TEXT[name]}, got {text!r}") from None
+
+
+def _parse_text(name: str, text: str) -> Any:
     t = text.strip()
     if name == "eps":
         return "auto" if t.lower() == "auto" else float(t)
@@ -121,10 +147,32 @@ def check_names(given: Mapping[str, Any], where: str) -> None:
     """Reject unknown option names, listing the valid ones."""
     unknown = sorted(set(given) - set(NAMES))
     if unknown:
+        named = []
+        for name in unknown:
+            meant = _meant(str(name))
+            named.append(repr(name) + (f" ({meant})" if meant else ""))
         raise TypeError(
-            f"gradcheck: unknown option(s) {', '.join(map(repr, unknown))} in {where}; "
+            f"gradcheck: unknown option(s) {', '.join(named)} in {where}; "
             f"valid options: {', '.join(NAMES)}"
         )
+
+
+#: the call's arguments that are not options (a marker or a layer cannot set them)
+CALL_ONLY = ("params", "grad", "raise_on_fail")
+
+
+def _meant(name: str) -> str | None:
+    """What an unknown option name most likely meant, as a hint; None if nothing.
+
+    A call-only argument is said to be one; a flag's spelling (``samples``,
+    ``h_sweep``) maps to its option; else the closest option name.
+    """
+    if name in CALL_ONLY:
+        return "an argument of the gradcheck(...) call only, not an option"
+    by_flag = {CLI[n][0].replace("-", "_"): n for n in CLI}
+    close = [by_flag[name]] if name in by_flag else []
+    close = close or difflib.get_close_matches(name, NAMES, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None
 
 
 def resolve(*layers: Mapping[str, Any]) -> Options:
@@ -157,6 +205,29 @@ def _is_wrt(value: Any) -> bool:
     )
 
 
+def _torch_device(value: Any) -> bool:
+    """Whether `value` is a ``torch.device`` (torch is not imported to ask)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.device)
+
+
+def _device_text(value: Any) -> str | None:
+    """The device option as text: None, ``cpu``, ``cuda`` or ``gpu`` (``:N`` picks a
+    GPU). A ``torch.device`` is taken as its text (``torch.device("cuda", 1)`` is
+    ``cuda:1``), so the result and the JSON report record a plain string."""
+    if value is None:
+        return None
+    text = str(value) if _torch_device(value) else value
+    if isinstance(text, str):
+        kind, colon, index = text.partition(":")
+        if kind in ("cpu", "cuda", "gpu") and (not colon or (kind != "cpu" and index.isdigit())):
+            return text
+    raise ValueError(
+        "gradcheck: device must be None (where the inputs live), 'cpu', 'cuda' or 'gpu' "
+        f"(the same; 'cuda:1' or 'gpu:1' picks a GPU) or a torch.device, got {value!r}"
+    )
+
+
 def validate(o: Options) -> Options:
     """Check every option's type and range; normalise tolerance to a Tier."""
     if o.eps != "auto" and not (_is_number(o.eps) and 0 < float(o.eps) < 1):
@@ -182,14 +253,9 @@ def validate(o: Options) -> Options:
         raise ValueError(f"gradcheck: burn_in_lr must be a positive float, got {o.burn_in_lr!r}")
     if o.scale not in (None, "auto"):
         raise ValueError(f"gradcheck: scale must be None or 'auto', got {o.scale!r}")
-    if (
-        o.device is not None
-        and o.device not in ("cpu", "cuda", "gpu")
-        and not str(o.device).startswith("cuda:")
-    ):
-        raise ValueError(
-            f"gradcheck: device must be None, 'cpu' or 'cuda' ('cuda:N'), got {o.device!r}"
-        )
+    device = _device_text(o.device)
+    if device is not o.device:
+        o = Options(**{**o.as_dict(), "device": device})
     if not _is_wrt(o.wrt):
         raise TypeError(
             "gradcheck: wrt must be None (every floating block), a list of block names "

@@ -486,16 +486,22 @@ def is_finite(ev: Evaluation) -> bool:
     return math.isfinite(ev.loss) and all(math.isfinite(v) for v in ev.terms.values())
 
 
-def check_finite(ev: Evaluation, what: str) -> None:
+def check_finite(ev: Evaluation, what: str, near: bool = True) -> None:
+    """Raise ValueError when the loss or a term of `ev` is not finite.
+
+    `near`: `ev` is a perturbed point, where a smaller eps may help; at the checked
+    point itself (or a burn-in step) it cannot, and the message does not suggest it.
+    """
     if is_finite(ev):
         return
     values = {**{f"term {k!r}": v for k, v in ev.terms.items()}, "the loss": ev.loss}
     for name, value in values.items():
         if not math.isfinite(value):
             raise ValueError(
-                f"gradcheck: {name} is {value} at {what}; the loss must be finite near the "
-                "checked point (look for a log of zero, a division by zero or an overflow, "
-                "or use a smaller eps)"
+                f"gradcheck: {name} is {value} at {what}; the loss must be finite "
+                + ("near the checked point" if near else "there")
+                + " (look for a log of zero, a division by zero or an overflow"
+                + (", or use a smaller eps)" if near else ")")
             )
 
 

@@ -364,15 +364,31 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
         return (yield)
 
 
+def _bad_values(item: pytest.Item, marker: dict[str, Any], state: _State) -> str | None:
+    """The error of a bad option value, before the test runs; one the marker holds is
+    said to come from it (flags and ini keys were checked when the session started)."""
+    try:
+        resolve(marker)
+    except (TypeError, ValueError) as err:
+        text = str(err).removeprefix("gradcheck: ")
+        return f"gradcheck: the gradcheck marker of {item.nodeid} holds a bad value: {text}"
+    try:
+        resolve(marker, state.cli, state.ini)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    return None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     state = item.config.stash[STATE]
     problem = None
     try:
         marker = _marker_options(item)
-        resolve(marker, state.cli, state.ini)  # bad values fail here, before the test runs
     except (TypeError, ValueError) as err:
         problem = str(err)
+    else:
+        problem = _bad_values(item, marker, state)
     if problem is not None:
         pytest.fail(problem, pytrace=False)
     with running(_with_context(item, "call", marker)):

@@ -147,6 +147,8 @@ def select_blocks(floating: Sequence[str], others: Sequence[str], wrt: Wrt) -> l
     """Apply the `wrt` option to the floating block names, validating it.
 
     `others` are the names of non-floating leaves: naming one in `wrt` is an error.
+    A name that is not a block selects every block under it (a subtree: ``dense1``
+    selects ``dense1['kernel']`` and ``dense1['bias']``; ``fc1`` selects ``fc1.weight``).
     """
     if wrt is None:
         chosen = list(floating)
@@ -154,18 +156,27 @@ def select_blocks(floating: Sequence[str], others: Sequence[str], wrt: Wrt) -> l
         chosen = [name for name in floating if wrt(name)]
     else:
         wanted = [wrt] if isinstance(wrt, str) else list(wrt)
+        selected: set[str] = set()
         for name in wanted:
             if name in others:
                 raise TypeError(
                     f"gradcheck: wrt names {name!r}, which is not floating point; "
                     "only floating-point blocks have gradients. Remove it from wrt."
                 )
-            if name not in floating:
-                raise ValueError(
-                    f"gradcheck: wrt names {name!r}, which is not a block of this check; "
-                    f"the blocks are: {', '.join(floating) or '(none)'}"
+            under = _under(name, floating)
+            if not under:
+                non_floating = bool(_under(name, others))
+                raise (TypeError if non_floating else ValueError)(
+                    f"gradcheck: wrt names {name!r}, which is "
+                    + (
+                        "a subtree of non-floating leaves only; remove it from wrt"
+                        if non_floating
+                        else "not a block of this check, nor a subtree of blocks; "
+                        f"the blocks are: {', '.join(floating) or '(none)'}"
+                    )
                 )
-        chosen = [name for name in floating if name in wanted]
+            selected.update(under)
+        chosen = [name for name in floating if name in selected]
     if not chosen:
         raise ValueError(
             "gradcheck: there is no floating-point block to check"
@@ -173,6 +184,15 @@ def select_blocks(floating: Sequence[str], others: Sequence[str], wrt: Wrt) -> l
             + ". Pass floating-point arrays in args or params."
         )
     return chosen
+
+
+def _under(name: str, blocks: Sequence[str]) -> list[str]:
+    """The blocks `name` selects in `wrt`: itself where it is a block, else every block
+    of the subtree it names (``args[0]`` or ``dense1`` for ``dense1['kernel']``, ``fc1``
+    for ``fc1.weight``): the names that continue it with ``[`` or ``.``."""
+    if name in blocks:
+        return [name]
+    return [b for b in blocks if b.startswith(name) and b[len(name) : len(name) + 1] in "[."]
 
 
 def projection_weights(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -239,23 +259,33 @@ def check_gradient_array(
             total = float(flat.sum())
         if math.isfinite(total):  # one pass, no mask: all finite (a sum of finite values
             return flat  # can overflow, so only this side is certain)
-    bad = ~np.isfinite(flat)
-    if bad.any():
-        idx = int(np.flatnonzero(bad)[0])
-        # the block's own index is what the user can look up; the flat one is what a
-        # reshape(-1) of the gradient shows
-        if len(shape) > 1:
-            multi = tuple(int(i) for i in np.unravel_index(idx, tuple(shape)))
-            at = f"index {multi} (flat index {idx})"
-        elif len(shape) == 1:
-            at = f"index {idx}"
-        else:
-            at = "its only entry"
+    idx = first_nonfinite(flat)
+    if idx is not None:
         raise ValueError(
             f"gradcheck: the analytic gradient of {_where(name, term)} holds {flat[idx]} at "
-            f"{at}; gradients must be finite"
+            f"{index_text(idx, shape)}; gradients must be finite"
         )
     return flat
+
+
+def first_nonfinite(flat: np.ndarray) -> int | None:
+    """The flat index of the first NaN or infinity in `flat`, None if all are finite."""
+    bad = ~np.isfinite(flat)
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None
+
+
+def index_text(idx: int, shape: tuple[int, ...]) -> str:
+    """Where flat index `idx` lies in a block of `shape`, for messages.
+
+    The block's own index is what the user can look up; the flat one is what a
+    reshape(-1) shows.
+    """
+    if len(shape) > 1:
+        multi = tuple(int(i) for i in np.unravel_index(idx, tuple(shape)))
+        return f"index {multi} (flat index {idx})"
+    if len(shape) == 1:
+        return f"index {idx}"
+    return "its only entry"
 
 
 def _where(name: str, term: str | None) -> str:

@@ -791,10 +791,10 @@ class JaxBackend:
                     raise
                 raise wrapped from err
             loss = float(outs[0])
-            check_finite_loss(loss, "the loss at the base point")
+            check_finite_loss(loss, "the loss at the checked point")
             terms = {}
             for name, value in zip(self._term_names, outs[1:], strict=False):
-                check_finite_loss(float(value), f"the term {name!r} at the base point")
+                check_finite_loss(float(value), f"term {name!r} at the checked point")
                 terms[name] = float(value)
             total = tuple(
                 check_gradient_array(self._name(b), np.reshape(g, shape), shape, None, copy=False)

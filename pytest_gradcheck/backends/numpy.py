@@ -96,6 +96,8 @@ class NumpyBackend:
             raise TypeError(_NO_GRAD)
         if not callable(grad):
             raise TypeError(f"gradcheck: grad must be callable, got {type(grad).__name__}")
+        if settings.device not in (None, "cpu"):
+            raise ValueError(_cpu_only(settings.device))
         self.f, self.grad, self.settings = f, grad, settings
         self.params = params
         self.warnings: list[str] = []
@@ -360,6 +362,7 @@ class NumpyBackend:
                     f"got {type(raw).__name__}" + (f" for term {term!r}" if term else "")
                 )
             found = dict(self._param_leaves(raw))
+            self._refuse_extra(found, term)
         out: list[np.ndarray | None] = []
         for spec in self._specs:
             g = found.get(spec.name)
@@ -370,6 +373,24 @@ class NumpyBackend:
                 raise ValueError(_no_gradient(spec.name))
             out.append(check_gradient_array(spec.name, g, spec.shape, term))
         return out
+
+    def _refuse_extra(self, found: Mapping[str, Any], term: str | None) -> None:
+        """A gradient for a key params lacks is a typo that would go unchecked: an error.
+
+        A gradient for a positional argument (``args[0]``, a backward's dx) is allowed:
+        with params= the arguments are data, so it is not checked.
+        """
+        known = {name for name, _ in self._param_leaves(self.params)}
+        data = {name for name, _ in iter_leaves(self._args, "args")}
+        extra = [name for name in found if name not in known and name not in data]
+        if extra:
+            entries = ", ".join(map(repr, sorted(known)))
+            raise ValueError(
+                f"gradcheck: grad returned a gradient for {', '.join(map(repr, extra))}"
+                + (f" of term {term!r}" if term else "")
+                + f", which params does not hold (its entries: {entries}); "
+                "key grad's dict exactly like params"
+            )
 
     def step(self, update: Sequence[np.ndarray]) -> None:
         for b, u in enumerate(update):
@@ -405,6 +426,16 @@ def _takes_dout(grad: Callable[..., Any]) -> bool:
         p.kind is p.VAR_KEYWORD
         or (p.name == "dout" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
         for p in parameters
+    )
+
+
+def _cpu_only(device: str) -> str:
+    """The error for a device NumPy cannot run on: never a silent run on the CPU."""
+    return (
+        f"gradcheck: device={device!r}, but f works on NumPy arrays, which live on the "
+        "CPU only: a NumPy check cannot run on a GPU. Use device=None or 'cpu' for it; "
+        "where --gradcheck-device or the ini key gradcheck_device asks for a GPU for the "
+        "whole run, give the NumPy tests @pytest.mark.gradcheck(device=None)"
     )
 
 

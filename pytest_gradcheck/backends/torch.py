@@ -160,6 +160,23 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+#: autograd's own errors about the gradients a backward returned (their count or shape)
+_BAD_GRADIENTS = re.compile(
+    r"returned an invalid gradient|incorrect number of gradients|"
+    r"expected shape compatible with|returned (?:a )?gradient of (?:the )?wrong",
+    re.I,
+)
+#: torch.utils.checkpoint(use_reentrant=True) refusing torch.autograd.grad
+_REENTRANT = re.compile(r"use_reentrant=True.*incompatible with \.grad\(\)", re.S)
+
+
+#: the errors of an f that needs autograd itself when the check evaluates it without
+#: grad (an inner torch.autograd.grad or .backward(), a gradient penalty)
+_NEEDS_GRAD = re.compile(
+    r"requires?[_ ]grad|grad_fn|autograd|backward|differentiated|grad mode|no_grad", re.I
+)
+
+
 def _names(names: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -173,6 +190,8 @@ def _resolve_device(setting: Any) -> torch.device | None:
     """The device the check is moved to (None: every tensor stays where it is)."""
     if setting is None:
         return None
+    if isinstance(setting, str) and setting.startswith("gpu"):
+        setting = "cuda" + setting[3:]  # 'gpu' (JAX's word) is an alias of 'cuda'
     try:
         device = torch.device(setting)
     except (RuntimeError, TypeError) as err:
@@ -198,6 +217,19 @@ def _resolve_device(setting: Any) -> torch.device | None:
             f"gradcheck: device={setting!r} is not supported; use None, 'cpu' or 'cuda'"
         )
     return device
+
+
+def _refuse_meta(leaves: Sequence[tuple[str, Any]], chosen: set[str]) -> None:
+    """A checked tensor on the ``meta`` device has no values to perturb (torch's own
+    "Cannot copy out of meta tensor" names no block): a ValueError naming it."""
+    for name, leaf in leaves:
+        if name in chosen and isinstance(leaf, torch.Tensor) and leaf.device.type == "meta":
+            raise ValueError(
+                f"gradcheck: block {name!r} is on the 'meta' device, which holds shapes but "
+                "no values, so there is nothing to check; materialise it first (for a "
+                "module: .to_empty(device='cpu') and initialise its parameters), or leave "
+                "it out with wrt="
+            )
 
 
 def _try(getter: Callable[[], Any]) -> tuple[bool, Any]:
@@ -502,6 +534,14 @@ class TorchBackend:
             )
         if not callable(f):
             raise TypeError(f"gradcheck: f must be callable, got {type(f).__name__}")
+        if torch.is_inference_mode_enabled():
+            # autograd is off for good there (no version counters, no graph): a check
+            # could compute no gradient, and torch's own error names none of this
+            raise ValueError(
+                "gradcheck: called inside torch.inference_mode(), where autograd cannot "
+                "compute gradients; run the check outside it (or inside "
+                "torch.inference_mode(False))"
+            )
         self.f = f
         self.warnings: list[str] = []
         self._seed = settings.seed
@@ -652,6 +692,7 @@ class TorchBackend:
             else:
                 others.append(name)
         chosen = set(select_blocks(floating, others, settings.wrt))
+        _refuse_meta(arg_leaves + param_leaves, chosen)
         arrays = [
             name
             for name, leaf in arg_leaves + param_leaves
@@ -1220,16 +1261,48 @@ class TorchBackend:
             with watch or contextlib.nullcontext():
                 return torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
         except RuntimeError as err:
-            culprits = self._failing_blocks(loss, inputs, str(err))
-            where = f" of term {term!r}" if term is not None else ""
+            raise self._backward_error(loss, inputs, term, err) from err
+
+    def _backward_error(
+        self, loss: torch.Tensor, inputs: list[torch.Tensor], term: Any, err: RuntimeError
+    ) -> ValueError:
+        """The error for a failed backward pass, with the advice that fits its cause.
+
+        A backward returning the wrong count or shape of gradients names the blocks it
+        concerns and says what a backward must return. A reentrant checkpoint refuses
+        ``autograd.grad``: that says to pass ``use_reentrant=False``. A backward that
+        raised inside names the blocks whose gradients need it only where not all do
+        (where every block fails, naming them all says nothing), and points at the
+        chained traceback.
+        """
+        msg = str(err)
+        where = f" of term {term!r}" if term is not None else ""
+        first = msg.splitlines()[0] if msg else type(err).__name__
+        if _REENTRANT.search(msg):
+            return ValueError(
+                f"gradcheck: the backward pass{where} failed: torch.utils.checkpoint with "
+                "use_reentrant=True cannot compute gradients with torch.autograd.grad, "
+                "which the check uses. Pass use_reentrant=False to checkpoint() (for a "
+                "Hugging Face model: gradient_checkpointing_enable(gradient_checkpointing_"
+                "kwargs={'use_reentrant': False})), or turn checkpointing off for the check"
+            )
+        culprits = self._failing_blocks(loss, inputs, msg)
+        if _BAD_GRADIENTS.search(msg):
             named = f" for block {_names(culprits)}" if culprits else ""
-            raise ValueError(
-                f"gradcheck: the backward pass{where} failed{named}: "
-                f"{str(err).splitlines()[0]}\nA custom torch.autograd.Function's backward "
-                "must return one gradient per forward input, shaped like that input (None "
-                "where no gradient is needed). Fix the backward, or leave the block out "
-                "with wrt=."
-            ) from err
+            return ValueError(
+                f"gradcheck: the backward pass{where} failed{named}: {first}\nA custom "
+                "torch.autograd.Function's backward must return one gradient per forward "
+                "input, shaped like that input (None where no gradient is needed). Fix "
+                "the backward, or leave the block out with wrt=."
+            )
+        some = culprits and len(culprits) < len(self._blocks)
+        named = f" (the gradient of {_names(culprits)} goes through it)" if some else ""
+        return ValueError(
+            f"gradcheck: the backward pass{where} raised an error{named}: {first}\nThe "
+            "error came from inside a backward function (a custom "
+            "torch.autograd.Function's backward, or a derivative torch computes); the "
+            "chained traceback above shows where. Fix that backward."
+        )
 
     def _failing_blocks(self, loss: torch.Tensor, inputs: list[torch.Tensor], msg: str) -> list:
         """The blocks whose own backward fails, narrowed by the shape the error expects."""
@@ -1312,7 +1385,9 @@ class TorchBackend:
         try:
             # no graph is needed for a loss value; f computes the same values either way
             return self._attempt(fast, track, measure, False)
-        except RuntimeError:
+        except RuntimeError as err:
+            if not _NEEDS_GRAD.search(str(err)):
+                raise  # f's own failure, not grad mode's: a retry would hide it
             # f needs autograd itself (an inner torch.autograd.grad, a gradient penalty)
             result = self._attempt(fast, track, measure, True)
             self._eval_with_grad = True

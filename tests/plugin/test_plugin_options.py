@@ -318,7 +318,7 @@ def test_options_from_text(inner: pytest.Pytester, source: str) -> None:
 @pytest.mark.parametrize(
     ("args", "ini", "message"),
     [
-        (["--gradcheck-eps=big"], "", "--gradcheck-eps: could not convert"),
+        (["--gradcheck-eps=big"], "", "--gradcheck-eps: gradcheck: eps must be a float"),
         (["--gradcheck-tolerance=fine"], "", "'fine' is not a tier"),
         ([], "gradcheck_samples_per_block = 0", "ini key gradcheck_samples_per_block"),
         (["--gradcheck-report=verbose"], "", "must be summary, blocks or off"),
