@@ -248,6 +248,9 @@ def _triangle_hint(failing: list[tuple[str | None, BlockResult]], tolerance: Tie
 #: the torch backend's warning that f wrote into a checked block (names the block)
 _WRITTEN = re.compile(r"f writes into ('[^']*') in place")
 
+#: the torch backend's warning that f updates a tensor in place and reads it back
+_UPDATED = re.compile(r"f updates (.+?) in place and reads")
+
 #: the engine's warnings that name a block with tiny gradients, or a dominated block
 _TINY_WARNED = re.compile(r"block '([^']*)' has tiny gradients")
 _DOMINATED = re.compile(r"in block '([^']*)' the gradient of term '[^']*' dominates")
@@ -324,6 +327,17 @@ def hints(result: Result) -> list[str]:
             "updates its vectors): the gradient autograd returns leaves out how those "
             "writes depend on the values, the differences do not; check without the "
             "write (max_norm=None, eval mode) or at a point it leaves unchanged"
+        )
+
+    updated = _UPDATED.findall(text)
+    if updated:
+        out.append(
+            f"f updates {', '.join(updated)} in place in every call and reads the result "
+            "(see the warning): where the update runs under torch.no_grad (the old "
+            "torch.nn.utils.spectral_norm in training mode, its weight_u and weight_v) "
+            "autograd treats the new values as constants while the differences follow "
+            "them, so the two disagree by design; check in eval mode (model.eval()), "
+            "where the update is not made"
         )
 
     dominated = sorted({n for n in _DOMINATED.findall(text) if n in failing_names})

@@ -32,8 +32,9 @@ Python branch on values) is not covered: the mode sees ops, not Python branches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -65,6 +66,8 @@ class Written:
     #: does not mark its write, BatchNorm's running statistics, does not): else the
     #: storage is put back after every call of f
     versioned: bool = True
+    #: what to call it in a warning (found when first needed)
+    name: str | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, t: torch.Tensor, versioned: bool) -> Written:
@@ -83,9 +86,10 @@ class StateWatch:
     """What one call of f writes into storages it did not create (see the module doc).
 
     The dispatch mode calls `before` with an op's written arguments ahead of running it
-    and `after` with what the op returned. Storages in `skip` are the backend's own to
-    put back (blocks, argument copies); those in `known` are saved already (or are a
-    params module's buffers): neither is saved here.
+    (the storages it reads, too) and `after` with what the op returned. Storages in
+    `skip` are the backend's own to put back (blocks, argument copies); those in
+    `known` are saved already (or are a params module's buffers): both are watched for
+    reads after a write, neither is saved here.
     """
 
     def __init__(self, skip: frozenset[int], known: frozenset[int]) -> None:
@@ -98,6 +102,8 @@ class StateWatch:
         #: pre-existing storages written, and whether a write depended on the checked
         #: blocks (True also where the mode does not follow dependence)
         self.written: dict[int, bool] = {}
+        #: written storages that a later op of the call read: f uses what it updated
+        self.fed: set[int] = set()
 
     def before(
         self,
@@ -109,6 +115,13 @@ class StateWatch:
         """An op is about to write `targets` (and read `inputs`); `dependent`: whether it
         reads the checked blocks (None: not followed)."""
         written = self.written
+        if written:
+            ids = {id(t) for t in targets}
+            for t in inputs:
+                if id(t) not in ids:
+                    at = address(t)
+                    if written.get(at):
+                        self.fed.add(at)
         for t in targets:
             at = address(t)
             if not at or at in self.born or at in self.skip:
@@ -174,6 +187,36 @@ class SavedState:
         """Put every saved storage back (the end of the check)."""
         for entry in self.entries:
             entry.restore()
+
+
+# -- names, for warnings (only looked up when one is written) ----------------------
+
+
+def modules_of(f: Callable[..., Any]) -> list[torch.nn.Module]:
+    """The modules f reaches directly: itself, its bound ``self``, its closure cells,
+    defaults and the globals its code names (a lambda over a model)."""
+    found: list[torch.nn.Module] = []
+    candidates: list[Any] = [f, getattr(f, "__self__", None)]
+    fn = getattr(f, "__func__", f)
+    candidates += [
+        cell.cell_contents for cell in getattr(fn, "__closure__", None) or () if _filled(cell)
+    ]
+    candidates += list(getattr(fn, "__defaults__", None) or ())
+    code, names = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    if code is not None:
+        candidates += [names[n] for n in code.co_names if n in names]
+    for c in candidates:
+        if isinstance(c, torch.nn.Module) and all(c is not m for m in found):
+            found.append(c)
+    return found
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
 
 
 def tensor_names(modules: Iterable[torch.nn.Module], buffers_only: bool = False) -> dict[int, str]:

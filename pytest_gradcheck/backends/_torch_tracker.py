@@ -822,7 +822,7 @@ class WinnerTracker(TorchDispatchMode):
             if inputs is None:
                 inputs = _inputs(args, kwargs)
             targets, versioned = written_arguments(func, args, kwargs)
-            if targets:
+            if targets or state.written:
                 state.before(targets, inputs, tainted if taint is not None else None, versioned)
         decision = None
         if rule is not None and rule.before:

@@ -132,7 +132,7 @@ from ._base import (
 )
 from ._rng import GlobalRng
 from ._torch_promote import Promoting, home_dtype, hook_recurrent
-from ._torch_state import SavedState, StateWatch, tensor_names
+from ._torch_state import SavedState, StateWatch, Written, modules_of, tensor_names
 from ._torch_tracker import WinnerTracker, tracker
 from ._tree import iter_leaves, map_leaves
 
@@ -434,6 +434,14 @@ class _Reference:
     def sizes(self) -> frozenset[int]:
         """Every size of every decision's shape (a batch must not have one of these sizes)."""
         return frozenset(d for _, shape, _ in self.layout or () for d in shape)
+
+
+def _describe(entry: Written, name: str | None) -> str:
+    """How a warning names a tensor f writes into: its name in a module f reaches, and
+    its shape and dtype."""
+    t = entry.tensor
+    what = f"a {_dtype_name(t.dtype)} tensor of shape {tuple(t.shape)}"
+    return f"{name!r} ({what})" if name is not None else what
 
 
 def _detached(leaf: Any) -> Any:
@@ -1115,7 +1123,8 @@ class TorchBackend:
 
     def _state_watch(self) -> StateWatch:
         """A `StateWatch` for one measuring call of f: the guarded tensors are the
-        backend's to put back, a params module's buffers are reset: neither is saved."""
+        backend's to put back, a params module's buffers are reset: neither is saved, both
+        are watched for what f reads back."""
         skip = frozenset(self._storage(t) for _, t, _ in self._guards) - {0}
         return self._state.watch(skip, frozenset(self._buffer_names()))
 
@@ -1126,10 +1135,42 @@ class TorchBackend:
         return self._buffer_at
 
     def _note_state(self, mode: WinnerTracker) -> None:
-        """Keep what a measuring call found f writing into (put back by `_repair`)."""
+        """Keep what a measuring call found f writing into, and say what f reads back.
+
+        An f that updates a tensor from the checked values and reads it again in the
+        same call (spectral_norm's power iteration in training mode) computes a
+        function whose differences follow the update; autograd does not where the
+        update runs under ``torch.no_grad``. Said once per tensor; the hint on a
+        failing check builds on it (`_text.hints`).
+        """
         watch = mode.state
         assert watch is not None
         self._state.adopt(watch)
+        names = [self._state_name(at) for at in watch.written if at in watch.fed]
+        new = [n for n in dict.fromkeys(names) if n not in self._written_seen]
+        if new:
+            self._written_seen.update(new)
+            them = "it" if len(new) == 1 else "them"
+            self.warnings.append(
+                f"gradcheck: f updates {', '.join(new)} in place and reads {them} again in "
+                f"the same call (a power iteration, a running state fed back); the check "
+                f"puts {them} back after every call of f, so the differences follow how "
+                "that update depends on the checked values, which autograd leaves out "
+                "where the update runs under torch.no_grad"
+            )
+
+    def _state_name(self, at: int) -> str:
+        """A name for a storage f writes into: a params module's buffer, a buffer or
+        parameter of a module f reaches, or the shape and dtype of the tensor."""
+        buffers = self._buffer_names()
+        if at in buffers:
+            return repr(buffers[at])
+        entry = next((e for e in self._state.entries if self._storage(e.tensor) == at), None)
+        if entry is None:
+            return "a tensor"
+        if entry.name is None:
+            entry.name = _describe(entry, tensor_names(modules_of(self.f)).get(at))
+        return entry.name
 
     def _reset_buffers(self) -> None:
         if not self._buffers:

@@ -140,3 +140,32 @@ def test_a_function_that_writes_nothing_saves_nothing():
         assert b._state.entries == []
     finally:
         b.close()
+
+
+# -- what f reads back of what it updated: spectral_norm in training mode ------------
+
+
+def _spectral(train: bool):
+    torch.manual_seed(0)
+    model = nn.utils.spectral_norm(nn.Linear(6, 4).double())
+    model.train(train)
+    return model, torch.randn(5, 6, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_spectral_norm_in_train_mode_names_its_buffers_and_hints_eval_mode(as_dict):
+    model, x = _spectral(train=True)
+    u, v = model.weight_u.clone(), model.weight_v.clone()
+    params = dict(model.named_parameters()) if as_dict else model
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda x: torch.tanh(model(x)).pow(2).sum(), x, params=params)
+    message = str(info.value)
+    assert "f updates 'weight_v'" in message and "'weight_u'" in message
+    assert "hint: f updates" in message and "model.eval()" in message
+    assert torch.equal(model.weight_u, u) and torch.equal(model.weight_v, v)
+
+
+def test_spectral_norm_in_eval_mode_passes_without_the_warning():
+    model, x = _spectral(train=False)
+    result = gradcheck(lambda x: torch.tanh(model(x)).pow(2).sum(), x, params=model)
+    assert result.passed and not any("updates" in w for w in result.warnings)
