@@ -773,8 +773,10 @@ class WinnerTracker(TorchDispatchMode):
         #: mode to run at all: the backend's fast path is off)
         self.fixed = False
         #: with `measure`: what f writes into tensors it did not create (see
-        #: `_torch_state`)
+        #: `_torch_state`), and ``storage address -> padding_idx`` of the embedding
+        #: weights f reads at their padding row (a row torch gives no gradient)
         self.state = state if measure else None
+        self.padding_rows: dict[int, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         return self._handle(func, types, args, kwargs)
@@ -870,7 +872,20 @@ class WinnerTracker(TorchDispatchMode):
                         state.fresh(outputs)
                     else:
                         state.after(inputs, outputs)
+                if func.overloadpacket is aten.embedding:
+                    self._note_padding(func, args, kwargs)
         return out
+
+    def _note_padding(self, func: Any, args: tuple, kwargs: dict) -> None:
+        """Note an embedding whose indices include its padding_idx (see `padding_rows`)."""
+        padding = _arg(func, args, kwargs, "padding_idx")
+        weight, indices = args[0], args[1]
+        if (
+            isinstance(padding, int)
+            and 0 <= padding < weight.shape[0]
+            and bool((indices == padding).any())
+        ):
+            self.padding_rows.setdefault(_address(weight), padding)
 
     def _measure(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         nbytes = 0

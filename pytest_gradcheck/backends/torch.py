@@ -519,6 +519,7 @@ class TorchBackend:
         #: buffers, which are swapped and reset instead (None: not built yet)
         self._state = SavedState()
         self._buffer_at: dict[int, str] | None = None
+        self._padding_seen: set[tuple[str, int]] = set()
         self._args: tuple = ()
         self._weights: torch.Tensor | None = None
         self._kind: str | None = None
@@ -833,6 +834,7 @@ class TorchBackend:
             gradient = self._gradient(mode, recorder)
         finally:
             self._repair(versions, mode)  # after the backward passes, which may need f's writes
+        self._note_padding(mode)
         self._clean = not mode.fixed
         self._clean_tracked = self._clean and recorder is not None and not mode.layout
         layout = list(mode.layout) if track else None
@@ -1158,6 +1160,23 @@ class TorchBackend:
                 "that update depends on the checked values, which autograd leaves out "
                 "where the update runs under torch.no_grad"
             )
+
+    def _note_padding(self, mode: WinnerTracker) -> None:
+        """Say where f reads the padding row of a checked embedding weight: torch gives
+        that row no gradient by design (`_text` hints at it where the row fails)."""
+        if not mode.padding_rows:
+            return
+        blocks = {self._storage(b.tensor): b.name for b in self._blocks}
+        for at, row in mode.padding_rows.items():
+            name = blocks.get(at)
+            if name is not None and (name, row) not in self._padding_seen:
+                self._padding_seen.add((name, row))
+                self.warnings.append(
+                    f"gradcheck: f reads row {row} of {name!r} through an embedding with "
+                    f"padding_idx={row}: by torch's convention that row receives no "
+                    "gradient although f's value depends on it, so its analytic gradient "
+                    "is 0 where the differences are not"
+                )
 
     def _state_name(self, at: int) -> str:
         """A name for a storage f writes into: a params module's buffer, a buffer or

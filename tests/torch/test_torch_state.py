@@ -169,3 +169,51 @@ def test_spectral_norm_in_eval_mode_passes_without_the_warning():
     model, x = _spectral(train=False)
     result = gradcheck(lambda x: torch.tanh(model(x)).pow(2).sum(), x, params=model)
     assert result.passed and not any("updates" in w for w in result.warnings)
+
+
+# -- nn.Embedding's padding row --------------------------------------------------------
+
+
+def _embedding():
+    torch.manual_seed(0)
+    emb = nn.Embedding(10, 4, padding_idx=0).double()
+    head = nn.Linear(4, 1).double()
+    idx = torch.tensor([[0, 3, 3, 9], [1, 0, 2, 2]])
+    return emb, nn.ModuleDict({"emb": emb, "head": head}), idx
+
+
+def test_failing_padding_row_gets_a_hint_naming_padding_idx():
+    emb, model, idx = _embedding()
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda idx: model["head"](emb(idx)).pow(2).sum(), idx, params=model)
+    message = str(info.value)
+    assert "f reads row 0 of 'emb.weight' through an embedding with padding_idx=0" in message
+    assert "hint: every failing coordinate of block 'emb.weight' is in row 0" in message
+
+
+def test_padding_row_hint_is_not_given_for_another_row():
+    # a wrong gradient elsewhere in the weight: the padding row is not the explanation
+    emb, model, idx = _embedding()
+    emb.padding_idx = None  # full gradient: the padding row passes
+    result = gradcheck(
+        lambda idx: _WrongTanh.apply(model["head"](emb(idx))).sum(),
+        idx,
+        params=model,
+        raise_on_fail=False,
+    )
+    assert not result.passed
+    assert not any("padding" in w for w in result.warnings)
+    emb.padding_idx = 0
+    result = gradcheck(
+        lambda idx: _WrongTanh.apply(model["head"](emb(idx))).sum(),
+        idx,
+        params=model,
+        raise_on_fail=False,
+    )
+    assert not result.passed and "every failing coordinate" not in result.report()
+
+
+def test_padding_idx_none_for_the_check_passes():
+    emb, model, idx = _embedding()
+    emb.padding_idx = None
+    assert gradcheck(lambda idx: model["head"](emb(idx)).pow(2).sum(), idx, params=model)
