@@ -86,7 +86,7 @@ class StateWatch:
     """What one call of f writes into storages it did not create (see the module doc).
 
     The dispatch mode calls `before` with an op's written arguments ahead of running it
-    (the storages it reads, too) and `after` with what the op returned. Storages in
+    (the storages it reads, too) and `fresh` with the new storages an op returned. Storages in
     `skip` are the backend's own to put back (blocks, argument copies); those in
     `known` are saved already (or are a params module's buffers): both are watched for
     reads after a write, neither is saved here.
@@ -137,18 +137,9 @@ class StateWatch:
                     entry.versioned = False
             written[at] = written.get(at, False) or dependent is not False
 
-    def after(self, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> None:
-        """Outputs on storages no input has were created by this call."""
-        if not outputs:
-            return
-        read = {address(t) for t in inputs}
-        for t in outputs:
-            at = address(t)
-            if at and at not in read:
-                self.born.add(at)
-
     def fresh(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Tensors made during the call outside any op (the mode's own casts)."""
+        """Tensors created during the call: the outputs of an op whose schema says they
+        alias no input, and the mode's own casts."""
         for t in tensors:
             at = address(t)
             if at:

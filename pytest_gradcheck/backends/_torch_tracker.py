@@ -591,13 +591,39 @@ def _unmarked_writes() -> dict[Any, tuple[str, ...]]:
 _UNMARKED_WRITES = _unmarked_writes()
 
 
+@dataclass(frozen=True)
+class Effects:
+    """What an op does to storages, from its schema (see `effects`)."""
+
+    writes: bool  # it writes some argument in place
+    #: its outputs alias none of its inputs: each is a new storage (a view, an in-place
+    #: op or an ``out=`` returns an input's; ``lift_fresh`` returns a tensor that
+    #: ``torch.tensor(...)`` made in f)
+    fresh: bool
+
+
+_EFFECTS: dict[Any, Effects] = {}
+
+
+def effects(func: Any) -> Effects:
+    """`Effects` of an op, cached (one dict lookup per op of a measuring pass)."""
+    found = _EFFECTS.get(func)
+    if found is None:
+        written, _ = _schema_info(func)
+        returns = func._schema.returns
+        found = Effects(
+            bool(written) or func.overloadpacket in _UNMARKED_WRITES,
+            func.overloadpacket is aten.lift_fresh or all(r.alias_info is None for r in returns),
+        )
+        _EFFECTS[func] = found
+    return found
+
+
 def written_arguments(func: Any, args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], bool]:
     """The tensors an op writes in place (``self`` of ``add_``, ``out=``, BatchNorm's
     running statistics), and whether each such write bumps a version counter."""
     written, names = _schema_info(func)
     unmarked = _UNMARKED_WRITES.get(func.overloadpacket)
-    if not written and unmarked is None:
-        return [], True
     targets: list[torch.Tensor] = []
     if written:
         for i, value in enumerate(args):
@@ -820,12 +846,17 @@ class WinnerTracker(TorchDispatchMode):
         flip = _FLIPS.get(func) if rule is not None else None
         if (reduction or flip is not None) and (self.shift or self.quiet):
             rule = None
+        effect = None
         if state is not None:
-            if inputs is None:
-                inputs = _inputs(args, kwargs)
-            targets, versioned = written_arguments(func, args, kwargs)
-            if targets or state.written:
-                state.before(targets, inputs, tainted if taint is not None else None, versioned)
+            effect = effects(func)
+            if effect.writes or state.written:
+                targets, versioned = (
+                    written_arguments(func, args, kwargs) if effect.writes else ([], True)
+                )
+                if inputs is None:
+                    inputs = _inputs(args, kwargs)
+                dependent = tainted if taint is not None else None
+                state.before(targets, inputs, dependent, versioned)
         decision = None
         if rule is not None and rule.before:
             decision = rule.fn(func, args, kwargs, None)
@@ -867,11 +898,8 @@ class WinnerTracker(TorchDispatchMode):
                 self._watch(func, inputs, outputs)
             if self.measure:
                 self._measure(inputs, outputs)
-                if state is not None:
-                    if func.overloadpacket is aten.lift_fresh:  # torch.tensor(...) in f
-                        state.fresh(outputs)
-                    else:
-                        state.after(inputs, outputs)
+                if effect is not None and effect.fresh:
+                    state.fresh(outputs)
                 if func.overloadpacket is aten.embedding:
                     self._note_padding(func, args, kwargs)
         return out

@@ -142,6 +142,31 @@ def test_a_function_that_writes_nothing_saves_nothing():
         b.close()
 
 
+def test_tensors_f_creates_and_writes_into_are_not_saved():
+    # new storages (factories, copies, torch.tensor) and views of them are f's own;
+    # only the statistics, which existed before f, are saved
+    model, x = _bn_model()
+
+    def f(x):
+        scratch = torch.zeros(3, dtype=torch.float64)
+        scratch[0] = x.sum()
+        scratch.add_(1.0)
+        offset = torch.tensor([0.5], dtype=torch.float64)
+        offset.mul_(2.0)
+        y = x.clone()
+        y[:, 0].add_(offset)
+        return model(y).pow(2).mean() + scratch.sum()
+
+    b = TorchBackend(f, (x,), None, None, Settings())
+    try:
+        b.gradient(True)
+        saved = {e.tensor.untyped_storage().data_ptr() for e in b._state.entries}
+        expected = {t.untyped_storage().data_ptr() for n, t in model[1].named_buffers()}
+        assert saved == expected
+    finally:
+        b.close()
+
+
 # -- what f reads back of what it updated: spectral_norm in training mode ------------
 
 
