@@ -245,8 +245,45 @@ def _triangle_hint(failing: list[tuple[str | None, BlockResult]], tolerance: Tie
     return None
 
 
+def _padding_hint(
+    failing: list[tuple[str | None, BlockResult]], rows: list[tuple[str, str]], tolerance: Tier
+) -> str | None:
+    """The failing coordinates of an embedding weight are all in its padding row.
+
+    torch gives ``nn.Embedding(padding_idx=p)``'s row p no gradient, by design, although
+    the output reads it; the differences see the dependence. `rows` are the
+    ``(row, block)`` pairs the torch backend warned about.
+    """
+    padding = {block: int(row) for row, block in rows}
+    for term, block in failing:
+        row = padding.get(block.name)
+        if row is None:
+            continue
+        tiers = block.coordinate_tiers
+        bad = [
+            index
+            for i, index in enumerate(block.indices)
+            if block.counted[i] and not block.within_noise[i] and tiers[i] > tolerance
+        ]
+        if bad and all(index[0] == row for index in bad):
+            where = f"block {block.name!r}" + (f" of term {term!r}" if term is not None else "")
+            return (
+                f"every failing coordinate of {where} is in row {row}, the padding_idx of "
+                "the embedding that reads it (see the warning): torch gives that row no "
+                "gradient by design; check without it (set the module's padding_idx = None "
+                "for the check, or use inputs without the padding index)"
+            )
+    return None
+
+
 #: the torch backend's warning that f wrote into a checked block (names the block)
 _WRITTEN = re.compile(r"f writes into ('[^']*') in place")
+
+#: the torch backend's warning that f updates a tensor in place and reads it back
+_UPDATED = re.compile(r"f updates (.+?) in place and reads")
+
+#: the torch backend's warning that f reads an embedding's padding row
+_PADDING = re.compile(r"f reads row (\d+) of '([^']*)' through an embedding with padding_idx")
 
 #: the engine's warnings that name a block with tiny gradients, or a dominated block
 _TINY_WARNED = re.compile(r"block '([^']*)' has tiny gradients")
@@ -325,6 +362,21 @@ def hints(result: Result) -> list[str]:
             "writes depend on the values, the differences do not; check without the "
             "write (max_norm=None, eval mode) or at a point it leaves unchanged"
         )
+
+    updated = _UPDATED.findall(text)
+    if updated:
+        out.append(
+            f"f updates {', '.join(updated)} in place in every call and reads the result "
+            "(see the warning): where the update runs under torch.no_grad (the old "
+            "torch.nn.utils.spectral_norm in training mode, its weight_u and weight_v) "
+            "autograd treats the new values as constants while the differences follow "
+            "them, so the two disagree by design; check in eval mode (model.eval()), "
+            "where the update is not made"
+        )
+
+    padding = _padding_hint(failing, _PADDING.findall(text), result.tolerance)
+    if padding:
+        out.append(padding)
 
     dominated = sorted({n for n in _DOMINATED.findall(text) if n in failing_names})
     if dominated:

@@ -43,6 +43,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._kinks import SignatureRecorder, shift_offsets, shift_testable
+from ._torch_state import StateWatch
 
 aten = torch.ops.aten
 
@@ -572,6 +573,75 @@ def _schema_info(func: Any) -> tuple[frozenset[str], tuple[str, ...]]:
     return info
 
 
+def _unmarked_writes() -> dict[Any, tuple[str, ...]]:
+    """Ops that write arguments their schema does not mark as written, in training mode.
+
+    BatchNorm's kernels update the running statistics in place, but their schemas
+    (``native_batch_norm``, ``cudnn_batch_norm``, ``miopen_batch_norm``) carry no write
+    annotation, and the writes bump no version counter.
+    """
+    out = {}
+    for name in ("native_batch_norm", "cudnn_batch_norm", "miopen_batch_norm"):
+        packet = getattr(aten, name, None)
+        if packet is not None:
+            out[packet] = ("running_mean", "running_var")
+    return out
+
+
+_UNMARKED_WRITES = _unmarked_writes()
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What an op does to storages, from its schema (see `effects`)."""
+
+    writes: bool  # it writes some argument in place
+    #: its outputs alias none of its inputs: each is a new storage (a view, an in-place
+    #: op or an ``out=`` returns an input's; ``lift_fresh`` returns a tensor that
+    #: ``torch.tensor(...)`` made in f)
+    fresh: bool
+
+
+_EFFECTS: dict[Any, Effects] = {}
+
+
+def effects(func: Any) -> Effects:
+    """`Effects` of an op, cached (one dict lookup per op of a measuring pass)."""
+    found = _EFFECTS.get(func)
+    if found is None:
+        written, _ = _schema_info(func)
+        returns = func._schema.returns
+        found = Effects(
+            bool(written) or func.overloadpacket in _UNMARKED_WRITES,
+            func.overloadpacket is aten.lift_fresh or all(r.alias_info is None for r in returns),
+        )
+        _EFFECTS[func] = found
+    return found
+
+
+def written_arguments(func: Any, args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], bool]:
+    """The tensors an op writes in place (``self`` of ``add_``, ``out=``, BatchNorm's
+    running statistics), and whether each such write bumps a version counter."""
+    written, names = _schema_info(func)
+    unmarked = _UNMARKED_WRITES.get(func.overloadpacket)
+    targets: list[torch.Tensor] = []
+    if written:
+        for i, value in enumerate(args):
+            if i < len(names) and names[i] in written:
+                targets.extend(_tensors(value))
+        for key, value in kwargs.items():
+            if key in written:
+                targets.extend(_tensors(value))
+    versioned = True
+    if unmarked is not None and _arg(func, args, kwargs, "training"):
+        for name in unmarked:
+            value = _arg(func, args, kwargs, name)
+            if isinstance(value, torch.Tensor):
+                targets.append(value)
+                versioned = False
+    return targets, versioned
+
+
 #: tensor arguments torch requires on the CPU whatever the device of the data
 _CPU_ARGUMENTS = frozenset({"lengths", "batch_sizes"})
 
@@ -675,6 +745,7 @@ class WinnerTracker(TorchDispatchMode):
         shift: bool = False,
         quiet: bool = False,
         ties: bool = False,
+        state: StateWatch | None = None,
     ):
         super().__init__()
         self.recorder = recorder
@@ -727,6 +798,11 @@ class WinnerTracker(TorchDispatchMode):
         #: whether `promote` had to cast or move an input of some op (f then needs this
         #: mode to run at all: the backend's fast path is off)
         self.fixed = False
+        #: with `measure`: what f writes into tensors it did not create (see
+        #: `_torch_state`), and ``storage address -> padding_idx`` of the embedding
+        #: weights f reads at their padding row (a row torch gives no gradient)
+        self.state = state if measure else None
+        self.padding_rows: dict[int, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         return self._handle(func, types, args, kwargs)
@@ -737,11 +813,15 @@ class WinnerTracker(TorchDispatchMode):
         inputs = _inputs(args, kwargs) if self.guard or self.promote else None
         if self.guard:
             _check_guard(func, inputs, self.guard)
+        state = self.state
         if self.promote:
             new_args, new_kwargs = promote(func, args, kwargs, self.device, inputs)
             if new_args is not args or new_kwargs is not kwargs:
                 self.fixed = True
                 args, kwargs = new_args, new_kwargs
+                if state is not None and inputs is not None:  # the casts are f's own
+                    old = {id(t) for t in inputs}
+                    state.fresh([t for t in _inputs(args, kwargs) if id(t) not in old])
                 inputs = None
         if self._index_storages and not self.indices_read:
             if inputs is None:
@@ -766,6 +846,17 @@ class WinnerTracker(TorchDispatchMode):
         flip = _FLIPS.get(func) if rule is not None else None
         if (reduction or flip is not None) and (self.shift or self.quiet):
             rule = None
+        effect = None
+        if state is not None:
+            effect = effects(func)
+            if effect.writes or state.written:
+                targets, versioned = (
+                    written_arguments(func, args, kwargs) if effect.writes else ([], True)
+                )
+                if inputs is None:
+                    inputs = _inputs(args, kwargs)
+                dependent = tainted if taint is not None else None
+                state.before(targets, inputs, dependent, versioned)
         decision = None
         if rule is not None and rule.before:
             decision = rule.fn(func, args, kwargs, None)
@@ -807,7 +898,22 @@ class WinnerTracker(TorchDispatchMode):
                 self._watch(func, inputs, outputs)
             if self.measure:
                 self._measure(inputs, outputs)
+                if effect is not None and effect.fresh:
+                    state.fresh(outputs)
+                if func.overloadpacket is aten.embedding:
+                    self._note_padding(func, args, kwargs)
         return out
+
+    def _note_padding(self, func: Any, args: tuple, kwargs: dict) -> None:
+        """Note an embedding whose indices include its padding_idx (see `padding_rows`)."""
+        padding = _arg(func, args, kwargs, "padding_idx")
+        weight, indices = args[0], args[1]
+        if (
+            isinstance(padding, int)
+            and 0 <= padding < weight.shape[0]
+            and bool((indices == padding).any())
+        ):
+            self.padding_rows.setdefault(_address(weight), padding)
 
     def _measure(self, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         nbytes = 0

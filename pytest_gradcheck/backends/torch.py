@@ -11,7 +11,10 @@ What it does for the engine (see `_base.py` for the protocol):
   `nn.Parameter`) that f sees, with the original storage put back, untouched, in
   `close()`. The module's buffers (BatchNorm running statistics, which a train-mode
   forward overwrites) are swapped the same way and reset to their starting values
-  before every evaluation, so f(x+h) and f(x-h) see the same state.
+  before every evaluation, so f(x+h) and f(x-h) see the same state. Any other tensor
+  f writes into in place (the buffers of a module read through a closure or given as
+  a dict or list of its parameters, a cache) is found by the dispatch mode of the
+  checked point's pass and put back after every call (`_torch_state.py`).
 - The analytic gradient comes from `torch.autograd.grad` (never `.backward()`, so the
   user's `.grad` fields are never written).
 - Every evaluation starts from the same RNG state: Python's `random`, NumPy's global
@@ -129,6 +132,7 @@ from ._base import (
 )
 from ._rng import GlobalRng
 from ._torch_promote import Promoting, home_dtype, hook_recurrent
+from ._torch_state import SavedState, StateWatch, Written, modules_of, tensor_names
 from ._torch_tracker import WinnerTracker, tracker
 from ._tree import iter_leaves, map_leaves
 
@@ -477,6 +481,14 @@ class _Reference:
         return frozenset(d for _, shape, _ in self.layout or () for d in shape)
 
 
+def _describe(entry: Written, name: str | None) -> str:
+    """How a warning names a tensor f writes into: its name in a module f reaches, and
+    its shape and dtype."""
+    t = entry.tensor
+    what = f"a {_dtype_name(t.dtype)} tensor of shape {tuple(t.shape)}"
+    return f"{name!r} ({what})" if name is not None else what
+
+
 def _detached(leaf: Any) -> Any:
     return leaf.detach() if isinstance(leaf, torch.Tensor) and leaf.requires_grad else leaf
 
@@ -554,6 +566,13 @@ class TorchBackend:
         #: if f writes into it (an in-place op under no_grad leaves no other trace)
         self._guards: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self._written_seen: set[str] = set()
+        #: tensors f writes into that the check did not take (running statistics of a
+        #: module f reads through a closure, a cache): saved and put back after every
+        #: call (see `_torch_state`); ``storage address -> name`` of a params module's
+        #: buffers, which are swapped and reset instead (None: not built yet)
+        self._state = SavedState()
+        self._buffer_at: dict[int, str] | None = None
+        self._padding_seen: set[tuple[str, int]] = set()
         self._args: tuple = ()
         self._weights: torch.Tensor | None = None
         self._kind: str | None = None
@@ -868,7 +887,8 @@ class TorchBackend:
         try:
             gradient = self._gradient(mode, recorder)
         finally:
-            self._repair(versions)  # after the backward passes, which may need f's writes
+            self._repair(versions, mode)  # after the backward passes, which may need f's writes
+        self._note_padding(mode)
         self._clean = not mode.fixed
         self._clean_tracked = self._clean and recorder is not None and not mode.layout
         layout = list(mode.layout) if track else None
@@ -1074,6 +1094,7 @@ class TorchBackend:
         for handle in self._hooks:
             attempt(handle.remove)
         self._hooks = []
+        attempt(self._state.restore)
         for buffer in self._buffers:
             attempt(lambda b=buffer: b.module._buffers.__setitem__(b.name, b.obj))
         for swap in reversed(self._swaps):
@@ -1084,7 +1105,7 @@ class TorchBackend:
             attempt(self._numerics.restore)
         attempt(self._rng.restore)
         self._blocks, self._buffers, self._swaps, self._args = [], [], [], ()
-        self._guards = []
+        self._guards, self._state = [], SavedState()
         self._slots, self._modules, self._last_mode = [], None, None
         self._weights = None
         if errors:
@@ -1127,17 +1148,24 @@ class TorchBackend:
             shift=shift,
             quiet=self._quiet,
             ties=measure,  # the checked point's own pass: it decides on the shift test
+            state=self._state_watch() if measure else None,
         )
 
     def _reseed(self) -> None:
         self._rng.reseed()
 
-    def _versions(self) -> list[int]:
-        return [t._version for _, t, _ in self._guards]
+    def _versions(self) -> list[int | None]:
+        """The version counters of the guarded tensors, then of the saved state's."""
+        return [t._version for _, t, _ in self._guards] + self._state.versions()
 
-    def _repair(self, versions: list[int]) -> None:
-        """Put back the values of any tensor f wrote into in place (seen by its version)."""
-        for (name, t, values), before in zip(self._guards, versions, strict=True):
+    def _repair(self, versions: list[int | None], mode: WinnerTracker | None = None) -> None:
+        """Put back the values of any tensor f wrote into in place (seen by its version),
+        and the saved state's (with what `mode`, a measuring pass, found first)."""
+        guarded = len(self._guards)
+        if mode is not None and mode.state is not None:
+            self._note_state(mode)
+        self._state.repair(versions[guarded:])
+        for (name, t, values), before in zip(self._guards, versions[:guarded], strict=True):
             if t._version == before:
                 continue
             t.detach().view(-1).copy_(values)  # through a detached alias: no graph
@@ -1148,6 +1176,74 @@ class TorchBackend:
                     "values back after every call of f, so each evaluation starts "
                     "from the same point"
                 )
+
+    def _state_watch(self) -> StateWatch:
+        """A `StateWatch` for one measuring call of f: the guarded tensors are the
+        backend's to put back, a params module's buffers are reset: neither is saved, both
+        are watched for what f reads back."""
+        skip = frozenset(self._storage(t) for _, t, _ in self._guards) - {0}
+        return self._state.watch(skip, frozenset(self._buffer_names()))
+
+    def _buffer_names(self) -> dict[int, str]:
+        """``storage address -> name`` of the buffers of the modules in params."""
+        if self._buffer_at is None:
+            self._buffer_at = tensor_names(self._modules_seen, buffers_only=True)
+        return self._buffer_at
+
+    def _note_state(self, mode: WinnerTracker) -> None:
+        """Keep what a measuring call found f writing into, and say what f reads back.
+
+        An f that updates a tensor from the checked values and reads it again in the
+        same call (spectral_norm's power iteration in training mode) computes a
+        function whose differences follow the update; autograd does not where the
+        update runs under ``torch.no_grad``. Said once per tensor; the hint on a
+        failing check builds on it (`_text.hints`).
+        """
+        watch = mode.state
+        assert watch is not None
+        self._state.adopt(watch)
+        names = [self._state_name(at) for at in watch.written if at in watch.fed]
+        new = [n for n in dict.fromkeys(names) if n not in self._written_seen]
+        if new:
+            self._written_seen.update(new)
+            them = "it" if len(new) == 1 else "them"
+            self.warnings.append(
+                f"gradcheck: f updates {', '.join(new)} in place and reads {them} again in "
+                f"the same call (a power iteration, a running state fed back); the check "
+                f"puts {them} back after every call of f, so the differences follow how "
+                "that update depends on the checked values, which autograd leaves out "
+                "where the update runs under torch.no_grad"
+            )
+
+    def _note_padding(self, mode: WinnerTracker) -> None:
+        """Say where f reads the padding row of a checked embedding weight: torch gives
+        that row no gradient by design (`_text` hints at it where the row fails)."""
+        if not mode.padding_rows:
+            return
+        blocks = {self._storage(b.tensor): b.name for b in self._blocks}
+        for at, row in mode.padding_rows.items():
+            name = blocks.get(at)
+            if name is not None and (name, row) not in self._padding_seen:
+                self._padding_seen.add((name, row))
+                self.warnings.append(
+                    f"gradcheck: f reads row {row} of {name!r} through an embedding with "
+                    f"padding_idx={row}: by torch's convention that row receives no "
+                    "gradient although f's value depends on it, so its analytic gradient "
+                    "is 0 where the differences are not"
+                )
+
+    def _state_name(self, at: int) -> str:
+        """A name for a storage f writes into: a params module's buffer, a buffer or
+        parameter of a module f reaches, or the shape and dtype of the tensor."""
+        buffers = self._buffer_names()
+        if at in buffers:
+            return repr(buffers[at])
+        entry = next((e for e in self._state.entries if self._storage(e.tensor) == at), None)
+        if entry is None:
+            return "a tensor"
+        if entry.name is None:
+            entry.name = _describe(entry, tensor_names(modules_of(self.f)).get(at))
+        return entry.name
 
     def _reset_buffers(self) -> None:
         if not self._buffers:
@@ -1405,7 +1501,7 @@ class TorchBackend:
         try:
             out = self._forward(grad_enabled, mode)
         finally:
-            self._repair(versions)
+            self._repair(versions, mode)
         if mode is None:
             self.fast_points += 1
             signature, decisions = (EMPTY_SIGNATURE if track else None), 0
