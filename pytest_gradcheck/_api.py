@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._context import TestContext, current
+from ._notices import alarming
 from ._options import check_names, resolve
 from ._result import GradcheckError, GradcheckWarning, Result
 
@@ -107,7 +108,7 @@ def _warn(result: Result) -> None:
     then apply to them.
     """
     __tracebackhide__ = True
-    for text in result.warnings:
+    for text in alarming(result.warnings):
         warnings.warn(GradcheckWarning(text), stacklevel=3)  # gradcheck's caller
 
 

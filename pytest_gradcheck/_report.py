@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._notices import alarming
 from ._tiers import Tier
 
 #: bumped when the JSON layout changes incompatibly (new fields do not bump it)
@@ -130,7 +131,7 @@ class SessionReport:
                     row.coordinates += check["coordinates"]
                     row.kinks_crossed += check["kinks_crossed"]
                     row.passed = row.passed and check["passed"]
-                    row.warned = row.warned or bool(check.get("warnings"))
+                    row.warned = row.warned or bool(alarming(check.get("warnings") or ()))
                     if _rank(check) > _rank(row.check):
                         row.check = check
                     continue
@@ -142,7 +143,7 @@ class SessionReport:
                 coordinates=check["coordinates"],
                 kinks_crossed=check["kinks_crossed"],
                 passed=check["passed"],
-                warned=bool(check.get("warnings")),
+                warned=bool(alarming(check.get("warnings") or ())),
             )
             if check.get("example") is not None:
                 collapsed[(nodeid, index)] = row

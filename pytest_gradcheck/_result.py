@@ -317,7 +317,9 @@ class GradcheckError(AssertionError):
 class GradcheckWarning(UserWarning):
     """What a check that returned noticed beside its verdict: one warning per entry of
     `Result.warnings` (tiny gradients, a block whose gradient is exactly 0, comparisons
-    excluded at kinks, float32 inputs cast to float64, a dominating term...).
+    excluded at kinks, a cast inside f to lower precision, a dominating term...), but
+    for the notice that float32 inputs were cast to float64, which the check always
+    does (it stays in `Result.warnings`).
 
     `gradcheck` issues them, in pytest and outside it, for a check that returns (it
     passed, or failed with ``raise_on_fail=False``); a check that raises

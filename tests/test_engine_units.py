@@ -954,3 +954,22 @@ def test_a_loss_of_ordinary_size_gets_no_resolution_warning():
     result = gradcheck(lambda x: float(np.sum(np.sin(x)) + 1e4), x, grad=lambda x: (np.cos(x),))
     assert result.tier is Tier.HAPPY
     assert not any("round-off of f" in w for w in result.warnings)
+
+
+def test_the_float64_cast_is_a_notice_not_a_gradcheck_warning():
+    """A float32 input is cast for the check as it always is: said in Result.warnings,
+    but not issued as a GradcheckWarning (it would stand beside every float32 model's
+    check); a warning that the check could not see well is issued."""
+    import warnings
+
+    from pytest_gradcheck import GradcheckWarning
+
+    x = np.linspace(-1.0, 1.0, 5).astype(np.float32)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = gradcheck(lambda x: float(np.sum(x**2)), x, grad=lambda x: (2 * x,))
+        tiny = gradcheck(lambda x: 1e-12 * float(np.sum(x**2)), x, grad=lambda x: (2e-12 * x,))
+    assert any(w.startswith("checked in float64: ") for w in result.warnings)
+    issued = [str(w.message) for w in seen if issubclass(w.category, GradcheckWarning)]
+    assert not any("checked in float64" in m for m in issued)
+    assert any("tiny gradients" in m for m in issued) and tiny.passed

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._kinks import EMPTY_SIGNATURE, shift_invariant, shift_testable
+from .._notices import CAST_NOTICE
 from ._base import (
     BlockSpec,
     Evaluation,
@@ -134,8 +135,8 @@ class NumpyBackend:
         )
         if lowp:
             self.warnings.append(
-                f"inputs of dtype {', '.join(lowp)} were checked in float64 "
-                "(the check always runs in double precision)"
+                f"{CAST_NOTICE}inputs of dtype {', '.join(lowp)} were cast for the check "
+                "(it always runs in double precision)"
             )
         # args: float64 base copies, rebuilt for each evaluation
         self._arg_base: dict[str, np.ndarray] = {}

@@ -113,6 +113,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant
+from .._notices import CAST_NOTICE
 from . import _torch_batch as tb
 from ._base import (
     BlockSpec,
@@ -731,7 +732,7 @@ class TorchBackend:
         ]
         if lowered:
             self.warnings.append(
-                "gradcheck: checked in float64; these inputs were in lower precision and were "
+                f"gradcheck: {CAST_NOTICE}these inputs were in lower precision and were "
                 f"cast for the check: {', '.join(lowered[:6])}"
                 + (f" and {len(lowered) - 6} more" if len(lowered) > 6 else "")
             )

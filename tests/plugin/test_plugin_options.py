@@ -285,7 +285,7 @@ def test_every_flags_help_says_its_default(inner: pytest.Pytester) -> None:
     out = " ".join(inner.runpytest("--help").stdout.str().split())  # unwrapped
     assert "wrong (default: auto, happy for a smooth f, ok where kinks are present)" in out
     assert "(default off; the bare flag means on, =off turns it off)" in out
-    assert "'cpu', 'cuda' ('cuda:N') or, for JAX, 'gpu' (default: where the inputs live)" in out
+    assert "'cpu' or 'cuda' (alias 'gpu'; 'cuda:N' picks a GPU); default: where the" in out
 
 
 @pytest.mark.parametrize("source", ["cli", "ini"])
