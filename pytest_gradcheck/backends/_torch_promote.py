@@ -32,7 +32,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from ._torch_tracker import LOW_PRECISION
+from ._torch_tracker import LOW_PRECISION, MANTISSA_BITS
 
 
 def _scan(value: Any, found: list[bool]) -> None:
@@ -73,7 +73,6 @@ def _writes(func: Any, kwargs: dict) -> bool:
 
 #: mantissa bits: how precise each floating dtype is (bfloat16 and float16 by what they
 #: resolve, not by their range)
-_BITS = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24, torch.float64: 53}
 
 #: the methods that cast to one fixed dtype
 _FIXED_CASTS = {
@@ -94,7 +93,7 @@ def home_dtype(dtypes: Iterable[torch.dtype]) -> torch.dtype | None:
     """The least precise of the lower-precision floating dtypes among `dtypes` (the
     dtype the user's model computes in), or None when there is none."""
     low = [d for d in dtypes if d in LOW_PRECISION]
-    return min(low, key=_BITS.__getitem__) if low else None
+    return min(low, key=MANTISSA_BITS.__getitem__) if low else None
 
 
 class Promoting(TorchFunctionMode):
@@ -150,7 +149,11 @@ class Promoting(TorchFunctionMode):
     def _keeps(self, dtype: Any) -> bool:
         """Whether a cast to `dtype` is one the user's dtype would not have lowered."""
         home = self._home
-        return home is not None and dtype in LOW_PRECISION and _BITS[dtype] >= _BITS[home]
+        return (
+            home is not None
+            and dtype in LOW_PRECISION
+            and MANTISSA_BITS[dtype] >= MANTISSA_BITS[home]
+        )
 
     def _kept(self, func: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """`.to`, `.type` and `.type_as` with a kept target dtype replaced by float64."""

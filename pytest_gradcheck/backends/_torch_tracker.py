@@ -50,6 +50,8 @@ aten = torch.ops.aten
 #: dtypes below float64 that the precision watch reports
 LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
 _F64 = torch.float64
+#: the mantissa bits of each floating dtype: which one is more precise
+MANTISSA_BITS = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24, torch.float64: 53}
 
 #: ops whose output does not depend on their input's values (factories "like" it):
 #: a float32 `rand_like(x)` of a float64 `x` is not a loss of precision
@@ -746,8 +748,14 @@ class WinnerTracker(TorchDispatchMode):
         quiet: bool = False,
         ties: bool = False,
         state: StateWatch | None = None,
+        keep: torch.dtype | None = None,
     ):
         super().__init__()
+        #: with `keep` (the model's own dtype), a cast of a float64 tensor to a floating
+        #: dtype at least as precise as `keep` is made to float64 instead: a custom
+        #: backward's ``g.float()`` in a float32 model, which `_torch_promote.Promoting`
+        #: cannot see (autograd runs backward passes without torch function modes)
+        self.keep = keep
         self.recorder = recorder
         #: the shift test (see `_kinks`): with `shift`, max/min reductions are moved by
         #: `shift_offsets`, two-way decisions flipped (`_FLIPS`), and neither recorded;
@@ -809,6 +817,8 @@ class WinnerTracker(TorchDispatchMode):
 
     def _handle(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.keep is not None and func is aten._to_copy.default:
+            kwargs = _kept(args, kwargs, self.keep)
         # the tensors an op reads, found once for the guard, promotion and the watches
         inputs = _inputs(args, kwargs) if self.guard or self.promote else None
         if self.guard:
@@ -1108,6 +1118,22 @@ class _UnguardedTracker(WinnerTracker):
 
 #: the tracker class the backend uses: the unguarded one where Dynamo can be told
 _TRACKER = _UnguardedTracker if _skip_dynamo(WinnerTracker._handle.__code__) else WinnerTracker
+
+
+def _kept(args: tuple, kwargs: dict, keep: torch.dtype) -> dict:
+    """`_to_copy`'s kwargs, its dtype float64 where it would lower a float64 tensor to
+    a floating dtype at least as precise as `keep` (see `WinnerTracker.keep`)."""
+    dtype = kwargs.get("dtype")
+    if (
+        dtype is None
+        or dtype is _F64
+        or not dtype.is_floating_point
+        or not args
+        or getattr(args[0], "dtype", None) is not _F64
+        or MANTISSA_BITS.get(dtype, 0) < MANTISSA_BITS.get(keep, 0)
+    ):
+        return kwargs
+    return {**kwargs, "dtype": _F64}
 
 
 def tracker(*args: Any, **kwargs: Any) -> WinnerTracker:

@@ -938,7 +938,8 @@ class TorchBackend:
         # holds only torch's own derivative formulas (the watch costs a Python call per
         # op, as much as the whole backward pass of a small model)
         plain = not mode.fixed and not mode.lowered and _only_torch_nodes(total)
-        watch = None if plain else self._mode(None, watch_precision=True)
+        keep = home_dtype(self._cast_from) if self._keeping else None
+        watch = None if plain else self._mode(None, watch_precision=True, keep=keep)
         grads = self._backward(total, inputs, watch, None)
         grads = list(grads)
         if any(g is None for g in grads):
@@ -1124,6 +1125,7 @@ class TorchBackend:
         watch: dict[int, int] | None = None,
         stand_ins: Sequence[torch.Tensor] = (),
         shift: bool = False,
+        keep: torch.dtype | None = None,
     ) -> WinnerTracker:
         """f always runs under the dispatch mode: it promotes what f reads to float64 (and
         to the check's device), and records decisions when `recorder` is given: those
@@ -1149,6 +1151,7 @@ class TorchBackend:
             shift=shift,
             quiet=self._quiet,
             ties=measure,  # the checked point's own pass: it decides on the shift test
+            keep=keep,
             state=self._state_watch() if measure else None,
         )
 

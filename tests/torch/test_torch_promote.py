@@ -335,3 +335,45 @@ def test_an_f_that_sets_the_default_dtype_gets_the_user_s_back(outcome):
     else:
         assert gradcheck(f, w).passed
     assert torch.get_default_dtype() is torch.float32
+
+
+def _linear(cast, factor=1.0):
+    """x @ W with a hand-written backward computing dW through `cast` (a float32
+    model's backward written for its own dtype), times `factor` (a planted bug)."""
+
+    class Lin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return x @ w
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            dw = (cast(x.T) @ cast(g)).to(g.dtype) * factor
+            return g @ w.T, dw
+
+    return Lin.apply
+
+
+@pytest.mark.parametrize(
+    ("cast", "passes"),
+    [(lambda t: t.float(), True), (lambda t: t.half(), False)],
+    ids=["float", "half"],
+)
+def test_a_float32_model_s_custom_backward_keeps_its_casts_in_float64(cast, passes):
+    """Autograd runs backward passes without torch function modes, so the keep-float64
+    mode of the forward cannot see a custom backward's ``g.float()``: the dispatch
+    watch keeps it in float64 (it failed as *ok* with advice to remove the cast); a
+    cast below the model's dtype is still named and fails."""
+    torch.manual_seed(0)
+    x, w = torch.randn(16, 8), torch.randn(8, 8) / 3
+    lin = _linear(cast)
+    result = gradcheck(lambda w: (torch.tanh(lin(x, w)) ** 2).sum(), w, raise_on_fail=False)
+    assert result.passed is passes
+    assert any("computes in lower precision" in m for m in result.warnings) is not passes
+    assert torch.get_default_dtype() is torch.float32
+    if passes:
+        wrong = _linear(cast, 1.001)
+        planted = gradcheck(lambda w: (torch.tanh(wrong(x, w)) ** 2).sum(), w, raise_on_fail=False)
+        assert not planted.passed and planted.tier is Tier.UNCOMFORTABLE
