@@ -120,8 +120,9 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
                 c.direction, c.dpair, c.coverage = found
 
     analytic = _Analytic([grad] * len(blocks), scale, blocks)
-    _confirm(counter, blocks, analytic, losses, scale, tolerance, strict)
-    _localize(counter, blocks, analytic, losses, scale, tolerance, strict, opts.eps, base)
+    judge = _Judge(counter, tuple(losses), scale, tolerance, strict, opts.eps)
+    _confirm(judge, blocks, analytic)
+    _localize(judge, blocks, analytic, base)
 
     public = _public_options(opts)
 
@@ -149,20 +150,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     unjudged = [c for c in blocks if c.pairs() and not any(p.usable() for p in c.pairs())]
     if unjudged:
         grads = [grad] * len(blocks)
-        moved_by = _off_the_ties(
-            counter,
-            blocks,
-            grads,
-            unjudged,
-            base,
-            opts,
-            streams,
-            track,
-            losses,
-            scale,
-            tolerance,
-            strict,
-        )
+        moved_by = _off_the_ties(judge, blocks, grads, unjudged, base, opts, streams, track)
         analytic = _Analytic(grads, scale, blocks)
         results = assemble()
         for b, delta in moved_by.items():
@@ -333,18 +321,26 @@ class _Analytic:
         return a
 
 
-def _confirm(
-    counter: Counter,
-    blocks: Sequence[_Checked],
-    analytic: _Analytic,
-    losses: Sequence[str | None],
-    scale: float,
-    tolerance: Tier,
-    strict: bool,
-) -> None:
+@dataclass(frozen=True)
+class _Judge:
+    """What judging a comparison takes: the evaluations' counter, the losses judged
+    (the total, then each term), the loss factor, the tolerance, whether a smooth
+    direction of a kinked f is localized at *happy* (`strict`) and the step option."""
+
+    counter: Counter
+    losses: tuple[str | None, ...]
+    scale: float
+    tolerance: Tier
+    strict: bool
+    eps: float | str
+
+
+def _confirm(judge: _Judge, blocks: Sequence[_Checked], analytic: _Analytic) -> None:
     """Confirm before condemning: failing comparisons get a Richardson step, a wide step
     and, where round-off may explain what still fails, a measurement of f's noise. With
     `strict`, a direction above *happy* is confirmed too (it will be localized)."""
+    counter, losses, scale, tolerance = judge.counter, judge.losses, judge.scale, judge.tolerance
+    strict = judge.strict
     suspects: list[tuple[Pair, list[float]]] = []
     strict_suspects: list[tuple[Pair, list[float]]] = []
     for c in blocks:
@@ -366,18 +362,12 @@ def _confirm(
 
 
 def _localize(
-    counter: Counter,
-    blocks: Sequence[_Checked],
-    analytic: _Analytic,
-    losses: Sequence[str | None],
-    scale: float,
-    tolerance: Tier,
-    strict: bool,
-    eps: float | str,
-    base: Sequence[np.ndarray],
+    judge: _Judge, blocks: Sequence[_Checked], analytic: _Analytic, base: Sequence[np.ndarray]
 ) -> None:
     """Localize each direction that fails while no sampled coordinate does: bisect it to
     an entry, and compare that entry on its own (added to `localized`)."""
+    counter, losses, scale, tolerance = judge.counter, judge.losses, judge.scale, judge.tolerance
+    strict, eps = judge.strict, judge.eps
     for c in blocks:
         b, p, v = c.block, c.dpair, c.direction
         if p is None or v is None or not p.usable():
@@ -406,7 +396,7 @@ def _localize(
 
 
 def _off_the_ties(
-    counter: Counter,
+    judge: _Judge,
     blocks: list[_Checked],
     grads: list[Gradient],
     unjudged: Sequence[_Checked],
@@ -414,10 +404,6 @@ def _off_the_ties(
     opts: Options,
     streams: Streams,
     track: bool,
-    losses: Sequence[str | None],
-    scale: float,
-    tolerance: Tier,
-    strict: bool,
 ) -> dict[int, float]:
     """Check the blocks none of whose comparisons counted at points moved off the ties.
 
@@ -433,6 +419,7 @@ def _off_the_ties(
     Returns each replaced block's move; a side where f or its gradient is not finite
     is skipped.
     """
+    counter, losses, scale, tolerance = judge.counter, judge.losses, judge.scale, judge.tolerance
     backend = counter.backend
     at = [x for x in base]  # where the backend's blocks are
     moves: dict[int, np.ndarray] = {}
@@ -467,8 +454,8 @@ def _off_the_ties(
         for c in here:
             trial[c.block], trial_grads[c.block] = c, point
         analytic = _Analytic(trial_grads, scale, trial)
-        _confirm(counter, here, analytic, losses, scale, tolerance, strict)
-        _localize(counter, here, analytic, losses, scale, tolerance, strict, opts.eps, at)
+        _confirm(judge, here, analytic)
+        _localize(judge, here, analytic, at)
         previous = _Analytic(grads, scale, blocks)
         for c in here:
             if not any(p.usable() for p in c.pairs()):
