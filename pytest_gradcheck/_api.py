@@ -83,7 +83,6 @@ def _check(
     opts = resolve(*layers)
 
     from ._engine import run_check
-    from ._inputs import check_blocks
     from .backends import detect_framework, load_backend
     from .backends._base import Settings
 
@@ -92,7 +91,6 @@ def _check(
     settings = Settings(seed=opts.seed, device=opts.device, wrt=opts.wrt, batch=opts.batch)
     backend = backend_cls(f, args, params, grad, settings)
     try:
-        check_blocks(backend.blocks())
         return run_check(backend, opts, framework)
     finally:
         backend.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._directions import around_ties, beside_the_sample, bisect, localize_above
+from ._inputs import check_blocks
 from ._options import Options
 from ._pairs import (
     TOTAL,
@@ -63,6 +64,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     track = opts.kinks == "track"
     counter = Counter(backend, track)
     specs = list(backend.blocks())
+    maxima = check_blocks(specs)  # no empty block, no NaN in one
     counter.blocks = [(s.name, s.shape) for s in specs]
     # the backend's specs hold copies of the values; burn-in moves its own copy
     base = [s.values.copy() for s in specs] if opts.burn_in else [s.values for s in specs]
@@ -104,7 +106,9 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     scale = _scale(grad, opts, warnings)
     losses: list[str | None] = [TOTAL, *term_names]
     streams = Streams(opts.seed)
-    blocks = [_plan(b, s, grad, base[b], opts, streams) for b, s in enumerate(specs)]
+    if opts.burn_in:
+        maxima = [absmax(x) for x in base]
+    blocks = [_plan(b, s, grad, base[b], maxima[b], opts, streams) for b, s in enumerate(specs)]
     counter.run(
         [p for c in blocks for p in c.coords] + [c.dpair for c in blocks if c.dpair is not None]
     )
@@ -143,7 +147,10 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     results = assemble()
     # what follows evaluates f at the checked point: before any block moves off its ties
-    if excluded_warnings(results[TOTAL], []) or not all(r.passed for r in results.values()):
+    crossed = results[TOTAL].kinks_crossed > 0  # (none crossed: none excluded)
+    if not all(r.passed for r in results.values()) or (
+        crossed and excluded_warnings(results[TOTAL], [])
+    ):
         _check_deterministic(counter, grad.center)
     sweep_rows = _sweep(counter, specs, results[TOTAL], scale) if opts.sweep else ()
 
@@ -170,11 +177,10 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     coord_pairs = [c.coords for c in blocks]
     dir_pairs = [c.dpair for c in blocks]
     vacuous = zero_warnings(specs, grad, largests, coord_pairs, dir_pairs, results[TOTAL], warnings)
-    rows = [([*c.coords, *(p for _, p in c.localized)], c.dpair) for c in blocks]
     tiny = {b for b, m in enumerate(largests) if 0.0 < m[TOTAL] * scale <= TINY}
     vacuous |= resolution_warnings(
         results[TOTAL],
-        rows,
+        lambda b: ([*blocks[b].coords, *(p for _, p in blocks[b].localized)], blocks[b].dpair),
         [m[TOTAL] * scale for m in largests],
         grad.center.loss,
         vacuous,
@@ -190,7 +196,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     for c, block in zip(blocks, results[TOTAL].blocks, strict=True):
         noise_warning(c.spec, c.pairs(), block, scale, c.largest[TOTAL], warnings)
 
-    excluded_warnings(results[TOTAL], warnings)
+    if results[TOTAL].kinks_crossed:
+        excluded_warnings(results[TOTAL], warnings)
 
     total = results[TOTAL]
     terms = {t: results[t] for t in term_names}
@@ -252,13 +259,13 @@ def _plan(
     spec: BlockSpec,
     grad: Gradient,
     x: np.ndarray,
+    values_max: float,
     opts: Options,
     streams: Streams,
 ) -> _Checked:
     """Block b's comparisons: its sampled coordinates and its direction (not yet run)."""
     raw = {None: grad.total[b], **{t: g[b] for t, g in grad.terms.items()}}
     largest = {loss: absmax(g) for loss, g in raw.items()}
-    values_max = absmax(x)
     vf = {loss: value_floor(m, values_max) for loss, m in largest.items()}
     if opts.mode == "directions":
         # a block of one entry has no direction but its coordinate (the same 2
@@ -442,7 +449,10 @@ def _off_the_ties(
         if not is_finite(point.center) or not all(np.isfinite(g).all() for g in finite):
             continue
         counter.center = point.center
-        here = [_plan(c.block, c.spec, point, at[c.block], opts, streams) for c in unjudged]
+        here = [
+            _plan(c.block, c.spec, point, at[c.block], absmax(at[c.block]), opts, streams)
+            for c in unjudged
+        ]
         counter.run([p for c in here for p in c.pairs()])
         for c in here:
             p, v = c.dpair, c.direction
@@ -477,8 +487,10 @@ def _block_result(
 ) -> BlockResult:
     """Compare analytic and numeric values of one block for one loss."""
     spec = c.spec
-    idx = np.concatenate([c.index, np.array([i for i, _ in c.localized], dtype=np.int64)])
-    pairs = c.coords + [pp for _, pp in c.localized]
+    idx, pairs = c.index, c.coords
+    if c.localized:
+        idx = np.concatenate([idx, np.array([i for i, _ in c.localized], dtype=np.int64)])
+        pairs = pairs + [pp for _, pp in c.localized]
     values = np.array(analytic.of(loss, c.block)[idx], dtype=np.float64)
     numerics, floors, steps_, kinks, sides, rels, tiers = [], [], [], [], [], [], []
     for a, p in zip(values.tolist(), pairs, strict=True):

@@ -8,7 +8,7 @@ what the engine measured and appends sentences to its list; none evaluates f.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def noise_warning(
 
 def resolution_warnings(
     total: Result,
-    pairs: Sequence[tuple[Sequence[Pair], Pair | None]],
+    pairs: Callable[[int], tuple[Sequence[Pair], Pair | None]],
     largests: Sequence[float],
     loss: float,
     vacuous: set[int],
@@ -110,23 +110,27 @@ def resolution_warnings(
     gradient cannot show there, or f is large next to what a step changes (a loss of
     1e8, a constant plus what the parameters move, hides a 10% error at the default
     step). A zero entry beside large ones, whose numeric value is round-off, is no
-    such case. `pairs` holds each block's pairs in the order of its rows, and its
+    such case. `pairs(b)` gives block b's pairs in the order of its rows, and its
     direction's; blocks in `vacuous` have had their warning already (`zero_warnings`),
     and those in `tiny` get the active-range warning unless they are stationary.
     """
     limit = THRESHOLDS[Tier.OK]
     stationary: set[int] = set()
-    for b, (block, (rows, dpair)) in enumerate(zip(total.blocks, pairs, strict=True)):
+    for b, block in enumerate(total.blocks):
         if b in vacuous:
             continue
         largest = largests[b]
-        if largest == 0.0:  # nothing to measure a disagreement against
+        d = block.direction
+        rel = block.rel_error
+        if largest == 0.0 or not (
+            (rel.size and rel.max() > limit) or (d is not None and d.rel_error > limit)
+        ):  # nothing to measure a disagreement against, or nothing above the tier
             continue
+        rows, dpair = pairs(b)
         gap = np.abs(block.analytic - block.numeric)
         excused = block.counted & block.within_noise & (gap > limit * largest)
         shares = [float(x) / largest for x in gap[excused]]
         flat = [rows[i].stationary(TOTAL) for i in np.flatnonzero(excused).tolist()]
-        d = block.direction
         if d is not None and dpair is not None and d.counted and d.within_noise:
             size = dpair.reference.get(TOTAL, 0.0) * total.scale
             if size > 0.0 and abs(d.analytic - d.numeric) > limit * size:
