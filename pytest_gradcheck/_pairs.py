@@ -175,10 +175,8 @@ class Pair:
             self.value_floor.get(term, 0.0) / self.step,
         )
         if self.at is not None:  # at a stationary point: see STATIONARY
-            f0 = value_of(self.at, term)
-            change = max(abs(fa - f0), abs(fb - f0))
-            if abs(fa - fb) <= STATIONARY * change:
-                floor = max(floor, STATIONARY * change / self.step)
+            change = _stationary_change(fa, fb, value_of(self.at, term))
+            floor = max(floor, STATIONARY * change / self.step)
         return floor
 
     def stationary(self, term: str | None) -> bool:
@@ -186,9 +184,14 @@ class Pair:
         if self.at is None or self.plus is None or self.minus is None:
             return False
         fp, fm = value_of(self.plus, term), value_of(self.minus, term)
-        f0 = value_of(self.at, term)
-        change = max(abs(fp - f0), abs(fm - f0))
-        return change > 0.0 and abs(fp - fm) <= STATIONARY * change
+        return _stationary_change(fp, fm, value_of(self.at, term)) > 0.0
+
+
+def _stationary_change(fa: float, fb: float, f0: float) -> float:
+    """The one-sided change of f over a difference where f is stationary along it (see
+    STATIONARY), else 0."""
+    change = max(abs(fa - f0), abs(fb - f0))
+    return change if abs(fa - fb) <= STATIONARY * change else 0.0
 
 
 def value_of(ev: Evaluation, term: str | None) -> float:
