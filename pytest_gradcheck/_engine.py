@@ -19,6 +19,7 @@ import numpy as np
 
 from ._directions import around_ties, beside_the_sample, bisect, localize_above
 from ._inputs import check_blocks
+from ._notices import OFF_TIES_NOTICE
 from ._options import Options
 from ._pairs import (
     TOTAL,
@@ -162,7 +163,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         results = assemble()
         for b, delta in moved_by.items():
             warnings.append(
-                f"block {specs[b].name!r} sits on exact ties at the checked point: each "
+                f"block {specs[b].name!r} {OFF_TIES_NOTICE}: each "
                 "of its comparisons crossed a kink at every step (a ReLU input of exactly "
                 "0, from a zero bias on zero padding, say), so it was checked at points "
                 f"moved off the ties, {delta:.2g} to either side in each of its entries "

@@ -318,8 +318,9 @@ class GradcheckWarning(UserWarning):
     """What a check that returned noticed beside its verdict: one warning per entry of
     `Result.warnings` (tiny gradients, a block whose gradient is exactly 0, comparisons
     excluded at kinks, a cast inside f to lower precision, a dominating term...), but
-    for the notice that float32 inputs were cast to float64, which the check always
-    does (it stays in `Result.warnings`).
+    for the notices that float32 inputs were cast to float64 and that a block on exact
+    ties was checked just off them: the check saw what it had to there (they stay in
+    `Result.warnings`).
 
     `gradcheck` issues them, in pytest and outside it, for a check that returns (it
     passed, or failed with ``raise_on_fail=False``); a check that raises

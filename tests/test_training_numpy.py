@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pytest_gradcheck import GradcheckError, Tier, gradcheck
+from pytest_gradcheck._notices import alarming
 
 N, D, C = 6, 4, 3
 
@@ -210,6 +211,7 @@ def test_a_block_on_exact_ties_is_checked_at_a_point_moved_off_them():
     assert any("'args[0]' sits on exact ties" in w for w in r.warnings)
     assert not any("was not checked" in w for w in r.warnings)
     assert x.tolist() == [0.0, 0.0, 0.0]
+    assert not alarming(r.warnings)  # a notice: the block was checked
 
     wrong = gradcheck(
         lambda x: np.abs(x).sum(), x, grad=lambda x: (2.0 * np.sign(x),), raise_on_fail=False

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant, shift_testable
+from .._notices import CAST_NOTICE
 from ._base import (
     CPU_LOOP_BYTES,
     BlockSpec,
@@ -493,7 +494,7 @@ class JaxBackend:
             half = [d for d in dtypes if d in ("float16", "bfloat16")]
             size = "near 1e-2" if not half else "near 1 or larger"
             self.warnings.append(
-                f"gradcheck: {', '.join(low[:5])}{' ...' if len(low) > 5 else ''} "
+                f"gradcheck: {CAST_NOTICE}{', '.join(low[:5])}{' ...' if len(low) > 5 else ''} "
                 f"{'is' if len(low) == 1 else 'are'} {'/'.join(dtypes)}; the check casts the "
                 f"floating inputs to float64 ({x64}), because computing in "
                 f"{'/'.join(dtypes)} alone can give relative errors {size} for a correct "

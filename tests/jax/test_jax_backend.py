@@ -127,7 +127,8 @@ def test_blocks_keep_user_dtype_and_warn_about_float32():
 def test_the_float32_warning_says_the_check_enabled_x64_and_names_the_dtype():
     _, _, warnings, _ = _run(lambda a: jnp.sum(a**2), jnp.ones(3, jnp.float32))
     assert warnings == [
-        "gradcheck: args[0] is float32; the check casts the floating inputs to float64 "
+        "gradcheck: checked in float64: args[0] is float32; the check casts the floating "
+        "inputs to float64 "
         "(JAX x64 is enabled for the check only), because computing in float32 alone can "
         "give relative errors near 1e-2 for a correct gradient"
     ]
@@ -141,7 +142,8 @@ def test_the_low_precision_warning_says_x64_was_on_and_names_half_precision():
             lambda a: jnp.sum(a.astype(jnp.float64) ** 2), jnp.ones(2, jnp.bfloat16)
         )
     assert warnings == [
-        "gradcheck: args[0] is bfloat16; the check casts the floating inputs to float64 "
+        "gradcheck: checked in float64: args[0] is bfloat16; the check casts the floating "
+        "inputs to float64 "
         "(JAX x64 was already enabled), because computing in bfloat16 alone can give "
         "relative errors near 1 or larger for a correct gradient"
     ]
