@@ -155,9 +155,9 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         _check_deterministic(counter, grad.center)
     sweep_rows = _sweep(counter, specs, results[TOTAL], scale) if opts.sweep else ()
 
+    grads = [grad] * len(blocks)  # per block, the gradient at its comparisons' point
     unjudged = [c for c in blocks if c.pairs() and not any(p.usable() for p in c.pairs())]
     if unjudged:
-        grads = [grad] * len(blocks)
         moved_by = _off_the_ties(judge, blocks, grads, unjudged, base, opts, streams, track)
         analytic = _Analytic(grads, scale, blocks)
         results = assemble()
@@ -177,7 +177,9 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     largests = [c.largest for c in blocks]
     coord_pairs = [c.coords for c in blocks]
     dir_pairs = [c.dpair for c in blocks]
-    vacuous = zero_warnings(specs, grad, largests, coord_pairs, dir_pairs, results[TOTAL], warnings)
+    vacuous = zero_warnings(
+        specs, grads, largests, coord_pairs, dir_pairs, results[TOTAL], warnings
+    )
     tiny = {b for b, m in enumerate(largests) if 0.0 < m[TOTAL] * scale <= TINY}
     vacuous |= resolution_warnings(
         results[TOTAL],
@@ -474,9 +476,14 @@ def _off_the_ties(
             worst = max(_block_result(c, analytic, lo, scale, tolerance).tier for lo in losses)
             if c.block in judged:
                 kept = blocks[c.block]
-                if worst <= max(
+                before = max(
                     _block_result(kept, previous, lo, scale, tolerance).tier for lo in losses
-                ):
+                )
+                # the side that agrees worse; where both agree alike, the one whose
+                # gradient is not all 0 (a side where every unit moved below its tie
+                # shows nothing)
+                seen = c.largest[TOTAL] > 0.0 and kept.largest[TOTAL] == 0.0
+                if worst < before or (worst == before and not seen):
                     continue
             blocks[c.block], grads[c.block] = c, point
             judged.add(c.block)

@@ -213,7 +213,7 @@ ROUNDOFF_ZERO = 1e-12
 
 def zero_warnings(
     specs: Sequence[BlockSpec],
-    grad: Gradient,
+    grads: Sequence[Gradient],
     largests: Sequence[dict[str | None, float]],
     coord_pairs: Sequence[Sequence[Pair]],
     dir_pairs: Sequence[Pair | None],
@@ -246,7 +246,6 @@ def zero_warnings(
     """
     exact: list[int] = []
     rounded: list[int] = []
-    centers = {TOTAL: grad.center.loss, **grad.center.terms}
     overall = max((m[TOTAL] for m in largests), default=0.0)
     for b in range(len(specs)):
         if not total.blocks[b].passed:
@@ -261,6 +260,8 @@ def zero_warnings(
         if not steps_ or largests[b][TOTAL] > ROUNDOFF_ZERO * overall:
             continue
         h = max(steps_)
+        grad = grads[b]
+        centers = {TOTAL: grad.center.loss, **grad.center.terms}
         raw = {TOTAL: grad.total[b], **{t: grad.terms[t][b] for t in grad.terms}}
         if all(
             2.0 * h * norm(g, largests[b][loss]) < HALF_ULP * abs(centers[loss])

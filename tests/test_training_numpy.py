@@ -231,3 +231,17 @@ def test_a_block_with_kinks_everywhere_near_it_is_reported_unchecked():
     )
     assert r.passed
     assert any("'args[0]' was not checked" in w for w in r.warnings)
+
+
+def test_off_the_ties_a_side_that_shows_a_gradient_is_kept():
+    """ReLU inputs all exactly 0: on one side of the move some units are below their
+    tie and pass no gradient. Where both sides agree, the report keeps one whose
+    gradient is not all 0, and no exactly-zero warning is given."""
+    x, w = np.zeros(3), np.array([1.0, 2.0, 3.0])
+    r = gradcheck(
+        lambda x: float(np.sum(np.maximum(x, 0.0) * w)),
+        x,
+        grad=lambda x: ((x > 0) * w,),
+    )
+    assert r.passed and np.any(r.blocks[0].analytic != 0.0)
+    assert not any("analytic gradient of exactly 0" in m for m in r.warnings)
