@@ -45,6 +45,7 @@ from ._warnings import (
     excluded_warnings,
     noise_warning,
     resolution_warnings,
+    stationary_warnings,
     zero_warnings,
 )
 from .backends._base import Backend, BlockSpec, Evaluation, Gradient, Point
@@ -181,13 +182,17 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         specs, grads, largests, coord_pairs, dir_pairs, results[TOTAL], warnings
     )
     tiny = {b for b, m in enumerate(largests) if 0.0 < m[TOTAL] * scale <= TINY}
-    vacuous |= resolution_warnings(
+    resolution_warnings(
+        results[TOTAL],
+        [m[TOTAL] * scale for m in largests],
+        [c.dpair.reference.get(TOTAL, 0.0) * scale if c.dpair else 0.0 for c in blocks],
+        grad.center.loss,
+        vacuous | tiny,
+        warnings,
+    )
+    vacuous |= stationary_warnings(
         results[TOTAL],
         lambda b: ([*blocks[b].coords, *(p for _, p in blocks[b].localized)], blocks[b].dpair),
-        [m[TOTAL] * scale for m in largests],
-        grad.center.loss,
-        vacuous,
-        tiny,
         warnings,
     )
     active_range_warnings(

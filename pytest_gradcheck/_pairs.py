@@ -50,14 +50,11 @@ NOISE_SIGMAS = 2.0
 NOISE_USABLE = 1e-4
 #: f is stationary along a comparison where its centered difference is below
 #: STATIONARY of the one-sided change of f over the step (which is then curvature,
-#: f'' h / 2): at a minimum, where the gradient is zero up to round-off that the
-#: quotient's other floors (from |f| and from the gradients, both about 0 at a minimum
-#: of value 0) do not bound. A disagreement below STATIONARY of that one-sided change,
-#: over h, counts as round-off there: measured at a distillation loss at its minimum
-#: (KL of a copy of the teacher), round-off of f was 7e-4 of the change, since f sums
-#: log-probabilities of size 1 to a value of 1e-13. Only a gradient below about
-#: 1e-9 f'' is judged so: one that small is no smaller than the round-off of a
-#: centered difference of f's intermediate values
+#: f'' h / 2): at or very near a minimum. There the gradient is zero up to round-off
+#: that the quotient's floors (from |f| and from the gradients, both about 0 at a
+#: minimum of value 0) do not bound, and that curvature cannot bound either (a stiff
+#: penalty at its constraint is stationary along a comparison whose gradient is 1):
+#: it is only said (`_warnings.stationary_warnings`), never excused
 STATIONARY = 1e-3
 
 
@@ -94,8 +91,8 @@ class Pair:
     value_floor: Mapping[str | None, float] = field(default_factory=dict)
     #: the checked point's signature, where tracked (set by `Counter._evaluate`)
     center: bytes | None = None
-    #: f at the checked point (set by `Counter._evaluate`): the one-sided changes of f
-    #: over the step bound the round-off at a stationary point (see STATIONARY)
+    #: f at the checked point (set by `Counter._evaluate`): with it, whether f is
+    #: stationary along the pair (see STATIONARY)
     at: Evaluation | None = None
 
     def take(self, other: Pair) -> None:
@@ -170,14 +167,10 @@ class Pair:
         return (value_of(self.plus, term) - value_of(self.minus, term)) / (2.0 * self.step)
 
     def _floor(self, fa: float, fb: float, term: str | None) -> float:
-        floor = max(
+        return max(
             noise_floor(fa, fb, self.step),
             self.value_floor.get(term, 0.0) / self.step,
         )
-        if self.at is not None:  # at a stationary point: see STATIONARY
-            change = _stationary_change(fa, fb, value_of(self.at, term))
-            floor = max(floor, STATIONARY * change / self.step)
-        return floor
 
     def stationary(self, term: str | None) -> bool:
         """Whether f is stationary along this difference (see STATIONARY)."""

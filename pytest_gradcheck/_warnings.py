@@ -91,74 +91,97 @@ def noise_warning(
 
 def resolution_warnings(
     total: Result,
-    pairs: Callable[[int], tuple[Sequence[Pair], Pair | None]],
     largests: Sequence[float],
+    directions: Sequence[float],
     loss: float,
-    vacuous: set[int],
     tiny: set[int],
     warnings: list[str],
-) -> set[int]:
-    """Warn where round-off of f let a sizeable disagreement pass; return the blocks
-    found at a stationary point.
+) -> None:
+    """Warn where round-off of f let a sizeable disagreement pass.
 
     A disagreement within f's round-off counts as happy (shown as "noise"), and rightly:
     the difference quotient cannot resolve it. Where that excuses a disagreement above
     the *ok* tier's share of the block's largest gradient (`largests`, scaled as the
-    report is; the direction's against |g|), the reader of a passing report must know
-    what it means: either f is stationary along every such comparison
-    (`Pair.stationary`: at a minimum, its gradient zero up to round-off), so a wrong
-    gradient cannot show there, or f is large next to what a step changes (a loss of
-    1e8, a constant plus what the parameters move, hides a 10% error at the default
-    step). A zero entry beside large ones, whose numeric value is round-off, is no
-    such case. `pairs(b)` gives block b's pairs in the order of its rows, and its
-    direction's; blocks in `vacuous` have had their warning already (`zero_warnings`),
-    and those in `tiny` get the active-range warning unless they are stationary.
+    report is; the direction's against `directions`, the size of the gradient it moves),
+    the reader of a passing report must know
+    that a gradient wrong by as much would have passed: f changes little over a step
+    next to its own size (a loss of 1e8, a constant plus what the parameters move,
+    hides a 10% error at the default step; a block that moves f only weakly, like a
+    LayerScale branch of 1e-6). A zero entry beside large ones, whose numeric value is
+    round-off, is no such case; blocks in `tiny` get the active-range warning instead.
     """
     limit = THRESHOLDS[Tier.OK]
-    stationary: set[int] = set()
     for b, block in enumerate(total.blocks):
-        if b in vacuous:
-            continue
         largest = largests[b]
         d = block.direction
         rel = block.rel_error
-        if largest == 0.0 or not (
-            (rel.size and rel.max() > limit) or (d is not None and d.rel_error > limit)
+        if (
+            b in tiny
+            or largest == 0.0
+            or not ((rel.size and rel.max() > limit) or (d is not None and d.rel_error > limit))
         ):  # nothing to measure a disagreement against, or nothing above the tier
             continue
-        rows, dpair = pairs(b)
         gap = np.abs(block.analytic - block.numeric)
         excused = block.counted & block.within_noise & (gap > limit * largest)
         shares = [float(x) / largest for x in gap[excused]]
-        flat = [rows[i].stationary(TOTAL) for i in np.flatnonzero(excused).tolist()]
-        if d is not None and dpair is not None and d.counted and d.within_noise:
-            size = dpair.reference.get(TOTAL, 0.0) * total.scale
-            if size > 0.0 and abs(d.analytic - d.numeric) > limit * size:
-                shares.append(abs(d.analytic - d.numeric) / size)
-                flat.append(dpair.stationary(TOTAL))
-        if not shares:
-            continue
-        if all(flat):
-            stationary.add(b)
+        size = directions[b]
+        gap_d = abs(d.analytic - d.numeric) if d is not None else 0.0
+        if d is not None and d.counted and d.within_noise and gap_d > limit * size > 0.0:
+            shares.append(gap_d / size)
+        if shares:
             warnings.append(
-                f"the gradient of block {block.name!r} is zero up to round-off at the "
-                f"checked point: f is stationary along {len(shares)} comparison(s) (what a "
-                "step changes is curvature alone), a minimum such as a student equal to "
-                "its teacher, so the check cannot catch a wrong gradient there; check at "
-                "a point away from it"
+                f"in block {block.name!r}, {len(shares)} comparison(s) disagree by up to "
+                f"{max(shares):.2g} of the block's largest gradient and were let pass as "
+                f"round-off of f: f ({loss:.3g} at the checked point) changes little over a "
+                "step next to its own size, so a gradient wrong by that much cannot be "
+                "told from a correct one here. Subtract from the loss what does not depend "
+                "on the checked values (a constant changes no gradient), or check this "
+                "block with a larger eps (or scale it up, for a block that moves f only "
+                "weakly)"
             )
+
+
+def stationary_warnings(
+    total: Result,
+    pairs: Callable[[int], tuple[Sequence[Pair], Pair | None]],
+    warnings: list[str],
+) -> set[int]:
+    """Say where a block fails only along comparisons where f is stationary; return
+    those blocks (their gradients are tiny for that reason: no active-range advice).
+
+    There (`Pair.stationary`: what a step changes is curvature alone) the checked point
+    is at or very near a minimum, where the gradient is zero up to round-off that the
+    check cannot bound: a correct backward and a wrong one disagree with the differences
+    alike (a distillation loss with the student equal to its teacher fails at rel 1).
+    The verdict stands; the warning says what it can mean and what to do. `pairs(b)`
+    gives block b's pairs in the order of its rows, and its direction's.
+    """
+    found: set[int] = set()
+    for b, block in enumerate(total.blocks):
+        if block.passed:
             continue
-        if b in tiny:
-            continue
-        warnings.append(
-            f"in block {block.name!r}, {len(shares)} comparison(s) disagree by up to "
-            f"{max(shares):.2g} of the block's largest gradient and were let pass as "
-            f"round-off of f: f ({loss:.3g} at the checked point) is large next to what a "
-            "step changes, so a gradient wrong by that much cannot be told from a correct "
-            "one here. Subtract from the loss what does not depend on the checked values "
-            "(a constant changes no gradient), or check with a larger eps"
-        )
-    return stationary
+        rows, dpair = pairs(b)
+        failing = [
+            rows[i].stationary(TOTAL)
+            for i, (tier, counted) in enumerate(
+                zip(block.coordinate_tiers, block.counted.tolist(), strict=True)
+            )
+            if counted and tier > total.tolerance
+        ]
+        d = block.direction
+        if d is not None and dpair is not None and d.counted and d.tier > total.tolerance:
+            failing.append(dpair.stationary(TOTAL))
+        if failing and all(failing):
+            found.add(b)
+            warnings.append(
+                f"block {block.name!r} fails only along comparisons where f is stationary "
+                "(what a step changes is curvature alone): the checked point is at or very "
+                "near a minimum of the loss (a student equal to its teacher), where the "
+                "gradient is zero up to round-off of f that the check cannot bound, and a "
+                "wrong gradient and round-off look alike; check at a point away from the "
+                "minimum"
+            )
+    return found
 
 
 def excluded_warnings(total: Result, warnings: list[str]) -> bool:
