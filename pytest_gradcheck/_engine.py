@@ -43,6 +43,7 @@ from ._warnings import (
     domain_warnings,
     dominance_warnings,
     excluded_warnings,
+    mostly_excluded,
     noise_warning,
     resolution_warnings,
     stationary_warnings,
@@ -150,9 +151,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     results = assemble()
     # what follows evaluates f at the checked point: before any block moves off its ties
     crossed = results[TOTAL].kinks_crossed > 0  # (none crossed: none excluded)
-    if not all(r.passed for r in results.values()) or (
-        crossed and excluded_warnings(results[TOTAL], [])
-    ):
+    if not all(r.passed for r in results.values()) or (crossed and mostly_excluded(results[TOTAL])):
         _check_deterministic(counter, grad.center)
     sweep_rows = _sweep(counter, specs, results[TOTAL], scale) if opts.sweep else ()
 
@@ -192,7 +191,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     )
     vacuous |= stationary_warnings(
         results[TOTAL],
-        lambda b: ([*blocks[b].coords, *(p for _, p in blocks[b].localized)], blocks[b].dpair),
+        lambda b: (blocks[b].rows()[1], blocks[b].dpair),
         warnings,
     )
     active_range_warnings(
@@ -256,9 +255,17 @@ class _Checked:
     #: (flat index, pair) of each coordinate found by bisecting the direction
     localized: list[tuple[int, Pair]] = field(default_factory=list)
 
+    def rows(self) -> tuple[np.ndarray, list[Pair]]:
+        """The flat indices and pairs of the block's report rows: the sampled
+        coordinates, then those localized."""
+        if not self.localized:
+            return self.index, self.coords
+        extra = np.array([i for i, _ in self.localized], dtype=np.int64)
+        return np.concatenate([self.index, extra]), [*self.coords, *(p for _, p in self.localized)]
+
     def pairs(self) -> list[Pair]:
         """Every pair of the block: coordinates, localized ones, the direction."""
-        found = [*self.coords, *(p for _, p in self.localized)]
+        found = self.rows()[1]
         return found if self.dpair is None else [*found, self.dpair]
 
 
@@ -500,10 +507,7 @@ def _block_result(
 ) -> BlockResult:
     """Compare analytic and numeric values of one block for one loss."""
     spec = c.spec
-    idx, pairs = c.index, c.coords
-    if c.localized:
-        idx = np.concatenate([idx, np.array([i for i, _ in c.localized], dtype=np.int64)])
-        pairs = pairs + [pp for _, pp in c.localized]
+    idx, pairs = c.rows()
     values = np.array(analytic.of(loss, c.block)[idx], dtype=np.float64)
     numerics, floors, steps_, kinks, sides, rels, tiers = [], [], [], [], [], [], []
     for a, p in zip(values.tolist(), pairs, strict=True):

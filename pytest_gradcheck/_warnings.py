@@ -184,30 +184,32 @@ def stationary_warnings(
     return found
 
 
-def excluded_warnings(total: Result, warnings: list[str]) -> bool:
-    """Warn about blocks that kink exclusions left (nearly) unchecked.
+def _excluded(block: BlockResult) -> tuple[int, int]:
+    """(comparisons, of which excluded at a kink) of a block, its direction included."""
+    n, counted = len(block.indices), int(block.counted.sum())
+    if block.direction is not None:
+        n, counted = n + 1, counted + int(block.direction.counted)
+    return n, n - counted
 
-    Returns whether more than half of some block's comparisons were excluded: random
+
+def mostly_excluded(total: Result) -> bool:
+    """Whether more than half of some block's comparisons were excluded at kinks: random
     decisions (a mask drawn from a generator the check cannot reset) look like kinks
-    crossed everywhere, so such a check is then tested for determinism too.
-    """
-    suspicious = False
+    crossed everywhere, so such a check is then tested for determinism too."""
+    return any(excluded > n / 2 for n, excluded in map(_excluded, total.blocks))
+
+
+def excluded_warnings(total: Result, warnings: list[str]) -> None:
+    """Warn about blocks that kink exclusions left unchecked (every comparison)."""
     for block in total.blocks:
-        counted = int(block.counted.sum())
-        total_n = len(block.indices)
-        if block.direction is not None:
-            counted += int(block.direction.counted)
-            total_n += 1
-        if total_n and total_n - counted > total_n / 2:
-            suspicious = True
-        if total_n and counted == 0:
+        n, excluded = _excluded(block)
+        if n and excluded == n:
             warnings.append(
-                f"block {block.name!r} was not checked: all {total_n} of its comparisons "
+                f"block {block.name!r} was not checked: all {n} of its comparisons "
                 "crossed a kink and were excluded, also off its exact ties: f has kinks "
                 "closer than a step all around the point; check at another point (fewer "
                 "datapoints, after burn_in= steps) or with a smaller eps"
             )
-    return suspicious
 
 
 def domain_warnings(specs: Sequence[BlockSpec], counter: Counter, warnings: list[str]) -> None:
