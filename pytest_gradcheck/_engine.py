@@ -46,6 +46,7 @@ from ._warnings import (
     mostly_excluded,
     noise_warning,
     resolution_warnings,
+    smooth_warnings,
     stationary_warnings,
     zero_warnings,
 )
@@ -205,6 +206,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     if results[TOTAL].kinks_crossed:
         excluded_warnings(results[TOTAL], warnings)
+    if strict:
+        smooth_warnings(results[TOTAL], warnings)
 
     total = results[TOTAL]
     terms = {t: results[t] for t in term_names}
@@ -360,7 +363,9 @@ class _Judge:
 def _confirm(judge: _Judge, blocks: Sequence[_Checked], analytic: _Analytic) -> None:
     """Confirm before condemning: failing comparisons get a Richardson step, a wide step
     and, where round-off may explain what still fails, a measurement of f's noise. With
-    `strict`, a direction above *happy* is confirmed too (it will be localized)."""
+    `strict`, every smooth comparison above *happy* is confirmed too: a direction (it
+    will be localized) and a coordinate (what still disagrees is warned of, see
+    `_warnings.smooth_warnings`)."""
     counter, losses, scale, tolerance = judge.counter, judge.losses, judge.scale, judge.tolerance
     strict = judge.strict
     suspects: list[tuple[Pair, list[float]]] = []
@@ -372,6 +377,8 @@ def _confirm(judge: _Judge, blocks: Sequence[_Checked], analytic: _Analytic) -> 
             values = [float(g[i]) for g in gs]
             if fails(pp, values, losses, scale, tolerance):
                 suspects.append((pp, values))
+            elif strict and fails(pp, values, losses, scale, Tier.HAPPY):
+                strict_suspects.append((pp, values))
         dp = c.dpair
         if dp is not None and c.direction is not None:
             values = [analytic.along(loss, b) for loss in losses]

@@ -212,6 +212,44 @@ def excluded_warnings(total: Result, warnings: list[str]) -> None:
             )
 
 
+def smooth_warnings(total: Result, warnings: list[str]) -> None:
+    """Warn where a passing block's smooth comparisons disagree beyond *happy*.
+
+    Called for a function with kinks under the default tolerance, which is then *ok*:
+    a difference that crosses a kink may be that far off. A comparison that crossed
+    none is as smooth as one of a kink-free function, where a correct gradient agrees
+    to better than 1e-7 and what still disagrees after confirmation (a Richardson
+    step, a wide step, f's round-off measured) fails. Such a check passes, rightly by
+    the contract, but the reader must know: an error spread thinly over a block (a
+    backward that leaves out an eps, 1e-5 on every entry) looks exactly like this, and
+    would pass or fail with the seed.
+    """
+    happy = THRESHOLDS[Tier.HAPPY]
+    for block in total.blocks:
+        if not block.passed:
+            continue
+        above = block.rel_error >= happy
+        smooth = ~block.kink_crossed & ~block.within_noise
+        n, worst = int(np.count_nonzero(smooth & above)), 0.0
+        if n:
+            worst = float(block.rel_error[smooth & above].max())
+        m = int(np.count_nonzero(~block.kink_crossed))
+        d = block.direction
+        if d is not None and not d.kink_crossed:
+            m += 1
+            if not d.within_noise and d.rel_error >= happy:
+                n, worst = n + 1, max(worst, d.rel_error)
+        if n:
+            warnings.append(
+                f"in block {block.name!r}, {n} of {m} comparison(s) that crossed no kink "
+                f"disagree beyond the happy tier (relative error up to {worst:.2g}): the "
+                "kinks elsewhere in f relax the tolerance to ok, so the block passes, but "
+                "these differences are smooth, where a correct gradient agrees to about "
+                "1e-7; a small error in the backward (an eps left out, an approximate "
+                "derivative) looks like this. tolerance='happy' makes it fail"
+            )
+
+
 def domain_warnings(specs: Sequence[BlockSpec], counter: Counter, warnings: list[str]) -> None:
     """Say where a comparison was made at a smaller step to stay in f's domain."""
     for _, shrunk in sorted(counter.shrunk.items()):
