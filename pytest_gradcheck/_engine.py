@@ -158,18 +158,27 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     grads = [grad] * len(blocks)  # per block, the gradient at its comparisons' point
     unjudged = [c for c in blocks if c.pairs() and not any(p.usable() for p in c.pairs())]
-    if unjudged:
-        moved_by = _off_the_ties(judge, blocks, grads, unjudged, base, opts, streams, track)
+    uncovered = [c for c in blocks if c not in unjudged and c.uncovered()]
+    if unjudged or uncovered:
+        moved_by = _off_the_ties(
+            judge, blocks, grads, unjudged, uncovered, base, opts, streams, track
+        )
         analytic = _Analytic(grads, scale, blocks)
         results = assemble()
         for b, delta in moved_by.items():
+            why = (
+                "each of its comparisons crossed a kink at every step (a ReLU input of "
+                "exactly 0, from a zero bias on zero padding, say)"
+                if any(c.block == b for c in unjudged)
+                else "its direction crossed a kink at every step, in every part of the "
+                "block, leaving the coordinates the sample missed unchecked (ties "
+                "scattered over it: integer-valued inputs under a ReLU or a max-pool, say)"
+            )
             warnings.append(
-                f"block {specs[b].name!r} {OFF_TIES_NOTICE}: each "
-                "of its comparisons crossed a kink at every step (a ReLU input of exactly "
-                "0, from a zero bias on zero padding, say), so it was checked at points "
-                f"moved off the ties, {delta:.2g} to either side in each of its entries "
-                "(seeded signs), where its gradient is unambiguous; its rows in the report "
-                "are from the side that agreed worse"
+                f"block {specs[b].name!r} {OFF_TIES_NOTICE}: {why}, so it was checked at "
+                f"points moved off the ties, {delta:.2g} to either side in each of its "
+                "entries (seeded signs), where its gradient is unambiguous; its rows in "
+                "the report are from the side that agreed worse"
             )
 
     warnings.extend(backend.warnings)  # what the backend learnt while evaluating f
@@ -265,6 +274,13 @@ class _Checked:
             return self.index, self.coords
         extra = np.array([i for i, _ in self.localized], dtype=np.int64)
         return np.concatenate([self.index, extra]), [*self.coords, *(p for _, p in self.localized)]
+
+    def uncovered(self) -> bool:
+        """Whether some of the block's coordinates took part in no counted comparison:
+        its direction crossed a kink at every step, also in every part `around_ties`
+        tried, and the sample is not the whole block."""
+        p = self.dpair
+        return p is not None and not p.usable() and self.index.size < self.spec.size
 
     def pairs(self) -> list[Pair]:
         """Every pair of the block: coordinates, localized ones, the direction."""
@@ -429,12 +445,14 @@ def _off_the_ties(
     blocks: list[_Checked],
     grads: list[Gradient],
     unjudged: Sequence[_Checked],
+    uncovered: Sequence[_Checked],
     base: Sequence[np.ndarray],
     opts: Options,
     streams: Streams,
     track: bool,
 ) -> dict[int, float]:
-    """Check the blocks none of whose comparisons counted at points moved off the ties.
+    """Check at points moved off the ties the blocks none of whose comparisons counted
+    (`unjudged`) and those whose direction was lost to ties (`uncovered`).
 
     At an exact tie (a ReLU input of exactly 0, from a zero bias on zero padding) every
     step crosses the kink, however small, so a block whose every coordinate moves a tie
@@ -445,6 +463,14 @@ def _off_the_ties(
     moved below its tie passes no gradient). Per block, the side that agrees worse
     replaces its comparisons in `blocks` (and its gradient in `grads`); the other
     blocks' comparisons stand (f's determinism was checked at the checked point).
+
+    Ties scattered over a block (a ReLU of an image of small integers: 16 zeros in 144
+    entries) leave its coordinates counted but cross in every part of its direction,
+    so the entries the sample missed went unchecked (a wrong last column passed as
+    happy). Such an uncovered block is moved off its ties too, and its comparisons at
+    the checked point stay a candidate: a side replaces them where it agrees worse, or
+    alike with its direction counted.
+
     Returns each replaced block's move; a side where f or its gradient is not finite
     is skipped.
     """
@@ -453,12 +479,14 @@ def _off_the_ties(
     at = [x for x in base]  # where the backend's blocks are
     moves: dict[int, np.ndarray] = {}
     moved_by: dict[int, float] = {}
+    unjudged = [*unjudged, *uncovered]
     for c in unjudged:
         x = base[c.block]
         rms = math.sqrt(float(x @ x) / x.size) if opts.eps == "auto" else 0.0
         moved_by[c.block] = OFF_TIES_STEPS * step_for(opts.eps, rms)
         moves[c.block] = moved_by[c.block] * off_ties(c.spec.name, x.size, opts.seed, streams)
-    judged: set[int] = set()
+    judged = {c.block for c in uncovered}  # (their comparisons at the checked point)
+    moved: set[int] = set()
     for side in (1.0, -1.0):
         update = [np.zeros_like(x) for x in base]
         for c in unjudged:
@@ -500,13 +528,15 @@ def _off_the_ties(
                 )
                 # the side that agrees worse; where both agree alike, the one whose
                 # gradient is not all 0 (a side where every unit moved below its tie
-                # shows nothing)
+                # shows nothing), else the one whose direction counted
                 seen = c.largest[TOTAL] > 0.0 and kept.largest[TOTAL] == 0.0
-                if worst < before or (worst == before and not seen):
+                covers = kept.uncovered() and not c.uncovered()
+                if worst < before or (worst == before and not seen and not covers):
                     continue
             blocks[c.block], grads[c.block] = c, point
             judged.add(c.block)
-    return {b: d for b, d in moved_by.items() if b in judged}
+            moved.add(c.block)
+    return {b: d for b, d in moved_by.items() if b in moved}
 
 
 def _block_result(

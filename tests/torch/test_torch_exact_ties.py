@@ -6,6 +6,7 @@ gradient beside the tie still fails."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -170,3 +171,43 @@ def test_a_zero_bias_on_zero_rows_is_checked_off_its_ties(mean):
     if mean:
         assert result.blocks[1].tier is Tier.WRONG and result.blocks[0].passed
     assert b.abs().sum().item() == 0.0
+
+
+class _ReluForgettingLastColumn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, buggy):
+        ctx.save_for_backward(x)
+        ctx.buggy = buggy
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        dx = g * (x > 0)
+        if ctx.buggy:
+            dx[:, -1] = 0.0  # a border column gets no gradient
+        return dx, None
+
+
+@pytest.mark.parametrize("buggy", [False, True], ids=["right", "last column dropped"])
+def test_ties_scattered_over_a_block_leave_no_coordinate_unchecked(buggy):
+    """An image of small integers under a ReLU: 16 exact zeros in 144 entries, so the
+    block's direction crosses a tie in every part of it, and only the sampled
+    coordinates counted: a backward dropping the last column passed as happy."""
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.integers(-3, 4, size=(12, 12)), dtype=torch.float64)
+    w = torch.tensor(rng.standard_normal((12, 12)))
+    before = x.clone()
+
+    def f(x):
+        return (_ReluForgettingLastColumn.apply(x, buggy) * w).sum()
+
+    result = gradcheck(f, x, raise_on_fail=False)
+    assert any("'args[0]' sits on exact ties" in m for m in result.warnings)
+    block = result.blocks[0]
+    assert block.direction is not None and block.direction.counted
+    assert result.passed is (not buggy)
+    if buggy:
+        assert block.tier is Tier.WRONG
+        assert block.localized and block.localized[0][1] == 11  # found in the last column
+    assert torch.equal(x, before)
