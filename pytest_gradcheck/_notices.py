@@ -1,7 +1,9 @@
 """Which of a check's warnings are notices: what the check did, not what it could not see.
 
-A check always runs in float64, so inputs in lower precision are cast for it; and a
-block sitting on exact ties is checked just off them. The check says so in
+A check always runs in float64, so inputs in lower precision are cast for it; a
+block sitting on exact ties is checked just off them; and where one term's gradient
+dominates another's, each term is checked on its own, so an error in the small one
+fails that term's check instead of hiding in the total. The check says so in
 `Result.warnings`, but these are notices, no alarms: they are not issued as
 `GradcheckWarning`s nor marked in the terminal report, where the first would stand
 beside nearly every check of a float32 model and teach users to ignore the warnings
@@ -17,6 +19,8 @@ from collections.abc import Iterable
 CAST_NOTICE = "checked in float64: "
 #: what the engine's notice that a block was checked off its exact ties says of it
 OFF_TIES_NOTICE = "sits on exact ties at the checked point"
+#: what the engine's notice that one term's gradient dominates another's says of it
+DOMINANCE_NOTICE = "each term is also checked on its own"
 
 
 def alarming(warnings: Iterable[str]) -> list[str]:
@@ -24,5 +28,9 @@ def alarming(warnings: Iterable[str]) -> list[str]:
     return [
         w
         for w in warnings
-        if not (w.removeprefix("gradcheck: ").startswith(CAST_NOTICE) or OFF_TIES_NOTICE in w)
+        if not (
+            w.removeprefix("gradcheck: ").startswith(CAST_NOTICE)
+            or OFF_TIES_NOTICE in w
+            or DOMINANCE_NOTICE in w
+        )
     ]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ._notices import DOMINANCE_NOTICE
 from ._pairs import NOISE_SIGMAS, NOISE_USABLE, TOTAL, Counter, Pair
 from ._result import BlockResult, Result
 from ._steps import TINY, norm
@@ -43,7 +44,7 @@ def dominance_warnings(
             warnings.append(
                 f"in block {spec.name!r} the gradient of term {big!r} dominates that of "
                 f"{small!r} ({top / second:.3g}x): an error in {small!r} would hide in the "
-                f"total; each term is also checked on its own, so read the verdict of term "
+                f"total; {DOMINANCE_NOTICE}, so read the verdict of term "
                 f"{small!r} (its table, Result.terms) rather than the total's"
             )
 

@@ -1,9 +1,11 @@
 """Training-aware checks in NumPy: term isolation, burn-in, active range, step size."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from pytest_gradcheck import GradcheckError, Tier, gradcheck
+from pytest_gradcheck import GradcheckError, GradcheckWarning, Tier, gradcheck
 from pytest_gradcheck._notices import alarming
 
 N, D, C = 6, 4, 3
@@ -83,6 +85,18 @@ def test_data_bug_under_huge_strength_is_caught_in_the_data_term_and_warned():
     assert result.terms["reg"].passed
     dominance = [w for w in result.warnings if "dominates" in w]
     assert dominance and "'reg'" in dominance[0] and "'data'" in dominance[0]
+
+
+def test_dominance_under_correct_terms_is_a_notice_not_a_gradcheck_warning():
+    """Each term is checked on its own, so a dominated term hides nothing: a correct
+    check under -W error::pytest_gradcheck.GradcheckWarning must not fail on it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradcheckWarning)
+        result = check_terms(reg=1e6)
+    assert result.passed
+    dominance = [w for w in result.warnings if "dominates" in w]
+    assert dominance  # still said, in Result.warnings
+    assert not alarming(result.warnings)
 
 
 def test_dominance_ratio_is_configurable():
