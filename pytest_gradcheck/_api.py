@@ -57,12 +57,16 @@ def gradcheck(
         if ctx is not None:
             ctx.record_error(error)
         raise
-    if ctx is not None:
-        ctx.record(result)
-    _tell_hypothesis(result)
     if not result.passed and raise_on_fail:
+        _done(result, ctx, None)
         raise GradcheckError(result)  # its message lists the warnings
-    _warn(result)
+    try:
+        _warn(result)
+    except BaseException as error:  # a warnings filter made a GradcheckWarning an error
+        raised = str(error) if isinstance(error, GradcheckWarning) else None
+        _done(result, ctx, raised)
+        raise
+    _done(result, ctx, None)
     return result
 
 
@@ -94,6 +98,19 @@ def _check(
         return run_check(backend, opts, framework)
     finally:
         backend.close()
+
+
+def _done(result: Result, ctx: TestContext | None, warning_raised: str | None) -> None:
+    """Record the result in the test's report and tell Hypothesis about it.
+
+    After the warnings are issued, not before: a filter that turns a `GradcheckWarning`
+    into an error (``-W error::pytest_gradcheck.GradcheckWarning``) makes the call
+    raise and the test fail, and the report must say so (`warning_raised`, the
+    warning's text), not show the check as a plain pass.
+    """
+    if ctx is not None:
+        ctx.record(result, warning_raised)
+    _tell_hypothesis(result)
 
 
 def _warn(result: Result) -> None:

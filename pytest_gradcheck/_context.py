@@ -1,8 +1,9 @@
 """The link between a running check and the pytest item it runs in.
 
 The plugin sets `CURRENT` around each test call; `gradcheck()` reads the option layers
-(marker > CLI > ini) from it and hands its result back to it. Outside pytest,
-`CURRENT` is unset and a check uses its call keywords over the defaults.
+(marker > CLI > ini) from it and hands its result back to it (with the warning it raised,
+where a warnings filter made one an error). Outside pytest, `CURRENT` is unset and a
+check uses its call keywords over the defaults.
 
 A thread starts with an empty context, so a check that a test runs in a thread of its
 own (a `ThreadPoolExecutor`) finds `CURRENT` unset: `current()` then falls back to the
@@ -28,7 +29,11 @@ class TestContext:
 
     nodeid: str
     layers: tuple[Mapping[str, Any], ...] = ()  # highest precedence first
-    record: Callable[[Result], None] = field(default=lambda result: None)
+    #: a check's result, and the text of its warning that a warnings filter raised as
+    #: an error (``-W error::pytest_gradcheck.GradcheckWarning``), or None
+    record: Callable[[Result, str | None], None] = field(
+        default=lambda result, warning_raised: None
+    )
     #: a check that raised instead of returning a result (bad input, an error in f)
     record_error: Callable[[BaseException], None] = field(default=lambda error: None)
 

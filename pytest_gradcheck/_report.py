@@ -32,6 +32,13 @@ def raised(check: Mapping[str, Any]) -> bool:
     return check.get("error") is not None
 
 
+def warning_raised(check: Mapping[str, Any]) -> str | None:
+    """The text of the check's warning that a warnings filter raised as an error
+    (``-W error::pytest_gradcheck.GradcheckWarning``): the call raised it after its
+    result was known, so its test failed although the result may have passed."""
+    return check.get("warning_raised")
+
+
 def _rank(check: Mapping[str, Any]) -> tuple[int, float]:
     """Worse checks rank higher: by tier, then error; one that raised above all."""
     if raised(check):
@@ -73,6 +80,8 @@ class Row:
     kinks_crossed: int = 0
     passed: bool = True
     warned: bool = False  # any of its checks has warnings (its examples', for Hypothesis)
+    #: the warning a filter raised as an error (the first of its examples' to raise one)
+    warning_raised: str | None = None
 
     @property
     def tier(self) -> str:
@@ -132,6 +141,7 @@ class SessionReport:
                     row.kinks_crossed += check["kinks_crossed"]
                     row.passed = row.passed and check["passed"]
                     row.warned = row.warned or bool(alarming(check.get("warnings") or ()))
+                    row.warning_raised = row.warning_raised or warning_raised(check)
                     if _rank(check) > _rank(row.check):
                         row.check = check
                     continue
@@ -144,6 +154,7 @@ class SessionReport:
                 kinks_crossed=check["kinks_crossed"],
                 passed=check["passed"],
                 warned=bool(alarming(check.get("warnings") or ())),
+                warning_raised=warning_raised(check),
             )
             if check.get("example") is not None:
                 collapsed[(nodeid, index)] = row
@@ -168,6 +179,8 @@ class SessionReport:
             "passed": sum(1 for c in results if c["passed"]),
             "failed": sum(1 for c in results if not c["passed"]),
             "errors": len(checks) - len(results),
+            # counted in passed or failed by their result as well: a subset, not an outcome
+            "warnings_raised": sum(1 for c in checks if warning_raised(c)),
             "tiers": tiers,
             "worst_tier": None if worst is None else worst.label,
             "max_rel_error": max((c["max_rel_error"] for c in results), default=None),

@@ -2,11 +2,12 @@
 that fit the terminal (80 columns and up).
 
 A row is: test id, blocks, coordinates, kinks crossed, worst relative error, tier,
-then ``FAILED`` and the warnings mark ``!``, each in a column of its own where any row
-has it. What does not fit beside the cells goes elsewhere: a long test id on a line of
-its own above them, the Hypothesis example count and the terms' tiers on indented lines
-below them. Block lines (``--gradcheck-report blocks``) and step sweeps keep to the
-same width.
+then ``FAILED`` (or ``RAISED``: a warning of the check raised as an error) and the
+warnings mark ``!``, each in a column of its own where any row has it. What does not
+fit beside the cells goes elsewhere: a long test id on a line of its own above them,
+the Hypothesis example count and the terms' tiers on indented lines below them, the
+warning a row raised on a line below it. Block lines (``--gradcheck-report blocks``),
+step sweeps and the count line keep to the same width.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ WARNED = "!"
 LEGEND = " the check has warnings: see the warnings summary, or its failure message"
 
 FAILED = "FAILED"
+#: the mark of a row whose check gave a result but whose call raised one of its warnings,
+#: which a warnings filter made an error (``-W error::pytest_gradcheck.GradcheckWarning``):
+#: its test failed, whatever its tier says; the warning is on the line below
+RAISED = "RAISED"
+_VERDICT_W = max(len(FAILED), len(RAISED))
 
 #: the columns after the test id: blocks, coords, kinks, max rel err (each after two
 #: spaces), and the two spaces before the tier
@@ -59,6 +65,17 @@ def _tier(label: str) -> Segment:
     return (label, COLOURS.get(label, _NO_MARKUP))
 
 
+def _verdict(row: Row) -> str:
+    """The row's verdict mark: FAILED for a result worse than its tolerance, RAISED for
+    one whose warning was raised as an error, none otherwise (and for a call that raised
+    instead of giving a result: its tier says ``error``)."""
+    if raised(row.check):
+        return ""
+    if not row.passed:
+        return FAILED
+    return RAISED if row.warning_raised else ""
+
+
 def _length(line: Sequence[Segment]) -> int:
     return sum(len(text) for text, _ in line)
 
@@ -69,9 +86,9 @@ class _Layout:
     def __init__(self, rows: Sequence[Row], width: int) -> None:
         self.width = width
         self.tier_w = max(4, *(len(r.tier) for r in rows))
-        self.failed = any(not r.passed for r in rows)
+        self.verdict = any(_verdict(r) for r in rows)
         self.warned = any(r.warned for r in rows)
-        tail = self.tier_w + (2 + len(FAILED)) * self.failed + (2 + len(WARNED)) * self.warned
+        tail = self.tier_w + (2 + _VERDICT_W) * self.verdict + (2 + len(WARNED)) * self.warned
         longest = max(len(r.label) for r in rows)
         self.name_w = max(4, min(longest, max(_MIN_NAME, width - _CELLS_W - tail)))
 
@@ -87,16 +104,16 @@ class _Layout:
     def cells(self, label: str, blocks: str, coords: str, kinks: str, err: str) -> str:
         return f"{label:<{self.name_w}}  {blocks:>6}  {coords:>6}  {kinks:>5}  {err:>11}  "
 
-    def flags(self, tier: str, failed: bool, warned: bool) -> list[Segment]:
-        """The tier, FAILED and the warnings mark, each in its column (no trailing
-        blanks)."""
+    def flags(self, tier: str, verdict: str, warned: bool) -> list[Segment]:
+        """The tier, the verdict mark (FAILED, RAISED or none) and the warnings mark,
+        each in its column (no trailing blanks)."""
         out: list[Segment] = [_tier(tier)]
         pad = " " * (self.tier_w - len(tier))
-        if failed:
-            out.append((f"{pad}  {FAILED}", COLOURS["wrong"]))
-            pad = ""
-        elif self.failed and warned:
-            pad += " " * (2 + len(FAILED))
+        if verdict:
+            out.append((f"{pad}  {verdict:<{_VERDICT_W}}".rstrip(), COLOURS["wrong"]))
+            pad = " " * (_VERDICT_W - len(verdict))
+        elif self.verdict and warned:
+            pad += " " * (2 + _VERDICT_W)
         if warned:
             out.append((f"{pad}  {WARNED}", COLOURS["uncomfortable"]))
         return out
@@ -125,12 +142,27 @@ def section_lines(report: SessionReport, detail: str, width: int = 80) -> list[l
     lines: list[list[Segment]] = [layout.header()]
     for r in rows:
         lines.extend(_row_lines(r, layout, detail))
-    s = report.summary()
-    counts = ", ".join(f"{n} {t}" for t, n in [*s["tiers"].items(), ("raised", s["errors"])] if n)
-    lines.append([(f"{s['checks']} check(s) in {s['tests']} test(s): {counts}", _NO_MARKUP)])
+    lines.extend(_count_lines(report.summary(), width))
     if layout.warned:
         lines.append([(WARNED, COLOURS["uncomfortable"]), (LEGEND, _NO_MARKUP)])
     return lines
+
+
+def _count_lines(s: Mapping[str, Any], width: int) -> list[list[Segment]]:
+    """The count line (checks, tests, tiers, raised, warnings raised), continued on
+    indented lines between its counts where it is wider than the terminal."""
+    counts = [f"{n} {t}" for t, n in [*s["tiers"].items(), ("raised", s["errors"])] if n]
+    pieces = [f"{c}," for c in counts[:-1]] + counts[-1:]
+    if s["warnings_raised"]:  # a subset of the checks counted before it
+        pieces[-1:] = [f"{p};" for p in pieces[-1:]]
+        pieces.append(f"{s['warnings_raised']} with a warning raised as an error")
+    lines = [f"{s['checks']} check(s) in {s['tests']} test(s):"]
+    for piece in pieces:
+        if len(lines[-1]) + 1 + len(piece) <= width:
+            lines[-1] += " " + piece
+        else:
+            lines.append(_INDENT + piece)
+    return [[(line, _NO_MARKUP)] for line in lines]
 
 
 def _row_lines(r: Row, layout: _Layout, detail: str) -> list[list[Segment]]:
@@ -144,7 +176,7 @@ def _row_lines(r: Row, layout: _Layout, detail: str) -> list[list[Segment]]:
     check = r.check
     if raised(check):  # no result: what it raised, on a line of its own
         cells = layout.cells(label, "-", "-", "-", "-")
-        lines.append([(cells, _NO_MARKUP), *layout.flags(r.tier, False, r.warned)])
+        lines.append([(cells, _NO_MARKUP), *layout.flags(r.tier, "", r.warned)])
         error = check["error"]
         text = f"{error['type']}: {error['message']}".splitlines()[0]
         lines.append([(_INDENT + _clip(text, layout.width - len(_INDENT)), _NO_MARKUP)])
@@ -156,7 +188,7 @@ def _row_lines(r: Row, layout: _Layout, detail: str) -> list[list[Segment]]:
         str(r.kinks_crossed),
         f"{r.max_rel_error:.2e}",
     )
-    line: list[Segment] = [(cells, _NO_MARKUP), *layout.flags(r.tier, not r.passed, r.warned)]
+    line: list[Segment] = [(cells, _NO_MARKUP), *layout.flags(r.tier, _verdict(r), r.warned)]
     terms = check.get("terms") or {}
     extras = []
     if r.examples > 1:
@@ -169,6 +201,9 @@ def _row_lines(r: Row, layout: _Layout, detail: str) -> list[list[Segment]]:
             line.append(("  " + extra, _NO_MARKUP))
         else:
             lines.extend(layout.below(extra))
+    if r.warning_raised:  # the warning the call raised, as a raised row's error
+        text = f"raised GradcheckWarning: {r.warning_raised}".splitlines()[0]
+        lines.append([(_INDENT + _clip(text, layout.width - len(_INDENT)), _NO_MARKUP)])
     if detail == "blocks":
         for term, sub in [(None, check), *terms.items()]:
             lines.extend(_block_line(b, term, layout) for b in sub["blocks"])

@@ -301,16 +301,18 @@ class _Recorder:
         self._examples = 0
         self._in_example = 0
 
-    def __call__(self, result: Any) -> None:
+    def __call__(self, result: Any, warning_raised: str | None) -> None:
+        """Record a check's result; `warning_raised`: the text of its warning that a
+        filter raised as an error (the call raised it, failing the test), or None."""
         with self._lock:
-            self._record(result.to_dict())
+            self._record(result.to_dict(), warning_raised)
 
     def error(self, error: BaseException) -> None:
         """Record a check that raised (bad input, an error in f) instead of a result."""
         with self._lock:
-            self._record(raised_entry(error))
+            self._record(raised_entry(error), None)
 
-    def _record(self, fields: dict[str, Any]) -> None:
+    def _record(self, fields: dict[str, Any], warning_raised: str | None) -> None:
         ctx = _build_context()
         if ctx is None:
             index, example = self._plain, None
@@ -321,7 +323,7 @@ class _Recorder:
             index, example = self._in_example, self._examples - 1
             self._in_example += 1
         where = {"nodeid": self.nodeid, "index": index, "example": example, "when": self.when}
-        self.entries.append(plain({**where, **fields}))
+        self.entries.append(plain({**where, **fields, "warning_raised": warning_raised}))
 
     def take(self) -> list[dict[str, Any]]:
         """The entries recorded since the last call."""

@@ -14,7 +14,9 @@ What it does for the engine (see `_base.py` for the protocol):
   before every evaluation, so f(x+h) and f(x-h) see the same state. Any other tensor
   f writes into in place (the buffers of a module read through a closure or given as
   a dict or list of its parameters, a cache) is found by the dispatch mode of the
-  checked point's pass and put back after every call (`_torch_state.py`).
+  checked point's pass and put back after every call (`_torch_state.py`). The plain
+  attributes of the params modules (``self.last = y.detach()`` in a forward) are
+  saved before the first call of f and put back in `close()` (`_torch_attrs.py`).
 - The analytic gradient comes from `torch.autograd.grad` (never `.backward()`, so the
   user's `.grad` fields are never written).
 - Every evaluation starts from the same RNG state: Python's `random`, NumPy's global
@@ -132,6 +134,7 @@ from ._base import (
     whole,
 )
 from ._rng import GlobalRng
+from ._torch_attrs import ModuleAttributes
 from ._torch_promote import Promoting, home_dtype, hook_recurrent
 from ._torch_state import SavedState, StateWatch, Written, modules_of, tensor_names
 from ._torch_tracker import WinnerTracker, tracker
@@ -562,6 +565,9 @@ class TorchBackend:
         self._swaps: list[_Swap] = []
         self._buffers: list[_Buffer] = []
         self._training: list[tuple[torch.nn.Module, bool]] = []
+        #: the plain attributes of the params modules (``self.last = ...`` in a forward),
+        #: saved before the first call of f and put back in `close()` (`_torch_attrs`)
+        self._attributes: ModuleAttributes | None = None
         self._blocks: list[_Block] = []
         #: (name, tensor, flat values) of every float64 tensor the check gave f: put back
         #: if f writes into it (an in-place op under no_grad leaves no other trace)
@@ -778,6 +784,7 @@ class TorchBackend:
             if name in chosen:
                 blocks[name] = _Block(name, tuple(leaf.shape), dtype, leaf, None)
 
+        self._attributes = ModuleAttributes.of(self._modules_seen)
         for module in self._modules_seen:
             self._take_module_state(module)
 
@@ -1081,7 +1088,9 @@ class TorchBackend:
         self._clean = self._clean_tracked = False  # until the next `gradient`
 
     def close(self) -> None:
-        """Put back every swapped storage, buffer, flag and RNG state. Safe to call twice."""
+        """Put back every swapped storage, buffer, flag, module attribute and RNG state.
+
+        Safe to call twice."""
         if self._closed:
             return
         self._closed = True
@@ -1103,11 +1112,13 @@ class TorchBackend:
             attempt(swap.restore)
         for module, flag in self._training:
             module.training = flag
+        if self._attributes is not None:
+            attempt(self._attributes.restore)
         if self._numerics is not None:
             attempt(self._numerics.restore)
         attempt(self._rng.restore)
         self._blocks, self._buffers, self._swaps, self._args = [], [], [], ()
-        self._guards, self._state = [], SavedState()
+        self._guards, self._state, self._attributes = [], SavedState(), None
         self._slots, self._modules, self._last_mode = [], None, None
         self._weights = None
         if errors:

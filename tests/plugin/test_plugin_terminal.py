@@ -469,3 +469,27 @@ def test_the_section_fits_80_columns(
             assert cells, line
             assert cells.end(1) == ends["coords"] and cells.end(2) == ends["kinks"], line
             assert cells.end(3) == ends["err"], line
+
+
+def test_a_long_count_line_continues_between_its_counts() -> None:
+    from pytest_gradcheck._terminal import _count_lines
+
+    summary = {
+        "checks": 249,
+        "tests": 50,
+        "tiers": {"happy": 131, "ok": 62, "uncomfortable": 27, "wrong": 25},
+        "errors": 4,
+        "warnings_raised": 3,
+    }
+    for width in (60, 80):
+        lines = [line[0][0] for line in _count_lines(summary, width)]
+        assert len(lines) > 1 and all(len(line) <= width for line in lines)
+        assert all(line.startswith("    ") for line in lines[1:])
+        # broken only between counts, never inside one
+        words = " ".join(line.strip() for line in lines)
+        assert words == (
+            "249 check(s) in 50 test(s): 131 happy, 62 ok, 27 uncomfortable, 25 wrong, "
+            "4 raised; 3 with a warning raised as an error"
+        )
+    (line,) = _count_lines({**summary, "warnings_raised": 0}, 200)
+    assert line[0][0].endswith("25 wrong, 4 raised")

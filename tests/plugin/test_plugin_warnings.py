@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gc_plugin_util import section
+from gc_plugin_util import load_json, section, validate_report
 
 import pytest_gradcheck
 from pytest_gradcheck import GradcheckError, GradcheckWarning, gradcheck
@@ -67,6 +67,88 @@ def test_the_warnings_can_be_made_errors(inner: pytest.Pytester) -> None:
     assert sum("::test_tiny" in line for line in section(result.stdout.str())) == 1
     inner.makeini("[pytest]\nfilterwarnings =\n    error::pytest_gradcheck.GradcheckWarning\n")
     inner.runpytest().assert_outcomes(passed=1, failed=2)
+
+
+def test_a_warning_raised_as_an_error_shows_in_the_section_and_the_json(
+    inner: pytest.Pytester,
+) -> None:
+    # the checks pass their tolerance; the filter makes their calls raise the warning,
+    # so their tests fail: the report must say so, not show two plain happy passes
+    inner.makepyfile(test_w=TINY)
+    result = inner.runpytest(
+        "-W", "error::pytest_gradcheck.GradcheckWarning", "--gradcheck-json=w.json"
+    )
+    result.assert_outcomes(passed=1, failed=2)
+    lines = section(result.stdout.str())
+    at = {line.split()[0].split("::")[1]: i for i, line in enumerate(lines) if "::" in line}
+    assert lines[at["test_zero_block"]].split()[5:] == ["happy", "RAISED", "!"]
+    assert lines[at["test_zero_block"] + 1].startswith(
+        "    raised GradcheckWarning: block 'args[1]' has an analytic gradient of exac"
+    )
+    assert lines[at["test_tiny"]].split()[5:] == ["happy", "RAISED", "!"]
+    assert lines[at["test_tiny"] + 1].startswith(
+        "    raised GradcheckWarning: block 'args[0]' has tiny gradients"
+    )
+    assert lines[at["test_clean"]].split()[5:] == ["happy"]
+    assert lines[-2] == "3 check(s) in 3 test(s): 3 happy; 2 with a warning raised as an error"
+    assert all(len(line) <= 80 for line in lines)
+
+    doc = load_json(inner.path / "w.json")
+    validate_report(doc)
+    checks = {c["nodeid"].split("::")[1]: c for c in doc["checks"]}
+    zero = checks["test_zero_block"]
+    # the result is kept whole; what the call then raised is beside it
+    assert (zero["passed"], zero["tier"], zero["test_outcome"]) == (True, "happy", "failed")
+    assert zero["warning_raised"].startswith(
+        "block 'args[1]' has an analytic gradient of exactly 0 at the checked point"
+    )
+    assert zero["warning_raised"] in zero["warnings"]
+    assert checks["test_tiny"]["warning_raised"].startswith("block 'args[0]' has tiny gradients")
+    assert checks["test_clean"]["warning_raised"] is None
+    s = doc["summary"]
+    assert (s["checks"], s["passed"], s["failed"], s["errors"]) == (3, 3, 0, 0)
+    assert s["warnings_raised"] == 2
+
+    # without the filter the same checks warn and raise nothing
+    plain = inner.runpytest("--gradcheck-json=p.json")
+    plain.assert_outcomes(passed=3)
+    assert "RAISED" not in "\n".join(section(plain.stdout.str()))
+    doc = load_json(inner.path / "p.json")
+    assert doc["summary"]["warnings_raised"] == 0
+    assert all(c["warning_raised"] is None for c in doc["checks"])
+
+
+def test_a_returned_failure_whose_warning_is_raised_shows_both(inner: pytest.Pytester) -> None:
+    # raise_on_fail=False: the failing result returns, so its warnings are issued too
+    inner.makepyfile(
+        test_f="""
+        import numpy as np
+        from pytest_gradcheck import gradcheck
+
+        def test_fails_quietly(gradcheck):
+            x = np.array([1.0, 2.0])
+            gradcheck(
+                lambda x, y: np.sum(x**2), x, x.copy(), grad=lambda x, y: (3 * x, 0 * y),
+                raise_on_fail=False,
+            )
+        """
+    )
+    result = inner.runpytest(
+        "-W", "error::pytest_gradcheck.GradcheckWarning", "--gradcheck-json=f.json"
+    )
+    result.assert_outcomes(failed=1)
+    lines = section(result.stdout.str())
+    i = next(n for n, line in enumerate(lines) if "::test_fails_quietly" in line)
+    # the id stands on its own line (too long for its column), the cells below it
+    assert lines[i + 1].split()[4:] == ["wrong", "FAILED", "!"]
+    assert lines[i + 2].startswith("    raised GradcheckWarning: block 'args[1]' has an")
+    assert lines[-2] == "1 check(s) in 1 test(s): 1 wrong; 1 with a warning raised as an error"
+    doc = load_json(inner.path / "f.json")
+    validate_report(doc)
+    (check,) = doc["checks"]
+    assert check["passed"] is False and check["warning_raised"].startswith("block 'args[1]'")
+    s = doc["summary"]
+    assert (s["passed"], s["failed"], s["warnings_raised"]) == (0, 1, 1)
 
 
 def test_a_check_that_raises_lists_its_warnings_in_the_message(inner: pytest.Pytester) -> None:
