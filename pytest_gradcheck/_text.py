@@ -189,6 +189,20 @@ def _factor_hint(failing: list[tuple[str | None, BlockResult]]) -> str | None:
     return None
 
 
+def _failing_one_sided(failing: list[tuple[str | None, BlockResult]], tolerance: Tier) -> int:
+    """How many comparisons of the failing blocks were rescued one-sidedly from a kink
+    crossing, and fail."""
+    count = 0
+    for _, block in failing:
+        if block.one_sided is not None:
+            tiers = block.coordinate_tiers
+            count += sum(1 for i, t in enumerate(tiers) if block.one_sided[i] and t > tolerance)
+        d = block.direction
+        if d is not None and d.one_sided and d.tier > tolerance:
+            count += 1
+    return count
+
+
 def _triangle_hint(failing: list[tuple[str | None, BlockResult]], tolerance: Tier) -> str | None:
     """f reads one triangle of a matrix it takes as symmetric (eigh, cholesky).
 
@@ -341,7 +355,17 @@ def hints(result: Result) -> list[str]:
         )
 
     crossed = sum(b.kinks_crossed for _, b in failing)
-    if crossed:
+    one_sided = _failing_one_sided(failing, result.tolerance)
+    if one_sided:
+        out.append(
+            f"{one_sided} failing comparison(s) were taken one-sidedly, on the checked "
+            "point's side of a kink, where f's slope is the numeric value: the backward "
+            "disagrees with f on that side. A derivative wrong in a clamped or masked "
+            "region looks like this (a safe log's g / max(x, eps) where f is flat below "
+            "eps), and so does a deliberate surrogate gradient (straight-through, "
+            "clipped), which no finite difference confirms"
+        )
+    if crossed > one_sided:
         out.append(
             f"{crossed} difference(s) crossed a kink (excluded, or rescued one-sidedly): f "
             "is not differentiable near the point; use fewer datapoints, a smaller eps, or "

@@ -734,3 +734,24 @@ def test_either_subgradient_of_a_comparison_at_an_exact_zero_passes(form, conven
 
     result = gradcheck(f, x, grad=grad)
     assert result.passed and result.kinks_crossed >= 2
+
+
+def test_a_one_sided_failure_gets_its_own_hint_not_the_kink_advice():
+    """A safe log's backward g / max(x, eps) at x = 0, where f is flat: the crossings
+    are rescued one-sidedly and those comparisons fail; the hint says so, instead of
+    advising fewer datapoints or a smaller eps, which cannot help."""
+    w = np.arange(1.0, 6.0)
+    x = np.array([0.0, 1.0, 2.0, 1e-14, 0.1])
+    result = gradcheck(
+        lambda x: np.sum(np.log(np.maximum(x, 1e-12)) * w),
+        x,
+        grad=lambda x: (w / np.maximum(x, 1e-12),),
+        raise_on_fail=False,
+    )
+    assert not result.passed
+    block = result.blocks[0]
+    assert block.one_sided is not None and block.one_sided.sum() == 2
+    text = result.report()
+    assert "3 failing comparison(s) were taken one-sidedly" in text  # 2 entries, direction
+    assert "surrogate gradient" in text
+    assert "smaller eps" not in text
