@@ -422,3 +422,49 @@ def test_an_f_that_needs_autograd_itself_is_still_evaluated_with_grad():
         return g.pow(2).sum()
 
     assert gradcheck(penalty, torch.linspace(0.5, 1.5, 4, dtype=torch.float64)).passed
+
+
+# -- complex inputs ------------------------------------------------------------------
+
+
+def _complex(framework: str, z: np.ndarray) -> Any:
+    if framework == "torch":
+        return pytest.importorskip("torch").from_numpy(z.copy())
+    if framework == "jax":
+        return pytest.importorskip("jax").numpy.asarray(z)  # complex64 without x64
+    return z.copy()
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_complex_input_is_named_with_how_to_check_it(framework):
+    """Complex leaves are not blocks; alone, the error says so and how to check them;
+    beside a real block, a warning says they went unchecked (never a silent pass)."""
+    z = np.array([1.0 + 2.0j, -0.5 + 0.25j, 3.0 - 1.0j])
+    f, (x,), kw = square_check(framework, np.array([0.5, -1.5]))
+    c = _complex(framework, z)
+    with pytest.raises(ValueError, match=r"args\[0\] is complex.*real and imaginary parts"):
+        gradcheck(lambda c: f(x), c, **({"grad": lambda c: (None,)} if kw else {}))
+    grad = {"grad": lambda c, x: (None, 2 * x)} if kw else {}
+    with pytest.warns(UserWarning, match=r"'args\[0\]' is complex and went unchecked"):
+        result = gradcheck(lambda c, x: f(x), c, x, **grad)
+    assert [b.name for b in result.blocks] == ["args[1]"]
+    # chosen with wrt=, the complex leaf is left out on purpose: no warning
+    assert not [
+        w
+        for w in gradcheck(lambda c, x: f(x), c, x, wrt=["args[1]"], **grad).warnings
+        if "complex" in w
+    ]
+    with pytest.raises(TypeError, match=r"wrt names 'args\[0\]', which is complex"):
+        gradcheck(lambda c, x: f(x), c, x, wrt=["args[0]"], **grad)
+
+
+def test_the_advised_real_and_imaginary_parts_check_a_complex_function():
+    torch = pytest.importorskip("torch")
+    z = torch.tensor([1.0 + 2.0j, -0.5 + 0.25j, 3.0 - 1.0j], dtype=torch.complex128)
+    parts = torch.view_as_real(z).clone()
+
+    def f(parts):
+        return (torch.view_as_complex(parts) ** 2).abs().sum()
+
+    result = gradcheck(f, parts)
+    assert result.passed and result.blocks[0].shape == (3, 2)

@@ -143,12 +143,29 @@ class Backend(Protocol):
         """Restore every user object, flag and RNG state exactly as before the check."""
 
 
-def select_blocks(floating: Sequence[str], others: Sequence[str], wrt: Wrt) -> list[str]:
+#: how to check a function of complex values: what the errors and the warning about
+#: complex leaves advise
+_COMPLEX_ADVICE = (
+    "pass the real and imaginary parts as real "
+    "arrays (torch.view_as_real(z), or z.real and z.imag) and build the complex value "
+    "inside f (torch.view_as_complex, x + 1j * y), so each part is a block"
+)
+
+
+def select_blocks(
+    floating: Sequence[str],
+    others: Sequence[str],
+    wrt: Wrt,
+    complex_: Sequence[str] = (),
+) -> list[str]:
     """Apply the `wrt` option to the floating block names, validating it.
 
     `others` are the names of non-floating leaves: naming one in `wrt` is an error.
     A name that is not a block selects every block under it (a subtree: ``dense1``
     selects ``dense1['kernel']`` and ``dense1['bias']``; ``fc1`` selects ``fc1.weight``).
+    `complex_` names the complex leaves among `others`: the errors about them say how
+    to check a function of complex values (see `complex_warning` for the leaves left
+    out beside real blocks).
     """
     if wrt is None:
         chosen = list(floating)
@@ -158,6 +175,10 @@ def select_blocks(floating: Sequence[str], others: Sequence[str], wrt: Wrt) -> l
         wanted = [wrt] if isinstance(wrt, str) else list(wrt)
         selected: set[str] = set()
         for name in wanted:
+            if name in complex_:
+                raise TypeError(
+                    f"gradcheck: wrt names {name!r}, which is complex; {_COMPLEX_ADVICE}"
+                )
             if name in others:
                 raise TypeError(
                     f"gradcheck: wrt names {name!r}, which is not floating point; "
@@ -182,8 +203,27 @@ def select_blocks(floating: Sequence[str], others: Sequence[str], wrt: Wrt) -> l
             "gradcheck: there is no floating-point block to check"
             + (f" (wrt={wrt!r} selected none of: {', '.join(floating)})" if floating else "")
             + ". Pass floating-point arrays in args or params."
+            + (
+                f" {', '.join(complex_)} {'is' if len(complex_) == 1 else 'are'} complex, "
+                f"and the check takes real blocks only: {_COMPLEX_ADVICE}."
+                if complex_
+                else ""
+            )
         )
     return chosen
+
+
+def complex_warning(complex_: Sequence[str], wrt: Wrt) -> list[str]:
+    """The warning that complex leaves were left out beside the real blocks checked
+    (none where `wrt` chose the blocks: the user then said which to check)."""
+    if not complex_ or wrt is not None:
+        return []
+    return [
+        f"{', '.join(map(repr, complex_))} {'is' if len(complex_) == 1 else 'are'} complex "
+        "and went unchecked (the check takes real blocks only): "
+        f"{_COMPLEX_ADVICE}; to leave {'it' if len(complex_) == 1 else 'them'} "
+        "out on purpose, choose the blocks with wrt="
+    ]
 
 
 def _under(name: str, blocks: Sequence[str]) -> list[str]:

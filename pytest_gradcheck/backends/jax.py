@@ -73,6 +73,7 @@ from ._base import (
     Settings,
     check_finite_loss,
     check_gradient_array,
+    complex_warning,
     index_array,
     index_count,
     lowered_warning,
@@ -164,6 +165,11 @@ class _Slot:
     original: Any
     treedef: Any
     leaves: list[int]  # indices into the backend's leaf list
+
+
+def _is_complex(value: Any) -> bool:
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and bool(np.issubdtype(np.dtype(dtype), np.complexfloating))
 
 
 def _is_floating(value: Any) -> bool:
@@ -479,7 +485,9 @@ class JaxBackend:
         dupes = {n for n in floating if floating.count(n) > 1}
         if dupes:
             raise ValueError(f"gradcheck: two blocks share the name(s) {sorted(dupes)}")
-        chosen = set(select_blocks(floating, others, self._settings.wrt))
+        complex_ = [leaf.name for leaf in leaves if _is_complex(leaf.value)]
+        chosen = set(select_blocks(floating, others, self._settings.wrt, complex_))
+        self.warnings.extend(complex_warning(complex_, self._settings.wrt))
         self._block_leaves = [i for i, leaf in enumerate(leaves) if leaf.name in chosen]
         low = [leaf.name for leaf in leaves if leaf.floating and _dtype(leaf.value) != "float64"]
         if low:

@@ -25,6 +25,7 @@ from ._base import (
     Point,
     Settings,
     check_gradient_array,
+    complex_warning,
     lowered_warning,
     projection_weights,
     reduce_output,
@@ -129,7 +130,9 @@ class NumpyBackend:
             leaves = list(self._param_leaves(params))
         for name, leaf in leaves:
             (floating if _is_floating_leaf(leaf) else others).append(name)
-        chosen = set(select_blocks(floating, others, self.settings.wrt))
+        complex_ = [name for name, leaf in leaves if np.iscomplexobj(leaf)]
+        chosen = set(select_blocks(floating, others, self.settings.wrt, complex_))
+        self.warnings.extend(complex_warning(complex_, self.settings.wrt))
         lowp = sorted(
             {_dtype_name(leaf) for name, leaf in leaves if name in chosen} - {"float64", "float"}
         )

@@ -125,6 +125,7 @@ from ._base import (
     Settings,
     check_finite_loss,
     check_gradient_array,
+    complex_warning,
     index_array,
     index_count,
     lowered_warning,
@@ -717,7 +718,13 @@ class TorchBackend:
                 floating.append(name)
             else:
                 others.append(name)
-        chosen = set(select_blocks(floating, others, settings.wrt))
+        complex_ = [
+            name
+            for name, leaf in arg_leaves + param_leaves
+            if isinstance(leaf, torch.Tensor) and leaf.is_complex()
+        ]
+        chosen = set(select_blocks(floating, others, settings.wrt, complex_))
+        self.warnings.extend(complex_warning(complex_, settings.wrt))
         _refuse_meta(arg_leaves + param_leaves, chosen)
         arrays = [
             name
