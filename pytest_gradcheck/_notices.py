@@ -1,12 +1,13 @@
 """Which of a check's warnings are notices: what the check did, not what it could not see.
 
-A check always runs in float64, so inputs in lower precision are cast for it; and a
-block sitting on exact ties is checked just off them. The check says so in
-`Result.warnings`, but these are notices, no alarms: they are not issued as
-`GradcheckWarning`s nor marked in the terminal report, where the first would stand
-beside nearly every check of a float32 model and teach users to ignore the warnings
-that matter (a check that cannot see a wrong gradient). Free of NumPy and the
-frameworks: the plugin's report reads it at start-up.
+A check always runs in float64, so inputs in lower precision are cast for it (where f
+cannot also run in those dtypes, for the look at its gradient there, `backends/_own_dtype`
+says so with the same prefix); and a block sitting on exact ties is checked just off
+them. The check says so in `Result.warnings`, but these are notices, no alarms: they
+are not issued as `GradcheckWarning`s nor marked in the terminal report, where the
+first would stand beside nearly every check of a float32 model and teach users to
+ignore the warnings that matter (a check that cannot see a wrong gradient). Free of
+NumPy and the frameworks: the plugin's report reads it at start-up.
 """
 
 from __future__ import annotations
