@@ -3,9 +3,10 @@
 The comparisons themselves (centered differences, kink retries, confirmation) are
 `_pairs`'s, a direction's localization `_directions`'s, the warnings `_warnings`'s.
 The engine talks to a backend through `backends._base.Backend` only. Its cost is the
-number of evaluations of f: one analytic pass, two per checked coordinate, two per
-block's direction, plus retries at smaller steps where a kink was crossed and about
-2·log2(n) to localize a failing direction that no sampled coordinate explains.
+number of evaluations of f: one analytic pass (and one more in the user's own dtypes
+where the check cast lower precision), two per checked coordinate, two per block's
+direction, plus retries at smaller steps where a kink was crossed and about 2·log2(n)
+to localize a failing direction that no sampled coordinate explains.
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
     counter.count += grad.evaluations
     counter.center = grad.center
     check_finite(grad.center, "the checked point", near=False)
+    # the gradient in the user's own dtypes, where the check cast lower precision: a
+    # backward that overflows there is finite in float64 (see `backends._own_dtype`).
+    # Here, at the checked point and before any comparison: nothing moved it yet, and
+    # the pass changes nothing the evaluations see
+    own = backend.own_dtype_pass()
+    if own is not None:
+        counter.count += 1
+        warnings.extend(own)
     term_names = tuple(grad.terms)
     # a tracked center without a signature means the backend could not track this f
     # (e.g. JAX eager fallback): kinks are then possible, not absent

@@ -1,13 +1,14 @@
 """Which of a check's warnings are notices: what the check did, not what it could not see.
 
-A check always runs in float64, so inputs in lower precision are cast for it; a
-block sitting on exact ties is checked just off them; and where one term's gradient
-dominates another's, each term is checked on its own, so an error in the small one
-fails that term's check instead of hiding in the total. The check says so in
-`Result.warnings`, but these are notices, no alarms: they are not issued as
-`GradcheckWarning`s nor marked in the terminal report, where the first would stand
-beside nearly every check of a float32 model and teach users to ignore the warnings
-that matter (a check that cannot see a wrong gradient). Free of NumPy and the
+A check always runs in float64, so inputs in lower precision are cast for it (where f
+cannot also run in those dtypes, for the look at its gradient there, `backends/_own_dtype`
+says so with the same prefix); a block sitting on exact ties is checked just off them;
+and where one term's gradient dominates another's, each term is checked on its own, so
+an error in the small one fails that term's check instead of hiding in the total. The
+check says so in `Result.warnings`, but these are notices, no alarms: they are not
+issued as `GradcheckWarning`s nor marked in the terminal report, where the first would
+stand beside nearly every check of a float32 model and teach users to ignore the
+warnings that matter (a check that cannot see a wrong gradient). Free of NumPy and the
 frameworks: the plugin's report reads it at start-up.
 """
 

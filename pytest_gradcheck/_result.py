@@ -193,9 +193,11 @@ class Result:
         blocks: one `BlockResult` per checked block, for the total loss.
         terms: one `Result` per named term (empty unless f returned a mapping).
         kinks_crossed: coordinates and directions whose difference crossed a kink.
-        evaluations: calls of f, the analytic pass and burn-in included.
-        warnings: what the check noticed: float32 inputs, tiny gradients, a dominating
-            term, a burn-in that did not lower the loss.
+        evaluations: calls of f, the analytic pass, burn-in and the pass in the user's
+            own dtypes (where lower precision was cast) included.
+        warnings: what the check noticed: float32 inputs, a gradient that is not finite
+            in them, tiny gradients, a dominating term, a burn-in that did not lower the
+            loss.
         kinks_present: whether winner tracking saw any max-like decision.
         framework: "numpy", "torch" or "jax".
         term: the term this result is for (None for the total).

@@ -139,6 +139,17 @@ class Backend(Protocol):
     def step(self, update: Sequence[np.ndarray]) -> None:
         """Add `update` (flat float64 per block) to the base point, in place (burn-in)."""
 
+    def own_dtype_pass(self) -> tuple[str, ...] | None:
+        """f and its analytic gradient once more at the base point, in the user's dtypes.
+
+        Only where the check cast inputs of lower precision to float64; None otherwise
+        (no pass ran: a float64 check pays nothing). Returns the warnings
+        `_own_dtype.judge` finds (a loss or gradient entries that are not finite there),
+        or `_own_dtype.failed`'s notice where the pass raised. It changes nothing the
+        check's evaluations see: RNGs reseeded before it, the user's objects and the
+        backend's state as they were after it.
+        """
+
     def close(self) -> None:
         """Restore every user object, flag and RNG state exactly as before the check."""
 

@@ -93,6 +93,7 @@ from ._jax_tracker import (
     safe_fingerprint,
 )
 from ._jaxpr import all_eqns
+from ._own_dtype import OwnGradient, failed, judge
 from ._rng import GlobalRng
 
 #: errors that mean `f` needs concrete values (Python control flow on array values)
@@ -490,8 +491,11 @@ class JaxBackend:
         self.warnings.extend(complex_warning(complex_, self._settings.wrt))
         self._block_leaves = [i for i, leaf in enumerate(leaves) if leaf.name in chosen]
         low = [leaf.name for leaf in leaves if leaf.floating and _dtype(leaf.value) != "float64"]
+        #: the lower-precision dtypes the check cast (see `own_dtype_pass`)
+        self._given: tuple[str, ...] = ()
         if low:
             dtypes = sorted({_dtype(leaf.value) for leaf in leaves if leaf.name in low})
+            self._given = tuple(dtypes)
             x64 = (
                 "JAX x64 was already enabled"
                 if self._x64_global
@@ -565,13 +569,17 @@ class JaxBackend:
         return jnp.asarray(arr)
 
     # ------------------------------------------------------------------ calling f
-    def _assemble(self, blocks: Sequence[Any], dyns: Sequence[Any]) -> tuple[tuple, list]:
+    def _assemble(
+        self, blocks: Sequence[Any], dyns: Sequence[Any], static: dict[int, Any] | None = None
+    ) -> tuple[tuple, list]:
+        """f's arguments and every leaf's value from the blocks, the dynamic leaves and
+        the static ones (`static`: the check's, with unchecked NumPy floats in float64)."""
         values: list[Any] = [None] * len(self._leaves)
         for i, shape, b in zip(self._block_leaves, self._shapes, blocks, strict=False):
             values[i] = jnp.reshape(b, shape)
         for i, d in zip(self._dyn_leaves, dyns, strict=False):
             values[i] = d
-        for i, s in self._static.items():
+        for i, s in (self._static if static is None else static).items():
             values[i] = s
         args = jax.tree_util.tree_unflatten(self._args_def, values[: self._n_args_leaves])
         return args, values
@@ -601,6 +609,14 @@ class JaxBackend:
         return self._reduce(out)
 
     def _reduce(self, out: Any) -> list[Any]:
+        """f's output as ``[total, *terms]``; keeps its kind, term names and dtype."""
+        parts, kind, names = self._parts(out)
+        self._kind, self._term_names = kind, names
+        self._out_dtype = str(jnp.result_type(jnp.asarray(out) if kind != "terms" else parts[0]))
+        return parts
+
+    def _parts(self, out: Any) -> tuple[list[Any], str, tuple[str, ...]]:
+        """f's output as ``[total, *terms]``, its kind and its term names (validated)."""
         kind = reduce_output(out)
         names: tuple[str, ...] = ()
         if kind == "scalar":
@@ -638,9 +654,7 @@ class JaxBackend:
                     f"gradcheck: {what} returned by f has dtype {part.dtype}; the loss must "
                     "be floating point"
                 )
-        self._kind, self._term_names = kind, names
-        self._out_dtype = str(jnp.result_type(jnp.asarray(out) if kind != "terms" else parts[0]))
-        return parts
+        return parts, kind, names
 
     def _trace(self) -> None:
         """Trace f once; choose jit (with tracking) or eager mode."""
@@ -732,27 +746,40 @@ class JaxBackend:
         return jax.device_put(value)
 
     def _grad_jit(self, track: bool) -> tuple:
-        """Run the gradient program: (outs, g_total, g_terms, hashes) on the device.
+        """Run the gradient program: (outs, g_total, g_terms, hashes) on the device."""
+        return self._run_grad(
+            self._program, track, self._consts, self._base_dev, self._dyn_vals, self._grad_traced
+        )
+
+    def _run_grad(
+        self,
+        program: _Program,
+        track: bool,
+        consts: list,
+        blocks: list,
+        dyns: list,
+        traced: dict[bool, tuple],
+    ) -> tuple:
+        """The gradient program of `program` at these values (`_grad_jit`; the pass in the
+        user's own dtypes runs its own program through it too).
 
         Without custom rules, the program is keyed on f's jaxpr. With them, the key
         leaves the rules out (`fingerprint`), so the gradient is traced here first, the
-        rules with it, and its program is keyed on the jaxpr of that trace.
+        rules with it, and its program is keyed on the jaxpr of that trace (kept in
+        `traced` per `track`).
         """
-        program = self._program
         if not program.rules:
-            return _GRAD[self._quick](program, track, self._consts, self._base_dev, self._dyn_vals)
-        if track not in self._grad_traced:
+            return _GRAD[self._quick](program, track, consts, blocks, dyns)
+        if track not in traced:
             body = functools.partial(_grad_body, program, track)
-            closed, shape = jax.make_jaxpr(body, return_shape=True)(
-                self._consts, self._base_dev, self._dyn_vals
-            )
-            self._grad_traced[track] = (
+            closed, shape = jax.make_jaxpr(body, return_shape=True)(consts, blocks, dyns)
+            traced[track] = (
                 _Program(closed.jaxpr, 0),
                 list(closed.consts),
                 jax.tree_util.tree_structure(shape),
             )
-        traced, consts, tree = self._grad_traced[track]
-        flat = _EVAL[self._quick](traced, consts, (self._consts, self._base_dev, self._dyn_vals))
+        rules, rule_consts, tree = traced[track]
+        flat = _EVAL[self._quick](rules, rule_consts, (consts, blocks, dyns))
         return jax.tree_util.tree_unflatten(tree, flat)
 
     def _find_platform(self) -> str:
@@ -887,6 +914,88 @@ class JaxBackend:
                     )
                 self._base_np[b] = _read_only(self._base_np[b] + u)
                 self._base_dev[b] = jax.device_put(self._base_np[b], self._base_dev[b].sharding)
+
+    def own_dtype_pass(self) -> tuple[str, ...] | None:
+        """f and its gradient once more at the base point, with every leaf in its own dtype.
+
+        Only where the check cast floating leaves of lower precision (None otherwise):
+        the gradient of f at the blocks cast back to their dtypes, the other leaves as the
+        user gave them, under the user's own x64 setting (not the check's), so that a
+        custom_vjp rule computing ``exp(-z)`` in float32 overflows here as it does in
+        training (see `_own_dtype`). f is traced at those dtypes and its gradient
+        program compiled like the check's (keyed on the computation: a second check of
+        the same f compiles nothing); an f that needs concrete values runs eagerly. A
+        pass that raises gives a notice, and the check stands as it is.
+        """
+        if not self._given:
+            return None
+        try:
+            with warnings.catch_warnings(), self._own_scope():
+                warnings.simplefilter("ignore")
+                loss, grads = self._own_gradient()
+        except Exception as err:
+            return (failed(self._given, err),)
+        if not grads:  # the loss is not finite there: no gradient was taken
+            return judge(self._given, loss, [])
+        found = [
+            OwnGradient(self._name(b), self._shapes[b], _dtype(self._leaves[i].value), g)
+            for b, (i, g) in enumerate(zip(self._block_leaves, grads, strict=True))
+        ]
+        return judge(self._given, loss, found)
+
+    @contextlib.contextmanager
+    def _own_scope(self) -> Iterator[None]:
+        """`_scope` without x64: the highest matmul precision and the device only."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(jax.default_matmul_precision("highest"))
+            if self._device is not None:
+                stack.enter_context(jax.default_device(self._device))
+            yield
+
+    def _own_gradient(self) -> tuple[float, list[np.ndarray]]:
+        """The loss and each block's gradient (flat float64) at the base point, the blocks
+        cast to their own dtypes and the other leaves as given (no gradient where the
+        loss is not finite)."""
+        leaves = self._leaves
+        blocks = [
+            self._own_place(leaves[i].value, base)
+            for i, base in zip(self._block_leaves, self._base_np, strict=True)
+        ]
+        dyns = [self._place(leaves[i].value, float64=False) for i in self._dyn_leaves]
+        static = {i: leaves[i].value for i in self._static}  # NumPy floats as given
+
+        def raw(blocks: Sequence[Any], dyns: Sequence[Any]) -> list[Any]:
+            args, values = self._assemble(blocks, dyns, static)
+            self._rng.reseed()
+            with self._installed(values):
+                out = self._f(*args)
+            return self._parts(out)[0][:1]  # the total only: one backward pass
+
+        if self._mode == "eager":
+            outs, vjp = jax.vjp(lambda *bl: raw(bl, dyns), *blocks)
+            loss = float(outs[0])
+            grads = jax.device_get(vjp([jnp.ones_like(outs[0])])) if np.isfinite(loss) else []
+        else:
+            closed = jax.make_jaxpr(raw)(blocks, dyns)
+            program = _Program(closed.jaxpr, len(blocks))
+            consts = [self._place_const(c) for c in closed.consts]
+            self._rng.reseed()
+            outs, grads, _, _ = jax.device_get(
+                self._run_grad(program, False, consts, blocks, dyns, {})
+            )
+            loss = float(outs[0])
+        if not np.isfinite(loss):
+            return loss, []
+        return loss, [np.asarray(g, dtype=np.float64).reshape(-1) for g in grads]
+
+    def _own_place(self, value: Any, base: np.ndarray) -> jax.Array:
+        """A block's flat base values in the dtype of the user's `value`, where it lives."""
+        arr = np.asarray(base).astype(np.dtype(getattr(value, "dtype", np.float64)))
+        if self._device is not None:
+            return jax.device_put(arr, self._device)
+        if isinstance(value, jax.Array):
+            return jax.device_put(arr, next(iter(value.devices())))
+        return jnp.asarray(arr)
 
     def close(self) -> None:
         """Put back the params entries and the global RNG states (idempotent)."""

@@ -34,6 +34,7 @@ from ._base import (
 )
 from ._numpy_tracker import Session, tracking
 from ._numpy_tracker import track as track_value
+from ._own_dtype import OwnGradient, failed, judge
 from ._rng import GlobalRng
 from ._tree import child_name, iter_leaves, map_leaves
 
@@ -141,6 +142,8 @@ class NumpyBackend:
                 f"{CAST_NOTICE}inputs of dtype {', '.join(lowp)} were cast for the check "
                 "(it always runs in double precision)"
             )
+        #: the lower-precision dtypes of the blocks, cast for the check (see `own_dtype_pass`)
+        self._given: tuple[str, ...] = tuple(lowp)
         # args: float64 base copies, rebuilt for each evaluation
         self._arg_base: dict[str, np.ndarray] = {}
         self._args = tuple(args)
@@ -165,6 +168,8 @@ class NumpyBackend:
                     )
         self._specs = specs
         self._base = [s.values.reshape(s.shape).copy() for s in specs]
+        #: each block's own dtype ("float", a Python float, is float64)
+        self._dtypes = [np.dtype("float64" if s.dtype == "float" else s.dtype) for s in specs]
 
     def _param_leaves(self, params: Any) -> list[tuple[str, Any]]:
         return [(name, leaf) for name, _, _, leaf in self._param_slots(params)]
@@ -348,24 +353,8 @@ class NumpyBackend:
 
     def _unpack(self, raw: Any, term: str | None, allow_missing: bool) -> list[np.ndarray | None]:
         """Match grad's return value to the blocks, validating each array."""
-        if self.params is None:
-            if len(self._args) == 1 and not isinstance(raw, (tuple, list)):
-                raw = (raw,)
-            if not isinstance(raw, (tuple, list)) or len(raw) != len(self._args):
-                got = len(raw) if isinstance(raw, (tuple, list)) else type(raw).__name__
-                raise ValueError(
-                    f"gradcheck: grad must return a tuple with one entry per positional "
-                    f"argument of f ({len(self._args)}), got {got}"
-                    + (f" for term {term!r}" if term else "")
-                )
-            found = dict(iter_leaves(tuple(raw), "args"))
-        else:
-            if not isinstance(raw, (Mapping, list)):
-                raise TypeError(
-                    "gradcheck: with params=, grad must return a dict keyed like params, "
-                    f"got {type(raw).__name__}" + (f" for term {term!r}" if term else "")
-                )
-            found = dict(self._param_leaves(raw))
+        found = self._found(raw, term)
+        if self.params is not None:
             self._refuse_extra(found, term)
         out: list[np.ndarray | None] = []
         for spec in self._specs:
@@ -377,6 +366,26 @@ class NumpyBackend:
                 raise ValueError(_no_gradient(spec.name))
             out.append(check_gradient_array(spec.name, g, spec.shape, term))
         return out
+
+    def _found(self, raw: Any, term: str | None) -> dict[str, Any]:
+        """grad's return value (for one term) as ``{leaf name: gradient}``, its form checked."""
+        if self.params is None:
+            if len(self._args) == 1 and not isinstance(raw, (tuple, list)):
+                raw = (raw,)
+            if not isinstance(raw, (tuple, list)) or len(raw) != len(self._args):
+                got = len(raw) if isinstance(raw, (tuple, list)) else type(raw).__name__
+                raise ValueError(
+                    f"gradcheck: grad must return a tuple with one entry per positional "
+                    f"argument of f ({len(self._args)}), got {got}"
+                    + (f" for term {term!r}" if term else "")
+                )
+            return dict(iter_leaves(tuple(raw), "args"))
+        if not isinstance(raw, (Mapping, list)):
+            raise TypeError(
+                "gradcheck: with params=, grad must return a dict keyed like params, "
+                f"got {type(raw).__name__}" + (f" for term {term!r}" if term else "")
+            )
+        return dict(self._param_leaves(raw))
 
     def _refuse_extra(self, found: Mapping[str, Any], term: str | None) -> None:
         """A gradient for a key params lacks is a typo that would go unchecked: an error.
@@ -395,6 +404,81 @@ class NumpyBackend:
                 + f", which params does not hold (its entries: {entries}); "
                 "key grad's dict exactly like params"
             )
+
+    def own_dtype_pass(self) -> tuple[str, ...] | None:
+        """f and `grad` once more at the base point, on the blocks in their own dtypes.
+
+        Only where a block came in lower precision (None otherwise): `grad` on float32
+        arrays is what the user's float32 code runs, and a backward that overflows there
+        (``np.exp(-z)`` of a large -z) is finite in the check's float64 (see
+        `_own_dtype`). NumPy's floating-point warnings and errors (`np.seterr`) are off
+        for the pass: what overflows is what it looks for. A pass that raises gives a
+        notice, and the check stands as it is.
+        """
+        if not self._given:
+            return None
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                loss, grads = self._own_gradient()
+        except Exception as err:
+            return (failed(self._given, err),)
+        if not grads:  # the loss is not finite there: no gradient was taken
+            return judge(self._given, loss, [])
+        found = [
+            OwnGradient(spec.name, spec.shape, spec.dtype, g)
+            for spec, g in zip(self._specs, grads, strict=True)
+        ]
+        return judge(self._given, loss, found)
+
+    def _own_gradient(self) -> tuple[float, list[np.ndarray | None]]:
+        """The loss and each block's gradient (flat float64, None where grad gave none)
+        with the blocks in their own dtypes: params entries exposed as such copies
+        while f and grad run, put back after; f and grad get copies of the arguments."""
+        own = [base.astype(dtype) for base, dtype in zip(self._base, self._dtypes, strict=True)]
+        n_args = len(self._arg_base)
+        named = dict(zip(list(self._arg_base), own[:n_args], strict=True))
+
+        def call_args() -> Any:
+            return map_leaves(
+                self._args,
+                "args",
+                lambda name, leaf: named[name].copy() if name in named else _data_copy(leaf),
+            )
+
+        try:
+            for slot, value in zip(self._slots, own[n_args:], strict=True):
+                slot.expose(value)
+            self._rng.reseed()
+            out = self.f(*call_args())
+            loss, _ = self._reduce(out)
+            if not np.isfinite(loss):
+                return loss, []
+            kwargs = {}
+            if self._kind == "array":
+                assert self._weights is not None
+                dtype = np.asarray(out).dtype  # dout in the output's dtype, as training has it
+                kwargs["dout"] = self._weights.astype(dtype if dtype.kind == "f" else np.float64)
+            self._rng.reseed()
+            raw = self.grad(*call_args(), **kwargs)
+        finally:
+            for slot in self._slots:
+                slot.expose(slot.live)
+        parts = (
+            [self._found(g, str(t)) for t, g in raw.items()]
+            if self._kind == "terms" and isinstance(raw, Mapping)
+            else [self._found(raw, None)]
+        )
+        grads: list[np.ndarray | None] = []
+        for spec in self._specs:
+            arrays = [np.asarray(p[spec.name]) for p in parts if p.get(spec.name) is not None]
+            arrays = [a for a in arrays if a.shape == spec.shape and a.dtype.kind in "iuf"]
+            grads.append(
+                np.sum([a.astype(np.float64).reshape(-1) for a in arrays], axis=0)
+                if arrays
+                else None
+            )
+        return loss, grads
 
     def step(self, update: Sequence[np.ndarray]) -> None:
         for b, u in enumerate(update):

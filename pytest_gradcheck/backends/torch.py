@@ -27,6 +27,9 @@ What it does for the engine (see `_base.py` for the protocol):
   module's train/eval flags and all the swapped storage exactly.
 - Winner tracking runs f under `WinnerTracker`, a `TorchDispatchMode` (see
   `_torch_tracker.py`), which also reports ops that drop below float64 inside f.
+- Where the check cast tensors of lower precision, f and its backward run once more at
+  the checked point in the user's own dtypes (`own_dtype_pass`, judged by `_own_dtype`):
+  a custom backward that overflows in float32 is finite in the check's float64.
 
 Batched evaluation (``Settings.batch``, the option ``batch``, on by default)
 ---------------------------------------------------------------------------
@@ -134,6 +137,7 @@ from ._base import (
     select_blocks,
     whole,
 )
+from ._own_dtype import OwnGradient, failed, judge
 from ._rng import GlobalRng
 from ._torch_attrs import ModuleAttributes
 from ._torch_promote import Promoting, home_dtype, hook_recurrent
@@ -621,6 +625,10 @@ class TorchBackend:
         #: them keep float64 (`_torch_promote.Promoting`'s `home`)
         self._cast_from: set[torch.dtype] = set()
         self._keeping = False
+        #: the user's arguments and the lower-precision dtypes the check cast, for the
+        #: pass in the user's own dtypes (`own_dtype_pass`)
+        self._user_args: tuple = ()
+        self._given: tuple[str, ...] = ()
 
         self._device = _resolve_device(settings.device)
         if self._device is not None and self._device.type == "cuda":
@@ -738,11 +746,13 @@ class TorchBackend:
                 "f as they are, as data, and not checked; pass torch tensors to check them"
             )
 
-        lowered = [
-            f"{name} ({_dtype_name(leaf.dtype)})"
+        low = [
+            (name, _dtype_name(leaf.dtype))
             for name, leaf in arg_leaves + param_leaves
             if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.dtype != _F64
         ]
+        lowered = [f"{name} ({dtype})" for name, dtype in low]
+        self._given = tuple(sorted({dtype for _, dtype in low}))
         if lowered:
             self.warnings.append(
                 f"gradcheck: {CAST_NOTICE}these inputs were in lower precision and were "
@@ -769,6 +779,7 @@ class TorchBackend:
             return t
 
         self._args = tuple(map_leaves(args, "args", take_arg))
+        self._user_args = args
 
         # a tensor listed twice (under two keys) is swapped once and checked under each name
         wanted: dict[int, bool] = {}
@@ -1094,6 +1105,105 @@ class TorchBackend:
         self._reference = None  # the checked point moved
         self._clean = self._clean_tracked = False  # until the next `gradient`
 
+    def own_dtype_pass(self) -> tuple[str, ...] | None:
+        """f and its backward once more at the checked point, in the user's own dtypes.
+
+        Only where the check cast floating tensors of lower precision (None otherwise):
+        a custom backward computing ``exp(-z)`` overflows in float32 and not in the
+        check's float64 (see `_own_dtype`). One forward under a dispatch mode that only
+        watches for writes into state (no promotion: f computes in its own dtypes), and
+        one ``torch.autograd.grad`` (no ``.grad`` written). What it changes is put back as
+        after any evaluation (`_own_gradient`). A pass that raises gives a notice, and
+        the check stands as it is.
+        """
+        if not self._given:
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loss, grads = self._own_gradient()
+        except Exception as err:
+            return (failed(self._given, err),)
+        if not grads:  # the loss is not finite there: no gradient was taken
+            return judge(self._given, loss, [])
+        found = [
+            OwnGradient(b.name, b.shape, b.dtype, g)
+            for b, g in zip(self._blocks, grads, strict=True)
+        ]
+        return judge(self._given, loss, found)
+
+    def _own_gradient(self) -> tuple[float, list[np.ndarray | None]]:
+        """The loss and each block's gradient (flat float64, None where autograd gave
+        none) at the checked point, every tensor in the dtype the user gave it.
+
+        The tensors the check swapped (parameters and buffers of ``params``) get copies
+        in their own dtypes for the call (the blocks' base values, the buffers' starting
+        values), and their float64 storage back after it; the arguments are copies of
+        the user's, the blocks' from their base values. So nothing the check holds is
+        written, and what f writes that the check does not hold (a BatchNorm read
+        through a closure) is found and put back like after any evaluation
+        (`_torch_state`). RNGs are reseeded first; the dtypes, devices, requires_grad
+        and train/eval flags of the user's objects are never touched.
+        """
+        starts = {id(b.obj): b.start for b in self._buffers}
+        held: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tensor, the check's storage)
+        own: list[torch.Tensor] = []  # the tensors made for this call
+        versions = self._versions()
+        mode = None
+        try:
+            for swap in self._swaps:
+                t, start = swap.tensor, starts.get(id(swap.tensor))
+                if not swap.original.is_floating_point() and start is None:
+                    continue  # an integer tensor moved to the device: f reads it as is
+                source = (start if start is not None else t).detach()
+                copy = source.to(dtype=swap.original.dtype, copy=True)
+                held.append((t, t.data))
+                t.data = copy
+                own.append(copy)
+            args, inputs = self._own_args(own)
+            mode = tracker(None, measure=True, state=self._state_watch(own))
+            self._reseed()
+            with _GradMode(True):
+                with mode:
+                    out = self.f(*args)
+                total, _ = self._reduce(out)
+            loss = float(total.detach().item())
+            if not np.isfinite(loss):
+                return loss, []
+            grads = torch.autograd.grad(total, inputs, allow_unused=True)
+        finally:
+            for t, data in reversed(held):
+                t.data = data
+            self._repair(versions, mode)
+        return loss, [
+            None if g is None else g.detach().to(_F64).cpu().numpy().reshape(-1) for g in grads
+        ]
+
+    def _own_args(self, own: list[torch.Tensor]) -> tuple[tuple, list[torch.Tensor]]:
+        """The user's arguments for the pass in their own dtypes, and the tensors whose
+        gradients it takes (per block: its argument copy, or its parameter). Floating
+        tensors are copied (blocks from their base values), on the check's device; the
+        copies are added to `own`."""
+        arg_blocks = {b.name: b for b in self._blocks if b.name in self._arg_blocks}
+        made: dict[str, torch.Tensor] = {}
+
+        def take(name: str, leaf: Any) -> Any:
+            if not isinstance(leaf, torch.Tensor):
+                return leaf
+            if not leaf.is_floating_point():
+                moved = self._device is not None and leaf.device != self._device
+                return leaf.to(self._device) if moved else leaf
+            block = arg_blocks.get(name)
+            source = leaf.detach() if block is None else block.base.view(block.shape)
+            t = source.to(device=self._place(leaf), dtype=leaf.dtype, copy=True)
+            own.append(t)
+            if block is not None:
+                made[name] = t.requires_grad_(True)
+            return t
+
+        args = tuple(map_leaves(self._user_args, "args", take))
+        return args, [made.get(b.name, b.tensor) for b in self._blocks]
+
     def close(self) -> None:
         """Put back every swapped storage, buffer, flag, module attribute and RNG state.
 
@@ -1125,6 +1235,7 @@ class TorchBackend:
             attempt(self._numerics.restore)
         attempt(self._rng.restore)
         self._blocks, self._buffers, self._swaps, self._args = [], [], [], ()
+        self._user_args = ()
         self._guards, self._state, self._attributes = [], SavedState(), None
         self._slots, self._modules, self._last_mode = [], None, None
         self._weights = None
@@ -1199,11 +1310,13 @@ class TorchBackend:
                     "from the same point"
                 )
 
-    def _state_watch(self) -> StateWatch:
+    def _state_watch(self, own: Sequence[torch.Tensor] = ()) -> StateWatch:
         """A `StateWatch` for one measuring call of f: the guarded tensors are the
         backend's to put back, a params module's buffers are reset: neither is saved, both
-        are watched for what f reads back."""
-        skip = frozenset(self._storage(t) for _, t, _ in self._guards) - {0}
+        are watched for what f reads back. `own`: tensors made for the call alone (the
+        pass in the user's dtypes), thrown away after it: not saved either."""
+        tensors = [t for _, t, _ in self._guards] + list(own)
+        skip = frozenset(self._storage(t) for t in tensors) - {0}
         return self._state.watch(skip, frozenset(self._buffer_names()))
 
     def _buffer_names(self) -> dict[int, str]:
