@@ -169,8 +169,8 @@ class _Slot:
 
 
 def _is_complex(value: Any) -> bool:
-    dtype = getattr(value, "dtype", None)
-    return dtype is not None and bool(np.issubdtype(np.dtype(dtype), np.complexfloating))
+    # (a PRNG key's extended dtype is no NumPy dtype: its kind is not "c")
+    return getattr(getattr(value, "dtype", None), "kind", None) == "c"
 
 
 def _is_floating(value: Any) -> bool:
