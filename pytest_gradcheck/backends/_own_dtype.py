@@ -23,8 +23,10 @@ arrays first, which keeps NaN and inf as they are.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +48,42 @@ class OwnGradient:
     dtype: str
     #: flat float64 (NaN and inf kept); None where the pass gave the block no gradient
     values: np.ndarray | None
+
+
+#: what a backend's pass returns: the loss, and per block its flat float64 gradient
+#: (None where the block got none); no gradients where the loss is not finite
+Taken = tuple[float, Sequence[np.ndarray | None]]
+
+
+def look(
+    dtypes: Sequence[str],
+    scope: contextlib.AbstractContextManager[object],
+    take: Callable[[], Taken],
+    blocks: Callable[[], Sequence[tuple[str, tuple[int, ...], str]]],
+) -> tuple[str, ...] | None:
+    """Run a backend's pass in the user's own dtypes and judge it: what
+    `Backend.own_dtype_pass` returns, for every framework.
+
+    `dtypes` are the user's dtypes the check cast (none: no pass, None); `take` is the
+    backend's pass, run inside `scope` with Python warnings off (what overflows is what
+    it looks for); `blocks` gives each block's (name, shape, the user's dtype). A pass
+    that raises gives `failed`'s notice.
+    """
+    if not dtypes:
+        return None
+    try:
+        with warnings.catch_warnings(), scope:
+            warnings.simplefilter("ignore")
+            loss, grads = take()
+    except Exception as err:
+        return (failed(dtypes, err),)
+    if not grads:  # the loss is not finite there: no gradient was taken
+        return judge(dtypes, loss, [])
+    found = [
+        OwnGradient(name, shape, dtype, g)
+        for (name, shape, dtype), g in zip(blocks(), grads, strict=True)
+    ]
+    return judge(dtypes, loss, found)
 
 
 def given(dtypes: Sequence[str]) -> str:

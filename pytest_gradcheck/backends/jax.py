@@ -93,7 +93,7 @@ from ._jax_tracker import (
     safe_fingerprint,
 )
 from ._jaxpr import all_eqns
-from ._own_dtype import OwnGradient, failed, judge
+from ._own_dtype import look
 from ._rng import GlobalRng
 
 #: errors that mean `f` needs concrete values (Python control flow on array values)
@@ -927,21 +927,15 @@ class JaxBackend:
         the same f compiles nothing); an f that needs concrete values runs eagerly. A
         pass that raises gives a notice, and the check stands as it is.
         """
-        if not self._given:
-            return None
-        try:
-            with warnings.catch_warnings(), self._own_scope():
-                warnings.simplefilter("ignore")
-                loss, grads = self._own_gradient()
-        except Exception as err:
-            return (failed(self._given, err),)
-        if not grads:  # the loss is not finite there: no gradient was taken
-            return judge(self._given, loss, [])
-        found = [
-            OwnGradient(self._name(b), self._shapes[b], _dtype(self._leaves[i].value), g)
-            for b, (i, g) in enumerate(zip(self._block_leaves, grads, strict=True))
-        ]
-        return judge(self._given, loss, found)
+        return look(
+            self._given,
+            self._own_scope(),
+            self._own_gradient,
+            lambda: [
+                (self._name(b), self._shapes[b], _dtype(self._leaves[i].value))
+                for b, i in enumerate(self._block_leaves)
+            ],
+        )
 
     @contextlib.contextmanager
     def _own_scope(self) -> Iterator[None]:

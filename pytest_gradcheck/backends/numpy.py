@@ -34,7 +34,7 @@ from ._base import (
 )
 from ._numpy_tracker import Session, tracking
 from ._numpy_tracker import track as track_value
-from ._own_dtype import OwnGradient, failed, judge
+from ._own_dtype import look
 from ._rng import GlobalRng
 from ._tree import child_name, iter_leaves, map_leaves
 
@@ -415,21 +415,12 @@ class NumpyBackend:
         for the pass: what overflows is what it looks for. A pass that raises gives a
         notice, and the check stands as it is.
         """
-        if not self._given:
-            return None
-        try:
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                loss, grads = self._own_gradient()
-        except Exception as err:
-            return (failed(self._given, err),)
-        if not grads:  # the loss is not finite there: no gradient was taken
-            return judge(self._given, loss, [])
-        found = [
-            OwnGradient(spec.name, spec.shape, spec.dtype, g)
-            for spec, g in zip(self._specs, grads, strict=True)
-        ]
-        return judge(self._given, loss, found)
+        return look(
+            self._given,
+            np.errstate(all="ignore"),
+            self._own_gradient,
+            lambda: [(spec.name, spec.shape, spec.dtype) for spec in self._specs],
+        )
 
     def _own_gradient(self) -> tuple[float, list[np.ndarray | None]]:
         """The loss and each block's gradient (flat float64, None where grad gave none)

@@ -137,7 +137,7 @@ from ._base import (
     select_blocks,
     whole,
 )
-from ._own_dtype import OwnGradient, failed, judge
+from ._own_dtype import look
 from ._rng import GlobalRng
 from ._torch_attrs import ModuleAttributes
 from ._torch_promote import Promoting, home_dtype, hook_recurrent
@@ -1116,21 +1116,12 @@ class TorchBackend:
         after any evaluation (`_own_gradient`). A pass that raises gives a notice, and
         the check stands as it is.
         """
-        if not self._given:
-            return None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loss, grads = self._own_gradient()
-        except Exception as err:
-            return (failed(self._given, err),)
-        if not grads:  # the loss is not finite there: no gradient was taken
-            return judge(self._given, loss, [])
-        found = [
-            OwnGradient(b.name, b.shape, b.dtype, g)
-            for b, g in zip(self._blocks, grads, strict=True)
-        ]
-        return judge(self._given, loss, found)
+        return look(
+            self._given,
+            contextlib.nullcontext(),
+            self._own_gradient,
+            lambda: [(b.name, b.shape, b.dtype) for b in self._blocks],
+        )
 
     def _own_gradient(self) -> tuple[float, list[np.ndarray | None]]:
         """The loss and each block's gradient (flat float64, None where autograd gave
