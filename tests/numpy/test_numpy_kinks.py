@@ -331,6 +331,24 @@ def test_an_error_spread_thinly_over_a_kinked_f_is_warned_of_where_it_passes():
         thinly_wrong_relu_svm(0, raise_on_fail=False)
 
 
+def test_a_correct_gradient_near_a_singularity_beside_a_kink_is_happy_and_unwarned():
+    """log(b) at b = 2e-4..4e-4 beside a ReLU: the plain difference fails *ok* by
+    truncation, the Richardson value lands in *ok*; confirmed only at *ok*, the smaller
+    steps that settle it were never taken, and the smooth-comparison warning fired on
+    a correct gradient (an audit's false alarm)."""
+    a = np.array([-1.0, 0.5, 2.0])
+    b = np.linspace(2e-4, 4e-4, 12)
+    result = gradcheck(
+        lambda b, a: np.log(b).sum() + np.maximum(a, 0).sum(),
+        b,
+        a,
+        grad=lambda b, a: (1 / b, (a > 0).astype(float)),
+    )
+    assert result.tolerance is Tier.OK
+    assert result.tier is Tier.HAPPY, result.report()
+    assert not [w for w in result.warnings if SMOOTH in w]
+
+
 def test_a_thinly_wrong_kinked_f_fails_under_happy_and_an_explicit_ok_is_not_second_guessed():
     with pytest.raises(GradcheckError):
         thinly_wrong_relu_svm(0, tolerance="happy")
