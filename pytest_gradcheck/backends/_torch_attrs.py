@@ -6,7 +6,9 @@ A forward may rebind a plain attribute of its module: ``self.last = y.detach()``
 attribute would hold what the check's last evaluation left: a value at a perturbed
 point, in float64 and, under batching, a tensor of `torch.func.vmap`'s that raises when
 used outside it. So the backend saves the plain entries of the ``__dict__`` of every
-module in ``params`` (and of their submodules) before its first call of f, and puts
+module in ``params`` and every module f reaches directly (`_torch_state.modules_of`:
+``params=dict(model.named_parameters())`` with ``lambda x: model(x)``), and of their
+submodules, before its first call of f, and puts
 them back when the check ends, however it ends: each saved name bound to the same
 object again, a name f added deleted, one f deleted restored.
 

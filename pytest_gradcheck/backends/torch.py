@@ -802,7 +802,8 @@ class TorchBackend:
             if name in chosen:
                 blocks[name] = _Block(name, tuple(leaf.shape), dtype, leaf, None)
 
-        self._attributes = ModuleAttributes.of(self._modules_seen)
+        # the params modules, and those f reaches in its closure (params=dict(...) of one)
+        self._attributes = ModuleAttributes.of([*self._modules_seen, *modules_of(self.f)])
         for module in self._modules_seen:
             self._take_module_state(module)
 

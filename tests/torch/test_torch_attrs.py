@@ -154,6 +154,18 @@ def test_a_module_inside_a_params_list_or_dict_is_covered(as_list: bool) -> None
 
 
 @pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize("how", ["named_parameters", "submodule"])
+def test_a_module_f_reaches_through_its_closure_is_covered(how: str, batch: bool) -> None:
+    """params=dict(model.named_parameters()), or a submodule as params with its parent
+    called through the closure: the modules f reaches are covered too (an audit found
+    the attributes left bound, a vmapped value among them)."""
+    model, x, before = _setup()
+    params = dict(model.named_parameters()) if how == "named_parameters" else model.inner.lin
+    assert gradcheck(lambda x: model(x).pow(2).sum(), x, params=params, batch=batch)
+    _assert_as_before(model, before)
+
+
+@pytest.mark.parametrize("batch", [True, False])
 def test_an_attribute_the_first_forward_creates_is_deleted(batch: bool) -> None:
     class Caches(nn.Module):
         def __init__(self) -> None:
