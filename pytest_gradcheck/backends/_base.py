@@ -157,9 +157,9 @@ class Backend(Protocol):
 #: how to check a function of complex values: what the errors and the warning about
 #: complex leaves advise
 _COMPLEX_ADVICE = (
-    "pass the real and imaginary parts as real "
-    "arrays (torch.view_as_real(z), or z.real and z.imag) and build the complex value "
-    "inside f (torch.view_as_complex, x + 1j * y), so each part is a block"
+    "pass the real and imaginary parts as real arrays (z.real and z.imag; in PyTorch "
+    "also torch.view_as_real(z)) and build the complex value inside f (x + 1j * y; "
+    "torch.view_as_complex), so each part is a block"
 )
 
 

@@ -152,8 +152,20 @@ def _loss_warning(where: str, loss: float) -> str:
     return (
         f"the loss at the checked point is {loss!r} in {_as_given(where)}, "
         "while it is finite in float64, where the check runs, so the check cannot show "
-        f"it: the forward overflows or divides by zero in {where} (an exp of a large "
-        "argument, a log of a value that underflows to 0), and training in "
-        f"{where} gets NaN or inf. Compute it in a stable form (logsumexp, log1p, "
-        "softplus, log_softmax, a clamp before exp)"
+        f"it: the forward overflows or divides by zero in {where} (a value past the "
+        f"largest finite {_largest(where)}, an exp of a large argument, a log of a value "
+        f"that underflows to 0), and training in {where} gets NaN or inf. Keep the "
+        "values in range (scale the loss or its inputs, reduce with a mean rather than "
+        "a sum) and compute it in a stable form (logsumexp, log1p, softplus, "
+        "log_softmax, a clamp before exp)"
     )
+
+
+#: the largest finite value of each lower-precision dtype
+_MAX = {"float16": 65504.0, "bfloat16": 3.3895e38, "float32": 3.4028e38}
+
+
+def _largest(where: str) -> str:
+    """'float16 value (65504)', for the dtypes in `where` ("float16/float32")."""
+    parts = [f"{d} value ({_MAX[d]:.5g})" for d in where.split("/") if d in _MAX]
+    return " or ".join(parts) if parts else f"{where} value"
