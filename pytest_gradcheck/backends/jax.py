@@ -926,21 +926,44 @@ class JaxBackend:
         program compiled like the check's (keyed on the computation: a second check of
         the same f compiles nothing); an f that needs concrete values runs eagerly. A
         pass that raises gives a notice, and the check stands as it is.
+
+        JAX caches some constants of a trace without the x64 setting in the key: once
+        the check has traced f with x64, tracing it without x64 can fail on dtypes JAX
+        itself mixed (an index array of the closure, ``s[jnp.arange(n), y]``: "lax.add
+        requires arguments to have the same dtypes, got int64, int32"). There the pass
+        is taken again with x64, the blocks still in their own dtypes (a float64 NumPy
+        constant of the closure then computes in float64, as it would for a user with
+        x64 on). JAX's traceback filtering is off for the pass, whose failures are
+        caught: it walked the file system for each and cost some 8 ms.
         """
         return look(
             self._given,
             self._own_scope(),
-            self._own_gradient,
+            self._own_gradient_retried,
             lambda: [
                 (self._name(b), self._shapes[b], _dtype(self._leaves[i].value))
                 for b, i in enumerate(self._block_leaves)
             ],
         )
 
+    def _own_gradient_retried(self) -> tuple[float, list[np.ndarray]]:
+        """`_own_gradient`, taken again with x64 where JAX mixed its own dtypes."""
+        try:
+            return self._own_gradient()
+        except TypeError as err:
+            if jax.config.jax_enable_x64 or not _MIXED_DTYPES.search(str(err)):
+                raise
+        with _enable_x64():
+            return self._own_gradient()
+
     @contextlib.contextmanager
     def _own_scope(self) -> Iterator[None]:
-        """`_scope` without x64: the highest matmul precision and the device only."""
+        """`_scope` without x64: the highest matmul precision and the device only (and
+        no traceback filtering: see `own_dtype_pass`)."""
+        from jax._src import config as jax_config
+
         with contextlib.ExitStack() as stack:
+            stack.enter_context(jax_config.traceback_filtering("off"))
             stack.enter_context(jax.default_matmul_precision("highest"))
             if self._device is not None:
                 stack.enter_context(jax.default_device(self._device))

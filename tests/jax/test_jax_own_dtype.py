@@ -146,6 +146,27 @@ def test_an_f_jit_cannot_trace_is_looked_at_eagerly():
     assert "nan at index 0," in found
 
 
+def test_an_index_array_of_the_closure_does_not_stop_the_pass():
+    """``log_softmax(s)[jnp.arange(n), y]`` with y a NumPy int array: traced without x64
+    after the check's x64 trace, JAX mixed int64 and int32 in its own index code, and
+    the pass raised (a notice, no look at the gradient); it is taken with x64 then."""
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.standard_normal((6, 4)), dtype=jnp.float32)
+    x = jnp.asarray(rng.standard_normal((8, 6)), dtype=jnp.float32)
+    y = rng.integers(0, 4, 8)
+    sigmoid = _sigmoid(stable=False)
+
+    def f(w):
+        s = x @ w
+        return -jnp.mean(jax.nn.log_softmax(s)[jnp.arange(8), y]) + sigmoid(w[0] - 95).sum()
+
+    result = gradcheck(f, w)
+    assert result.passed
+    assert not [m for m in result.warnings if "could not also be evaluated" in m]
+    [found] = _own_dtype_warnings(result)  # the pass ran: the overflow in row 0 is seen
+    assert "(float32): in float32" in found and "index (0, 0)" in found
+
+
 def test_a_loss_that_overflows_in_float32_is_warned():
     z = jnp.asarray([100.0, 1.0], dtype=jnp.float32)  # exp(100) = 2.7e43: inf in float32
     result, issued = _gradcheck_warnings(lambda z: jnp.exp(z).sum(), z)
