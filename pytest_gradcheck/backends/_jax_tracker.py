@@ -549,7 +549,8 @@ def _window_winners(ins: list, outs: list, params: dict) -> jax.Array:
 
 
 def _convert_decision(ins: list, outs: list, params: dict) -> jax.Array | None:
-    if _is_float(ins[0]) and not _is_float(outs[0]):
+    """A float rounded to an integer or a bool decides; a float made complex does not."""
+    if _is_float(ins[0]) and not jnp.issubdtype(jnp.result_type(outs[0]), jnp.inexact):
         return outs[0]
     return None
 
@@ -613,6 +614,8 @@ def _decision(eqn: Any, ins: list, outs: list, taint: list[bool], signs: list[Si
     rule = _RULES.get(eqn.primitive.name)
     if rule is None or no_kink(eqn.primitive.name, signs):
         return None
+    if eqn.primitive.name in ("abs", "sign") and jnp.iscomplexobj(ins[0]):
+        return None  # a complex modulus (or z / |z|) is smooth away from 0: no branches
     which, fn = rule
     if which == "any":
         hot = any(taint)

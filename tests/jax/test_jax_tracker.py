@@ -215,8 +215,18 @@ def test_large_pooling_window_is_tracked():
         lambda x: lax.fori_loop(0, 3, lambda i, c: c * jnp.tanh(x[i]), 1.0),  # loop counter
         lambda x: x[jnp.int32(1)] * x[0],  # index normalisation compares integers
         lambda x: jnp.sum(x * lax.stop_gradient(jnp.maximum(x, 0.0))),
+        # a float made complex, and a complex modulus: no rounding, no branches
+        lambda x: jnp.sum(jnp.abs(x * jnp.asarray([1 + 2j, -0.5 + 1j, 2 - 1j])) ** 2),
     ],
-    ids=["log_softmax", "softmax", "tanh", "fori_loop", "int_index", "stop_gradient_max"],
+    ids=[
+        "log_softmax",
+        "softmax",
+        "tanh",
+        "fori_loop",
+        "int_index",
+        "stop_gradient_max",
+        "complex_modulus",
+    ],
 )
 def test_smooth_functions_record_no_decision(f):
     (center,) = _signatures(f, [0.3, -0.2, 0.5], [])
