@@ -224,7 +224,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     if results[TOTAL].kinks_crossed:
         excluded_warnings(results[TOTAL], warnings)
-    if strict:
+    if strict and not untracked:  # (untracked, "crossed no kink" is not known)
         smooth_warnings(results[TOTAL], warnings)
 
     total = results[TOTAL]

@@ -463,3 +463,22 @@ def test_eigh_without_symmetrizing_gets_the_symmetrize_hint():
         "only the lower triangle"
     )
     assert gradcheck(lambda s: jnp.linalg.eigh(s)[0], s).passed
+
+
+def test_an_untracked_f_gets_no_smooth_comparison_warning():
+    """Evaluated eagerly, f's kinks are not tracked: a comparison crossing a ReLU 3e-8
+    from the point (closer than the smallest step tried) shows an error of ok size,
+    which the warning about comparisons that "crossed no kink" would misname."""
+    with jax.enable_x64(True):
+        w = jnp.asarray([0.3, -0.2, 0.5 + 3e-8, 0.1, -0.4, 0.7])
+
+    def f(w):
+        s = jnp.sum(jnp.tanh(w) ** 2) + 1e-4 * jnp.sum(jnp.maximum(w - 0.5, 0.0))
+        if s > 0:  # a Python branch on a value: evaluated eagerly, winner tracking off
+            return s
+        return -s
+
+    result = gradcheck(f, w)
+    assert any("winner tracking was unavailable" in m for m in result.warnings)
+    assert result.tier is Tier.OK  # the crossing, unseen, at ok: the tolerance allows it
+    assert not [m for m in result.warnings if "crossed no kink" in m]
