@@ -19,6 +19,14 @@ import numpy as np
 
 Wrt = Callable[[str], bool] | Sequence[str] | str | None
 
+#: the loss's cotangent in the analytic pass (its gradients are divided by it): not 1,
+#: where a backward that ignores its grad_output (a fused softmax + cross-entropy
+#: returning p - y, not g * (p - y)) gives the right gradient, while in training the
+#: loss is scaled (a mean over micro-batches, AMP's loss scale) and that backward is
+#: wrong; and no power of two, which a common factor of the loss (0.5, 1/N, 2**16)
+#: would cancel. Dividing by 3 costs at most an ulp
+COTANGENT = 3.0
+
 #: on a CPU, the points perturbing a block larger than this (bytes) are evaluated one
 #: at a time even where they could be batched: each row of a batch is a fresh copy of
 #: the block, written and read once from memory, while one point at a time perturbs

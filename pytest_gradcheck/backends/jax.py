@@ -65,6 +65,7 @@ import numpy as np
 from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant, shift_testable
 from .._notices import CAST_NOTICE
 from ._base import (
+    COTANGENT,
     CPU_LOOP_BYTES,
     BlockSpec,
     Evaluation,
@@ -271,11 +272,14 @@ def _vjps(fn: Callable[..., tuple], blocks: list) -> tuple:
 
     def cotangent(k: int) -> tuple:
         ct = list(zeros)
-        ct[k] = jnp.ones_like(outs[k])
+        ct[k] = jnp.full_like(outs[k], COTANGENT)  # (see `_base.COTANGENT`)
         return tuple(ct)
 
-    g_total = list(vjp(cotangent(0)))
-    g_terms = [list(vjp(cotangent(k))) for k in range(1, len(outs))]
+    def scaled(grads: Sequence[Any]) -> list:
+        return [g / COTANGENT for g in grads]
+
+    g_total = scaled(vjp(cotangent(0)))
+    g_terms = [scaled(vjp(cotangent(k))) for k in range(1, len(outs))]
     return list(outs), g_total, g_terms
 
 

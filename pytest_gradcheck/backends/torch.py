@@ -121,6 +121,7 @@ from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant
 from .._notices import CAST_NOTICE
 from . import _torch_batch as tb
 from ._base import (
+    COTANGENT,
     BlockSpec,
     Evaluation,
     Gradient,
@@ -540,6 +541,11 @@ def _only_torch_nodes(loss: torch.Tensor) -> bool:
 _PYTHON_NODE = torch.autograd.function.BackwardCFunction
 
 
+#: the most blocks whose gradients are taken again one by one where a custom backward
+#: is in the graph (`TorchBackend._lone`: one more call of f each)
+LONE_BLOCKS = 16
+
+
 class TorchBackend:
     """The protocol of `_base.Backend` for functions of torch tensors and modules."""
 
@@ -611,6 +617,8 @@ class TorchBackend:
         self._block_storages: list[int] | None = None
         # the fast path (see `_fast`): set by every `gradient` from its forward pass
         self._clean = False  # the dispatch mode fixed nothing up (no cast, no move)
+        #: the analytic pass's graph holds a Python backward (see `_lone`)
+        self._custom_graph = False
         self._clean_tracked = False  # ... and the pass was tracked and saw no decision
         #: the checked point's max/min reductions are shifts, not kinks: not recorded
         self._quiet = False
@@ -904,7 +912,66 @@ class TorchBackend:
                 self._keeping = False
                 self.warnings[warned:], self._lowered_seen = said, seen
                 gradient = self._gradient_pass(track)
-        return gradient
+        return self._lone(gradient)
+
+    def _lone(self, gradient: Gradient) -> Gradient:
+        """The gradient, with each block's taken again with it alone requiring one.
+
+        The analytic pass makes every checked block require a gradient, so a custom
+        autograd.Function sees ``ctx.needs_input_grad`` all True. A backward that
+        computes ``dW`` under the wrong index (``needs_input_grad[0]``, the input's)
+        then passes, while in training, where the input is data, ``W.grad`` stays None.
+        Where the graph holds such a Python backward, f runs once more per block with
+        that block alone requiring a gradient (up to `LONE_BLOCKS` blocks); a block
+        whose gradient is then None or all 0, and was not before, is checked as 0 (it
+        fails) and a warning says why. Values are not compared (the pass runs without
+        the check's dispatch mode); a pass that raises is left out.
+        """
+        blocks = self._blocks
+        if not self._custom_graph or not 1 < len(blocks) <= LONE_BLOCKS:
+            return gradient
+        tensors = [b.tensor for b in blocks]
+        flags = [t.requires_grad for t in tensors]
+        total = list(gradient.total)
+        runs = 0
+        try:
+            for b, block in enumerate(blocks):
+                if not total[b].any():
+                    continue
+                for j, t in enumerate(tensors):
+                    t.requires_grad_(j == b)
+                runs += 1
+                try:
+                    g = self._lone_gradient(tensors[b])
+                except Exception:  # an extra look, not the check: left out
+                    continue
+                if g is None or not bool(g.ne(0).any()):
+                    total[b] = np.zeros_like(total[b])
+                    self.warnings.append(
+                        f"block {block.name!r} gets no gradient when it alone requires one "
+                        "(its backward returns None or 0 for it), although it does when "
+                        "every checked block requires one: a custom autograd.Function's "
+                        "backward gates its gradient on another input's "
+                        "ctx.needs_input_grad (the wrong index), so in training, where "
+                        "that input is data, it stays None. It is checked as 0: compute "
+                        "each gradient under its own needs_input_grad entry"
+                    )
+        finally:
+            for t, flag in zip(tensors, flags, strict=True):
+                t.requires_grad_(flag)
+        return Gradient(gradient.center, tuple(total), gradient.terms, gradient.evaluations + runs)
+
+    def _lone_gradient(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The gradient of f's total for `tensor` alone, from a plain forward pass."""
+        versions = self._versions()
+        try:
+            total, _ = self._reduce(self._forward(True, None))
+            if not total.requires_grad:
+                return None
+            (g,) = torch.autograd.grad(total, [tensor], allow_unused=True)
+            return g
+        finally:
+            self._repair(versions)
 
     def _gradient_pass(self, track: bool) -> Gradient:
         self._quiet = False  # decided anew at every checked point (`_shift_invariant`)
@@ -963,7 +1030,8 @@ class TorchBackend:
         # precision: the forward pass needed no fix-up, lowered nothing, and its graph
         # holds only torch's own derivative formulas (the watch costs a Python call per
         # op, as much as the whole backward pass of a small model)
-        plain = not mode.fixed and not mode.lowered and _only_torch_nodes(total)
+        self._custom_graph = not _only_torch_nodes(total)
+        plain = not mode.fixed and not mode.lowered and not self._custom_graph
         keep = home_dtype(self._cast_from) if self._keeping else None
         watch = None if plain else self._mode(None, watch_precision=True, keep=keep)
         grads = self._backward(total, inputs, watch, None)
@@ -1480,9 +1548,13 @@ class TorchBackend:
         watch: WinnerTracker | None,
         term: Any,
     ) -> Sequence[torch.Tensor | None]:
+        seed = torch.full_like(loss, COTANGENT)
         try:
             with watch or contextlib.nullcontext():
-                return torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+                grads = torch.autograd.grad(
+                    loss, inputs, seed, retain_graph=True, allow_unused=True
+                )
+            return [None if g is None else g / COTANGENT for g in grads]
         except RuntimeError as err:
             raise self._backward_error(loss, inputs, term, err) from err
 

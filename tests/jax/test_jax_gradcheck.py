@@ -482,3 +482,15 @@ def test_an_untracked_f_gets_no_smooth_comparison_warning():
     assert any("winner tracking was unavailable" in m for m in result.warnings)
     assert result.tier is Tier.OK  # the crossing, unseen, at ok: the tolerance allows it
     assert not [m for m in result.warnings if "crossed no kink" in m]
+
+
+def test_a_custom_vjp_that_ignores_its_cotangent_fails_as_the_last_op():
+    """sum(x**2) / 2 with a rule returning x, not g * x: right only for a cotangent of 1."""
+
+    @jax.custom_vjp
+    def half_square(x):
+        return jnp.sum(x**2) / 2
+
+    half_square.defvjp(lambda x: (half_square(x), x), lambda x, g: (x,))
+    result = gradcheck(half_square, jnp.asarray([0.3, -1.2, 2.0]), raise_on_fail=False)
+    assert not result.passed and result.tier is Tier.WRONG

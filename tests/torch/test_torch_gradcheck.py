@@ -669,3 +669,73 @@ def test_eigh_reading_one_triangle_gets_the_symmetrize_hint_not_a_constant_facto
     assert message.endswith("hint: " + EIGH_HINT)
     fixed = gradcheck(lambda s: torch.linalg.eigh((s + s.T) / 2)[0], s)
     assert fixed.passed
+
+
+class _GatedLinear(torch.autograd.Function):
+    """x @ W whose backward computes each gradient under a ctx.needs_input_grad entry:
+    its own (right), or dW under x's entry (the wrong index)."""
+
+    @staticmethod
+    def forward(ctx, x, w, wrong_index):
+        ctx.save_for_backward(x, w)
+        ctx.wrong_index = wrong_index
+        return x @ w
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        dx = g @ w.T if ctx.needs_input_grad[0] else None
+        gate = ctx.needs_input_grad[0] if ctx.wrong_index else ctx.needs_input_grad[1]
+        dw = x.T @ g if gate else None
+        return dx, dw, None
+
+
+@pytest.mark.parametrize("wrong_index", [False, True], ids=["own index", "x's index"])
+def test_a_gradient_gated_on_another_inputs_needs_input_grad_fails(wrong_index):
+    """The analytic pass made x and W both require grad, so dW computed under x's flag
+    passed as happy, although in training (x is data) W.grad stays None."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(3, 2, dtype=torch.float64))
+    module = nn.Module()
+    module.w = w
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    def f(x):
+        return _GatedLinear.apply(x, module.w, wrong_index).pow(2).sum()
+
+    result = gradcheck(f, x, params=module, raise_on_fail=False)
+    lone = [m for m in result.warnings if "gets no gradient when it alone requires one" in m]
+    assert result.passed is (not wrong_index)
+    if wrong_index:
+        assert failing_blocks(result) == {"w"} and lone and "'w'" in lone[0]
+    else:
+        assert not lone and result.tier is Tier.HAPPY
+    # the flags the check toggled are the user's again
+    assert w.requires_grad and not x.requires_grad and w.grad is None
+
+
+class _FusedCrossEntropy(torch.autograd.Function):
+    """softmax + cross-entropy in one Function, its backward forgetting `g *`."""
+
+    @staticmethod
+    def forward(ctx, s, y):
+        p = torch.softmax(s, 1)
+        ctx.save_for_backward(p, y)
+        return -torch.log(p[torch.arange(len(y)), y]).mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        p, y = ctx.saved_tensors
+        d = p.clone()
+        d[torch.arange(len(y)), y] -= 1
+        return d / len(y), None  # the bug: g * (...) forgotten
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.5])
+def test_a_backward_that_ignores_its_grad_output_fails_as_the_last_op(factor):
+    """As the last op its grad_output was 1, so the bug passed as happy; under any loss
+    scale (0.5, AMP's) training gets wrong gradients."""
+    torch.manual_seed(0)
+    s, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 2, 1, 0])
+    result = gradcheck(lambda s: factor * _FusedCrossEntropy.apply(s, y), s, raise_on_fail=False)
+    assert not result.passed and result.tier is Tier.WRONG
