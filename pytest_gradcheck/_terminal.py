@@ -2,7 +2,8 @@
 that fit the terminal (80 columns and up).
 
 A row is: test id, blocks, coordinates, kinks crossed, worst relative error, tier,
-then ``FAILED`` (or ``RAISED``: a warning of the check raised as an error) and the
+then ``FAILED`` (``XFAIL`` in a test that failed as expected; ``RAISED``: a warning of
+the check raised as an error) and the
 warnings mark ``!``, each in a column of its own where any row has it. What does not
 fit beside the cells goes elsewhere: a long test id on a line of its own above them,
 the Hypothesis example count and the terms' tiers on indented lines below them, the
@@ -38,6 +39,8 @@ WARNED = "!"
 LEGEND = " the check has warnings: see the warnings summary, or its failure message"
 
 FAILED = "FAILED"
+#: a failing check in a test marked xfail that failed as expected
+XFAIL = "XFAIL"
 #: the mark of a row whose check gave a result but whose call raised one of its warnings,
 #: which a warnings filter made an error (``-W error::pytest_gradcheck.GradcheckWarning``):
 #: its test failed, whatever its tier says; the warning is on the line below
@@ -66,13 +69,14 @@ def _tier(label: str) -> Segment:
 
 
 def _verdict(row: Row) -> str:
-    """The row's verdict mark: FAILED for a result worse than its tolerance, RAISED for
-    one whose warning was raised as an error, none otherwise (and for a call that raised
-    instead of giving a result: its tier says ``error``)."""
+    """The row's verdict mark: FAILED for a result worse than its tolerance (XFAIL where
+    its test was expected to fail: a planted bug), RAISED for one whose warning was
+    raised as an error, none otherwise (and for a call that raised instead of giving a
+    result: its tier says ``error``)."""
     if raised(row.check):
         return ""
     if not row.passed:
-        return FAILED
+        return XFAIL if row.check.get("test_outcome") == "xfailed" else FAILED
     return RAISED if row.warning_raised else ""
 
 
