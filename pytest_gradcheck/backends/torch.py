@@ -1554,7 +1554,10 @@ class TorchBackend:
                 grads = torch.autograd.grad(
                     loss, inputs, seed, retain_graph=True, allow_unused=True
                 )
-            return [None if g is None else g / COTANGENT for g in grads]
+            # (one call for every block: a division each cost some 5 us)
+            found = [g for g in grads if g is not None]
+            divided = iter(torch._foreach_div(found, COTANGENT) if found else ())
+            return [None if g is None else next(divided) for g in grads]
         except RuntimeError as err:
             raise self._backward_error(loss, inputs, term, err) from err
 
