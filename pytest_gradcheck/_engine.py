@@ -167,7 +167,7 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
 
     grads = [grad] * len(blocks)  # per block, the gradient at its comparisons' point
     unjudged = [c for c in blocks if c.pairs() and not any(p.usable() for p in c.pairs())]
-    uncovered = [c for c in blocks if c not in unjudged and c.uncovered()]
+    uncovered = [c for c in blocks if c.uncovered() and all(c is not u for u in unjudged)]
     if unjudged or uncovered:
         moved_by = _off_the_ties(
             judge, blocks, grads, unjudged, uncovered, base, opts, streams, track

@@ -516,6 +516,24 @@ def _graph(loss: torch.Tensor) -> Iterator[Any]:
         stack.extend(next_node for next_node, _ in node.next_functions)
 
 
+def _under_python_nodes(loss: torch.Tensor) -> frozenset[int]:
+    """The ids of the leaf tensors whose gradient passes through a Python backward (a
+    custom ``autograd.Function``) in the graph of `loss`."""
+    seen: set[Any] = set()
+    stack = [node for node in _graph(loss) if isinstance(node, _PYTHON_NODE)]
+    leaves: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it feeds
+        if variable is not None:
+            leaves.add(id(variable))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return frozenset(leaves)
+
+
 def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
     """Whether each input is in the autograd graph of `loss` (a path exists to it)."""
     nodes: set[Any] = set()
@@ -617,8 +635,10 @@ class TorchBackend:
         self._block_storages: list[int] | None = None
         # the fast path (see `_fast`): set by every `gradient` from its forward pass
         self._clean = False  # the dispatch mode fixed nothing up (no cast, no move)
-        #: the analytic pass's graph holds a Python backward (see `_lone`)
+        #: the analytic pass's graph holds a Python backward (see `_lone`), and the ids
+        #: of the leaves whose gradient passes through one
         self._custom_graph = False
+        self._custom_leaves: frozenset[int] = frozenset()
         self._clean_tracked = False  # ... and the pass was tracked and saw no decision
         #: the checked point's max/min reductions are shifts, not kinks: not recorded
         self._quiet = False
@@ -922,7 +942,8 @@ class TorchBackend:
         computes ``dW`` under the wrong index (``needs_input_grad[0]``, the input's)
         then passes, while in training, where the input is data, ``W.grad`` stays None.
         Where the graph holds such a Python backward, f runs once more per block with
-        that block alone requiring a gradient (up to `LONE_BLOCKS` blocks); a block
+        that block alone requiring a gradient (up to `LONE_BLOCKS` blocks; only those
+        whose gradient passes through a Python backward are taken again); a block
         whose gradient is then None or all 0, and was not before, is checked as 0 (it
         fails) and a warning says why. Values are not compared (the pass runs without
         the check's dispatch mode); a pass that raises is left out.
@@ -936,8 +957,8 @@ class TorchBackend:
         runs = 0
         try:
             for b, block in enumerate(blocks):
-                if not total[b].any():
-                    continue
+                if id(tensors[b]) not in self._custom_leaves or not total[b].any():
+                    continue  # (no Python backward on its way, or nothing to lose)
                 for j, t in enumerate(tensors):
                     t.requires_grad_(j == b)
                 runs += 1
@@ -1031,6 +1052,7 @@ class TorchBackend:
         # holds only torch's own derivative formulas (the watch costs a Python call per
         # op, as much as the whole backward pass of a small model)
         self._custom_graph = not _only_torch_nodes(total)
+        self._custom_leaves = _under_python_nodes(total) if self._custom_graph else frozenset()
         plain = not mode.fixed and not mode.lowered and not self._custom_graph
         keep = home_dtype(self._cast_from) if self._keeping else None
         watch = None if plain else self._mode(None, watch_precision=True, keep=keep)
