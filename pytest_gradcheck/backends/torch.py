@@ -963,7 +963,11 @@ class TorchBackend:
                     t.requires_grad_(j == b)
                 runs += 1
                 try:
-                    g = self._lone_gradient(tensors[b])
+                    # (torch's own warnings about the flags, a full backward hook's
+                    # "no inputs require gradients", are about this pass, not f)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        g = self._lone_gradient(tensors[b])
                 except Exception:  # an extra look, not the check: left out
                     continue
                 if g is None or not bool(g.ne(0).any()):

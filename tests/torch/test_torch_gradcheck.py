@@ -4,6 +4,8 @@ torch.autograd.gradcheck is fooled. Real torch, no mocks; small shapes."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -739,3 +741,18 @@ def test_a_backward_that_ignores_its_grad_output_fails_as_the_last_op(factor):
     s, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 2, 1, 0])
     result = gradcheck(lambda s: factor * _FusedCrossEntropy.apply(s, y), s, raise_on_fail=False)
     assert not result.passed and result.tier is Tier.WRONG
+
+
+def test_a_full_backward_hook_passes_and_its_lone_pass_warns_nothing():
+    """A full backward hook puts a Python backward in the graph, so each block is taken
+    again alone; torch's warning for those passes (no input requires grad) is theirs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    fired = []
+    model[0].register_full_backward_hook(lambda module, gin, gout: fired.append(1))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = gradcheck(lambda x: model(x).pow(2).sum(), x, params=model)
+    assert result.passed and result.tier is Tier.HAPPY and fired
+    assert not [w for w in record if "backward hook" in str(w.message)]
