@@ -516,11 +516,18 @@ def _graph(loss: torch.Tensor) -> Iterator[Any]:
         stack.extend(next_node for next_node, _ in node.next_functions)
 
 
-def _under_python_nodes(loss: torch.Tensor) -> frozenset[int]:
+def _under_python_nodes(loss: torch.Tensor) -> tuple[frozenset[int], frozenset[int]]:
     """The ids of the leaf tensors whose gradient passes through a Python backward (a
-    custom ``autograd.Function``) in the graph of `loss`."""
+    custom ``autograd.Function``) in the graph of `loss`, and of those among them that
+    are one of its inputs (a custom layer's weight)."""
     seen: set[Any] = set()
     stack = [node for node in _graph(loss) if isinstance(node, _PYTHON_NODE)]
+    direct = {
+        id(variable)
+        for node in stack
+        for next_node, _ in node.next_functions
+        if (variable := getattr(next_node, "variable", None)) is not None
+    }
     leaves: set[int] = set()
     while stack:
         node = stack.pop()
@@ -531,7 +538,7 @@ def _under_python_nodes(loss: torch.Tensor) -> frozenset[int]:
         if variable is not None:
             leaves.add(id(variable))
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return frozenset(leaves)
+    return frozenset(leaves), frozenset(direct)
 
 
 def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
@@ -560,7 +567,7 @@ _PYTHON_NODE = torch.autograd.function.BackwardCFunction
 
 
 #: the most blocks whose gradients are taken again one by one where a custom backward
-#: is in the graph (`TorchBackend._lone`: one more call of f each)
+#: is on their way (`TorchBackend._lone`: one more call of f each; the first ones)
 LONE_BLOCKS = 16
 
 
@@ -639,6 +646,7 @@ class TorchBackend:
         #: of the leaves whose gradient passes through one
         self._custom_graph = False
         self._custom_leaves: frozenset[int] = frozenset()
+        self._custom_inputs: frozenset[int] = frozenset()  # ... and those it takes
         self._clean_tracked = False  # ... and the pass was tracked and saw no decision
         #: the checked point's max/min reductions are shifts, not kinks: not recorded
         self._quiet = False
@@ -941,24 +949,30 @@ class TorchBackend:
         autograd.Function sees ``ctx.needs_input_grad`` all True. A backward that
         computes ``dW`` under the wrong index (``needs_input_grad[0]``, the input's)
         then passes, while in training, where the input is data, ``W.grad`` stays None.
-        Where the graph holds such a Python backward, f runs once more per block with
-        that block alone requiring a gradient (up to `LONE_BLOCKS` blocks; only those
-        whose gradient passes through a Python backward are taken again); a block
+        Where the graph holds such a Python backward, f runs once more per block whose
+        gradient passes through one, with that block alone requiring a gradient (at
+        most `LONE_BLOCKS` such blocks, however many the check has: the inputs of a
+        Python backward first, then the blocks upstream of one); a block
         whose gradient is then None or all 0, and was not before, is checked as 0 (it
         fails) and a warning says why. Values are not compared (the pass runs without
         the check's dispatch mode); a pass that raises is left out.
         """
         blocks = self._blocks
-        if not self._custom_graph or not 1 < len(blocks) <= LONE_BLOCKS:
+        if not self._custom_graph or len(blocks) < 2:
             return gradient
         tensors = [b.tensor for b in blocks]
-        flags = [t.requires_grad for t in tensors]
         total = list(gradient.total)
+        # the blocks with a Python backward on their way and something to lose, the
+        # inputs of one first (a custom layer's weight, behind all upstream blocks)
+        lone = sorted(
+            (b for b, t in enumerate(tensors) if id(t) in self._custom_leaves and total[b].any()),
+            key=lambda b: id(tensors[b]) not in self._custom_inputs,
+        )[:LONE_BLOCKS]
+        flags = [t.requires_grad for t in tensors]
         runs = 0
         try:
-            for b, block in enumerate(blocks):
-                if id(tensors[b]) not in self._custom_leaves or not total[b].any():
-                    continue  # (no Python backward on its way, or nothing to lose)
+            for b in lone:
+                block = blocks[b]
                 for j, t in enumerate(tensors):
                     t.requires_grad_(j == b)
                 runs += 1
@@ -1056,7 +1070,9 @@ class TorchBackend:
         # holds only torch's own derivative formulas (the watch costs a Python call per
         # op, as much as the whole backward pass of a small model)
         self._custom_graph = not _only_torch_nodes(total)
-        self._custom_leaves = _under_python_nodes(total) if self._custom_graph else frozenset()
+        self._custom_leaves, self._custom_inputs = (
+            _under_python_nodes(total) if self._custom_graph else (frozenset(), frozenset())
+        )
         plain = not mode.fixed and not mode.lowered and not self._custom_graph
         keep = home_dtype(self._cast_from) if self._keeping else None
         watch = None if plain else self._mode(None, watch_precision=True, keep=keep)

@@ -756,3 +756,23 @@ def test_a_full_backward_hook_passes_and_its_lone_pass_warns_nothing():
         result = gradcheck(lambda x: model(x).pow(2).sum(), x, params=model)
     assert result.passed and result.tier is Tier.HAPPY and fired
     assert not [w for w in record if "backward hook" in str(w.message)]
+
+
+def test_the_lone_passes_take_the_blocks_under_a_python_backward_in_a_large_model():
+    """A model of 20 blocks with one custom layer: its weight, gated on the input's
+    needs_input_grad, is taken again alone (the only block under a Python backward),
+    so the bug fails there too; the 19 others cost no extra pass."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(*[nn.Linear(3, 3) for _ in range(9)], nn.Tanh()).double()
+    head = nn.Module()
+    head.w = nn.Parameter(torch.randn(3, 2, dtype=torch.float64))
+    model = nn.ModuleDict({"trunk": trunk, "head": head})
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    def f(x):
+        return _GatedLinear.apply(trunk(x), head.w, True).pow(2).sum()
+
+    result = gradcheck(f, x, params=model, raise_on_fail=False, mode="directions")
+    assert len(result.blocks) == 20
+    assert not result.passed and failing_blocks(result) == {"head.w"}
+    assert any("'head.w' gets no gradient when it alone requires one" in m for m in result.warnings)
