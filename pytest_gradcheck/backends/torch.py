@@ -518,10 +518,17 @@ def _graph(loss: torch.Tensor) -> Iterator[Any]:
 
 def _under_python_nodes(loss: torch.Tensor) -> tuple[frozenset[int], frozenset[int]]:
     """The ids of the leaf tensors whose gradient passes through a Python backward (a
-    custom ``autograd.Function``) in the graph of `loss`, and of those among them that
-    are one of its inputs (a custom layer's weight)."""
+    custom ``autograd.Function``) of two or more inputs that require a gradient in the
+    graph of `loss`, and of those among them that are one of its inputs (a custom
+    layer's weight). A backward with one such input (a custom loss of the logits) has
+    no other input's ``needs_input_grad`` to gate its gradient on by mistake."""
     seen: set[Any] = set()
-    stack = [node for node in _graph(loss) if isinstance(node, _PYTHON_NODE)]
+    stack = [
+        node
+        for node in _graph(loss)
+        if isinstance(node, _PYTHON_NODE)
+        and sum(next_node is not None for next_node, _ in node.next_functions) > 1
+    ]
     direct = {
         id(variable)
         for node in stack

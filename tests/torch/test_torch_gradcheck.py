@@ -776,3 +776,32 @@ def test_the_lone_passes_take_the_blocks_under_a_python_backward_in_a_large_mode
     assert len(result.blocks) == 20
     assert not result.passed and failing_blocks(result) == {"head.w"}
     assert any("'head.w' gets no gradient when it alone requires one" in m for m in result.warnings)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """softmax + cross-entropy in one Function, right: its one input needing a gradient
+    is the logits."""
+
+    @staticmethod
+    def forward(ctx, s, y):
+        p = torch.softmax(s, 1)
+        ctx.save_for_backward(p, y)
+        return -torch.log(p[torch.arange(len(y)), y]).mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        p, y = ctx.saved_tensors
+        d = p.clone()
+        d[torch.arange(len(y)), y] -= 1
+        return g * d / len(y), None
+
+
+def test_a_custom_loss_of_one_input_costs_no_lone_pass():
+    """The model's blocks are all upstream of the custom loss, whose backward has no
+    other input's needs_input_grad to misread: no block is taken again alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 2, 1, 0, 1])
+    result = gradcheck(lambda: _CrossEntropy.apply(model(x), y), params=model, mode="directions")
+    assert result.passed and result.tier is Tier.HAPPY
+    assert result.evaluations == 1 + 2 * len(result.blocks)  # the floor: no lone pass
