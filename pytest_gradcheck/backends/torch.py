@@ -109,7 +109,7 @@ import contextlib
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -505,8 +505,13 @@ def _detached(leaf: Any) -> Any:
 
 def _graph(loss: torch.Tensor) -> Iterator[Any]:
     """Every node of the autograd graph of `loss`, once each (depth first)."""
+    return _below([loss.grad_fn])
+
+
+def _below(starts: Sequence[Any]) -> Iterator[Any]:
+    """Every node reachable from the autograd nodes `starts`, once each (depth first)."""
     seen: set[Any] = set()
-    stack = [loss.grad_fn]
+    stack = list(starts)
     while stack:
         node = stack.pop()
         if node is None or node in seen:
@@ -522,41 +527,27 @@ def _under_python_nodes(loss: torch.Tensor) -> tuple[frozenset[int], frozenset[i
     graph of `loss`, and of those among them that are one of its inputs (a custom
     layer's weight). A backward with one such input (a custom loss of the logits) has
     no other input's ``needs_input_grad`` to gate its gradient on by mistake."""
-    seen: set[Any] = set()
-    stack = [
+    python = [
         node
         for node in _graph(loss)
         if isinstance(node, _PYTHON_NODE)
         and sum(next_node is not None for next_node, _ in node.next_functions) > 1
     ]
-    direct = {
-        id(variable)
-        for node in stack
-        for next_node, _ in node.next_functions
-        if (variable := getattr(next_node, "variable", None)) is not None
-    }
-    leaves: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it feeds
-        if variable is not None:
-            leaves.add(id(variable))
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return frozenset(leaves), frozenset(direct)
+    direct = [next_node for node in python for next_node, _ in node.next_functions]
+    return _leaves(_below(python)), _leaves(direct)
+
+
+def _leaves(nodes: Iterable[Any]) -> frozenset[int]:
+    """The ids of the leaf tensors the AccumulateGrad nodes among `nodes` feed."""
+    return frozenset(
+        id(variable) for node in nodes if (variable := getattr(node, "variable", None)) is not None
+    )
 
 
 def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
     """Whether each input is in the autograd graph of `loss` (a path exists to it)."""
-    nodes: set[Any] = set()
-    leaves: set[int] = set()
-    for node in _graph(loss):
-        nodes.add(node)
-        variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it feeds
-        if variable is not None:
-            leaves.add(id(variable))
+    nodes = set(_graph(loss))
+    leaves = _leaves(nodes)
     return [id(t) in leaves if t.grad_fn is None else t.grad_fn in nodes for t in inputs]
 
 

@@ -9,15 +9,15 @@ own x64 setting, and warns.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from pytest_gradcheck import GradcheckWarning, Tier, gradcheck  # noqa: E402
+from gradcheck_own_dtype_util import gradcheck_warnings, own_dtype_warnings  # noqa: E402
+
+from pytest_gradcheck import Tier, gradcheck  # noqa: E402
 
 X64_AT_IMPORT = bool(jax.config.jax_enable_x64)
 
@@ -49,24 +49,12 @@ def _sigmoid(stable: bool, seen: list[str] | None = None):
     return sigmoid
 
 
-def _own_dtype_warnings(result) -> list[str]:
-    return [w for w in result.warnings if "analytic gradient at the checked point" in w]
-
-
-def _gradcheck_warnings(f, *args, **options):
-    """The check's result and the messages of the GradcheckWarnings it issued."""
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = gradcheck(f, *args, **options)
-    return result, [str(r.message) for r in record if issubclass(r.category, GradcheckWarning)]
-
-
 def test_a_float32_custom_vjp_that_overflows_passes_in_float64_and_is_warned():
     sigmoid = _sigmoid(stable=False)
     z = jnp.asarray(Z, dtype=jnp.float32)
-    result, issued = _gradcheck_warnings(lambda z: sigmoid(z).sum(), z)
+    result, issued = gradcheck_warnings(lambda z: sigmoid(z).sum(), z)
     assert result.passed and result.tier is Tier.HAPPY
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert found.startswith("block 'args[0]' (float32): in float32, the dtype f was given")
     assert "not finite in 1 of its 4 entries: nan at index 0," in found
     assert found in issued
@@ -78,7 +66,7 @@ def test_params_entries_name_the_block_and_are_put_back():
     w = jnp.asarray([[-95.0, 1.0], [0.5, 2.0]], dtype=jnp.float32)
     params = {"w": w}
     result = gradcheck(lambda: sigmoid(params["w"]).sum(), params=params)
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert found.startswith("block 'w' (float32)")
     assert "nan at index (0, 0) (flat index 0)," in found
     assert params["w"] is w
@@ -88,9 +76,9 @@ def test_a_stable_custom_vjp_gets_no_warning():
     seen: list[str] = []
     sigmoid = _sigmoid(stable=True, seen=seen)
     z = jnp.asarray(Z, dtype=jnp.float32)
-    result, issued = _gradcheck_warnings(lambda z: sigmoid(z).sum(), z)
+    result, issued = gradcheck_warnings(lambda z: sigmoid(z).sum(), z)
     assert result.passed and result.tier is Tier.HAPPY
-    assert _own_dtype_warnings(result) == [] and issued == []
+    assert own_dtype_warnings(result) == [] and issued == []
     assert "float32" in seen  # the pass ran, and found nothing
 
 
@@ -106,7 +94,7 @@ def test_a_float64_check_runs_no_pass_in_another_dtype():
         return sigmoid(z).sum()
 
     result = gradcheck(f, z64)
-    assert result.passed and _own_dtype_warnings(result) == []
+    assert result.passed and own_dtype_warnings(result) == []
     assert set(dtypes) == {"float64"} and set(seen) == {"float64"}
     gradcheck(f, jnp.asarray(Z, dtype=jnp.float32))
     assert dtypes.count("float32") == 1 and "float32" in seen
@@ -119,7 +107,7 @@ def test_the_pass_runs_under_the_users_x64_setting_not_the_checks():
     sigmoid = _sigmoid(stable=False)
     z = jnp.asarray(Z, dtype=jnp.float32)
     result = gradcheck(lambda z: sigmoid(z + jnp.zeros(4)).sum(), z)
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert "nan at index 0," in found
 
 
@@ -128,7 +116,7 @@ def test_float32_inputs_under_x64_enabled_by_the_user_are_still_looked_at_in_flo
     z = jnp.asarray(Z, dtype=jnp.float32)
     with jax.enable_x64(True):
         result = gradcheck(lambda z: sigmoid(z).sum(), z)
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert "(float32): in float32" in found
 
 
@@ -142,7 +130,7 @@ def test_an_f_jit_cannot_trace_is_looked_at_eagerly():
 
     result = gradcheck(f, z)
     assert any("evaluated eagerly" in w for w in result.warnings)
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert "nan at index 0," in found
 
 
@@ -163,13 +151,13 @@ def test_an_index_array_of_the_closure_does_not_stop_the_pass():
     result = gradcheck(f, w)
     assert result.passed
     assert not [m for m in result.warnings if "could not also be evaluated" in m]
-    [found] = _own_dtype_warnings(result)  # the pass ran: the overflow in row 0 is seen
+    [found] = own_dtype_warnings(result)  # the pass ran: the overflow in row 0 is seen
     assert "(float32): in float32" in found and "index (0, 0)" in found
 
 
 def test_a_loss_that_overflows_in_float32_is_warned():
     z = jnp.asarray([100.0, 1.0], dtype=jnp.float32)  # exp(100) = 2.7e43: inf in float32
-    result, issued = _gradcheck_warnings(lambda z: jnp.exp(z).sum(), z)
+    result, issued = gradcheck_warnings(lambda z: jnp.exp(z).sum(), z)
     assert result.passed
     [found] = [w for w in result.warnings if w.startswith("the loss at the checked point")]
     assert found.startswith("the loss at the checked point is inf in float32, the dtype f was")
@@ -182,7 +170,7 @@ def test_an_f_that_cannot_run_in_its_own_dtypes_gets_a_notice_and_its_check():
             raise TypeError("this f computes in float64 only")
         return jnp.sum(jnp.sin(z))
 
-    result, issued = _gradcheck_warnings(f, jnp.asarray(Z, dtype=jnp.float32))
+    result, issued = gradcheck_warnings(f, jnp.asarray(Z, dtype=jnp.float32))
     assert result.passed and result.tier is Tier.HAPPY
     [notice] = [w for w in result.warnings if "could not also be evaluated" in w]
     assert notice.startswith("checked in float64: ")
@@ -194,6 +182,6 @@ def test_bfloat16_names_its_dtype():
     sigmoid = _sigmoid(stable=False)
     z = jnp.asarray([-95.0, 0.5], dtype=jnp.bfloat16)  # bfloat16 has float32's range
     result = gradcheck(lambda z: sigmoid(z).sum(), z)
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert found.startswith("block 'args[0]' (bfloat16): in bfloat16, the dtype f was given")
     assert np.isnan(float(jax.grad(lambda z: sigmoid(z).sum())(z)[0]))  # as training sees

@@ -14,8 +14,9 @@ import warnings
 
 import numpy as np
 import pytest
+from gradcheck_own_dtype_util import gradcheck_warnings, own_dtype_warnings
 
-from pytest_gradcheck import GradcheckWarning, Tier, gradcheck
+from pytest_gradcheck import Tier, gradcheck
 from pytest_gradcheck._notices import alarming
 from pytest_gradcheck.backends._own_dtype import OwnGradient, failed, judge
 
@@ -39,24 +40,12 @@ def stable_grad(z):
     return s * (1 - s)
 
 
-def _own_dtype_warnings(result) -> list[str]:
-    return [w for w in result.warnings if "analytic gradient at the checked point" in w]
-
-
-def _gradcheck_warnings(f, *args, **options):
-    """The check's result and the messages of the GradcheckWarnings it issued."""
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = gradcheck(f, *args, **options)
-    return result, [str(r.message) for r in record if issubclass(r.category, GradcheckWarning)]
-
-
 def test_a_float32_gradient_that_overflows_passes_in_float64_and_is_warned():
     z = np.array(Z, dtype=np.float32)
     before = z.tobytes()
-    result, issued = _gradcheck_warnings(f, z, grad=unstable_grad)
+    result, issued = gradcheck_warnings(f, z, grad=unstable_grad)
     assert result.passed and result.tier is Tier.HAPPY
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert found.startswith("block 'args[0]' (float32): in float32, the dtype f was given")
     assert "not finite in 1 of its 4 entries: nan at index 0," in found
     assert found in issued
@@ -64,15 +53,15 @@ def test_a_float32_gradient_that_overflows_passes_in_float64_and_is_warned():
 
 
 def test_a_stable_float32_gradient_gets_no_warning():
-    result, issued = _gradcheck_warnings(f, np.array(Z, dtype=np.float32), grad=stable_grad)
+    result, issued = gradcheck_warnings(f, np.array(Z, dtype=np.float32), grad=stable_grad)
     assert result.passed and result.tier is Tier.HAPPY
-    assert _own_dtype_warnings(result) == [] and issued == []
+    assert own_dtype_warnings(result) == [] and issued == []
 
 
 def test_a_float64_check_runs_no_pass_in_another_dtype():
     seen: list[np.dtype] = []
     result = gradcheck(f, np.array(Z), grad=lambda z: unstable_grad(z, seen))
-    assert result.passed and _own_dtype_warnings(result) == []
+    assert result.passed and own_dtype_warnings(result) == []
     assert seen == [np.float64]  # the analytic pass alone
     seen.clear()
     z32 = gradcheck(f, np.array(Z, dtype=np.float32), grad=lambda z: unstable_grad(z, seen))
@@ -97,7 +86,7 @@ def test_params_are_exposed_in_their_own_dtype_and_put_back():
     np.random.seed(3)
     rng = (random.getstate(), np.random.get_state()[1].tobytes())
     result = gradcheck(loss, params=params, grad=grad, wrt="w")
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert found.startswith("block 'w' (float32)")
     assert "nan at index (0, 0) (flat index 0)," in found
     assert seen == [np.float64, np.float32]
@@ -113,12 +102,12 @@ def test_the_pass_is_warning_free_and_ignores_np_seterr():
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         result = gradcheck(f, z, grad=unstable_grad)
-    assert _own_dtype_warnings(result)
+    assert own_dtype_warnings(result)
     assert not [r for r in record if issubclass(r.category, RuntimeWarning)]
     with np.errstate(over="raise", invalid="raise"):
         result = gradcheck(f, z, grad=unstable_grad)
         assert np.geterr()["over"] == "raise"
-    assert _own_dtype_warnings(result)
+    assert own_dtype_warnings(result)
 
 
 def test_an_array_output_gets_dout_in_its_dtype():
@@ -133,7 +122,7 @@ def test_an_array_output_gets_dout_in_its_dtype():
 
     result = gradcheck(g, np.array(Z, dtype=np.float32), grad=grad)
     assert douts == [np.float64, np.float32]
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert "nan at index 0," in found
 
 
@@ -145,13 +134,13 @@ def test_named_terms_are_summed_before_judging():
         return {"data": (unstable_grad(z),), "reg": (2e-3 * z,)}
 
     result = gradcheck(terms, np.array(Z, dtype=np.float32), grad=grad)
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert "not finite in 1 of its 4 entries: nan at index 0," in found
 
 
 def test_a_loss_that_overflows_in_float32_is_warned():
     z = np.array([100.0, 1.0], dtype=np.float32)  # exp(100) = 2.7e43: inf in float32
-    result, issued = _gradcheck_warnings(lambda z: np.sum(np.exp(z)), z, grad=np.exp)
+    result, issued = gradcheck_warnings(lambda z: np.sum(np.exp(z)), z, grad=np.exp)
     assert result.passed
     [found] = [w for w in result.warnings if w.startswith("the loss at the checked point")]
     assert found.startswith("the loss at the checked point is inf in float32, the dtype f was")
@@ -164,7 +153,7 @@ def test_an_f_that_cannot_run_in_its_own_dtype_gets_a_notice_and_its_check():
             raise TypeError("this f computes in float64 only")
         return np.sum(np.sin(z))
 
-    result, issued = _gradcheck_warnings(only64, np.array(Z, dtype=np.float32), grad=np.cos)
+    result, issued = gradcheck_warnings(only64, np.array(Z, dtype=np.float32), grad=np.cos)
     assert result.passed and result.tier is Tier.HAPPY
     [notice] = [w for w in result.warnings if "could not also be evaluated" in w]
     assert notice.startswith("checked in float64: ")

@@ -717,12 +717,14 @@ def test_a_gradient_gated_on_another_inputs_needs_input_grad_fails(wrong_index):
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
-    """softmax + cross-entropy in one Function, its backward forgetting `g *`."""
+    """softmax + cross-entropy in one Function, its one input needing a gradient the
+    logits; with `forgets_g`, its backward leaves out `g *`."""
 
     @staticmethod
-    def forward(ctx, s, y):
+    def forward(ctx, s, y, forgets_g):
         p = torch.softmax(s, 1)
         ctx.save_for_backward(p, y)
+        ctx.forgets_g = forgets_g
         return -torch.log(p[torch.arange(len(y)), y]).mean()
 
     @staticmethod
@@ -730,7 +732,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         p, y = ctx.saved_tensors
         d = p.clone()
         d[torch.arange(len(y)), y] -= 1
-        return d / len(y), None  # the bug: g * (...) forgotten
+        return (d if ctx.forgets_g else g * d) / len(y), None, None
 
 
 @pytest.mark.parametrize("factor", [1.0, 0.5])
@@ -739,7 +741,9 @@ def test_a_backward_that_ignores_its_grad_output_fails_as_the_last_op(factor):
     scale (0.5, AMP's) training gets wrong gradients."""
     torch.manual_seed(0)
     s, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 2, 1, 0])
-    result = gradcheck(lambda s: factor * _FusedCrossEntropy.apply(s, y), s, raise_on_fail=False)
+    result = gradcheck(
+        lambda s: factor * _FusedCrossEntropy.apply(s, y, True), s, raise_on_fail=False
+    )
     assert not result.passed and result.tier is Tier.WRONG
 
 
@@ -778,30 +782,14 @@ def test_the_lone_passes_take_the_blocks_under_a_python_backward_in_a_large_mode
     assert any("'head.w' gets no gradient when it alone requires one" in m for m in result.warnings)
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """softmax + cross-entropy in one Function, right: its one input needing a gradient
-    is the logits."""
-
-    @staticmethod
-    def forward(ctx, s, y):
-        p = torch.softmax(s, 1)
-        ctx.save_for_backward(p, y)
-        return -torch.log(p[torch.arange(len(y)), y]).mean()
-
-    @staticmethod
-    def backward(ctx, g):
-        p, y = ctx.saved_tensors
-        d = p.clone()
-        d[torch.arange(len(y)), y] -= 1
-        return g * d / len(y), None
-
-
 def test_a_custom_loss_of_one_input_costs_no_lone_pass():
     """The model's blocks are all upstream of the custom loss, whose backward has no
     other input's needs_input_grad to misread: no block is taken again alone."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     x, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 2, 1, 0, 1])
-    result = gradcheck(lambda: _CrossEntropy.apply(model(x), y), params=model, mode="directions")
+    result = gradcheck(
+        lambda: _FusedCrossEntropy.apply(model(x), y, False), params=model, mode="directions"
+    )
     assert result.passed and result.tier is Tier.HAPPY
     assert result.evaluations == 1 + 2 * len(result.blocks)  # the floor: no lone pass

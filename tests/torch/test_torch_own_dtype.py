@@ -10,14 +10,14 @@ and warns; that pass must leave every object of the user's as it was.
 from __future__ import annotations
 
 import random
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from gradcheck_own_dtype_util import gradcheck_warnings, own_dtype_warnings
 from torch import nn
 
-from pytest_gradcheck import GradcheckWarning, Tier, gradcheck
+from pytest_gradcheck import Tier, gradcheck
 
 #: z = -95 overflows exp(-z) in float32 (exp(95) = 1.8e41 > 3.4e38), not in float64
 Z = [-95.0, -1.0, 0.5, 2.0]
@@ -64,23 +64,11 @@ def _clear_seen():
         seen.clear()
 
 
-def _own_dtype_warnings(result) -> list[str]:
-    return [w for w in result.warnings if "analytic gradient at the checked point" in w]
-
-
-def _gradcheck_warnings(f, *args, **options):
-    """The check's result and the messages of the GradcheckWarnings it issued."""
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = gradcheck(f, *args, **options)
-    return result, [str(r.message) for r in record if issubclass(r.category, GradcheckWarning)]
-
-
 def test_a_float32_backward_that_overflows_passes_in_float64_and_is_warned():
     z = torch.tensor(Z, dtype=torch.float32)
-    result, issued = _gradcheck_warnings(lambda z: UnstableSigmoid.apply(z).sum(), z)
+    result, issued = gradcheck_warnings(lambda z: UnstableSigmoid.apply(z).sum(), z)
     assert result.passed and result.tier is Tier.HAPPY  # float64 is right: the tier stays
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert found.startswith("block 'args[0]' (float32): in float32, the dtype f was given")
     assert "not finite in 1 of its 4 entries: nan at index 0," in found
     assert "rewrite it in a stable form" in found
@@ -97,7 +85,7 @@ def test_a_module_names_each_block_and_the_entries_that_overflow():
     x = torch.randn(4, 3)
     result = gradcheck(lambda x: UnstableSigmoid.apply(model(x)).sum(), x, params=model)
     assert result.passed
-    by_block = {w.split("'")[1]: w for w in _own_dtype_warnings(result)}
+    by_block = {w.split("'")[1]: w for w in own_dtype_warnings(result)}
     assert set(by_block) == {"args[0]", "weight", "bias"}
     assert "nan at index 0, while" in by_block["bias"]  # the unit at -95
     assert "nan at index (0, 0) (flat index 0)" in by_block["weight"]
@@ -107,16 +95,16 @@ def test_a_module_names_each_block_and_the_entries_that_overflow():
 
 def test_a_stable_float32_backward_gets_no_warning():
     z = torch.tensor(Z, dtype=torch.float32)
-    result, issued = _gradcheck_warnings(lambda z: StableSigmoid.apply(z).sum(), z)
+    result, issued = gradcheck_warnings(lambda z: StableSigmoid.apply(z).sum(), z)
     assert result.passed and result.tier is Tier.HAPPY
-    assert _own_dtype_warnings(result) == [] and issued == []
+    assert own_dtype_warnings(result) == [] and issued == []
     assert SEEN["stable"].count(torch.float32) == 1  # the pass ran, and found nothing
 
 
 def test_a_float64_check_runs_no_pass_in_another_dtype():
     z64 = torch.tensor(Z, dtype=torch.float64)
     result = gradcheck(lambda z: UnstableSigmoid.apply(z).sum(), z64)
-    assert result.passed and _own_dtype_warnings(result) == []
+    assert result.passed and own_dtype_warnings(result) == []
     assert SEEN["unstable"] == [torch.float64]  # the analytic pass's backward, alone
     SEEN["unstable"].clear()
     gradcheck(lambda z: UnstableSigmoid.apply(z).sum(), z64.float())
@@ -136,7 +124,7 @@ def test_the_pass_draws_the_dropout_mask_of_the_checks_seed():
     torch.manual_seed(3)  # what every evaluation of the check starts from
     kept = torch.nonzero(nn.functional.dropout(torch.ones(16), 0.5)).flatten().tolist()
     assert 0 < len(kept) < 16
-    [found] = _own_dtype_warnings(result)
+    [found] = own_dtype_warnings(result)
     assert f"not finite in {len(kept)} of its 16 entries: " in found
     first = ", ".join(f"nan at index {i}" for i in kept[:3])
     assert f"entries: {first}" in found
@@ -144,7 +132,7 @@ def test_the_pass_draws_the_dropout_mask_of_the_checks_seed():
 
 def test_a_loss_that_overflows_in_float32_is_warned():
     z = torch.tensor([100.0, 1.0], dtype=torch.float32)  # exp(100) = 2.7e43: inf in float32
-    result, issued = _gradcheck_warnings(lambda z: torch.exp(z).sum(), z)
+    result, issued = gradcheck_warnings(lambda z: torch.exp(z).sum(), z)
     assert result.passed
     [found] = [w for w in result.warnings if w.startswith("the loss at the checked point")]
     assert found.startswith("the loss at the checked point is inf in float32, the dtype f was")
@@ -154,7 +142,7 @@ def test_a_loss_that_overflows_in_float32_is_warned():
 def test_an_f_that_cannot_run_in_its_own_dtypes_gets_a_notice_and_its_check():
     model = nn.Linear(3, 2).double()  # float32 data beside a float64 model: torch refuses
     x = torch.randn(4, 3)
-    result, issued = _gradcheck_warnings(
+    result, issued = gradcheck_warnings(
         lambda x: torch.tanh(model(x)).sum(), x, params=model, wrt=["weight", "bias"]
     )
     assert result.passed and result.tier is Tier.HAPPY
@@ -241,7 +229,7 @@ def test_the_pass_leaves_a_float32_batchnorm_model_as_it_was(given, backward):
     before = _state(model)
     result = gradcheck(loss, x, params=params)
     assert result.passed
-    found = _own_dtype_warnings(result)
+    found = own_dtype_warnings(result)
     assert bool(found) == (backward == "unstable")
     if backward == "raising":
         assert any("could not also be evaluated" in w for w in result.warnings)
@@ -259,5 +247,5 @@ def test_the_pass_leaves_a_failing_checks_model_as_it_was():
 
     before = _state(model)
     result = gradcheck(lambda x: Wrong.apply(model(x)).sum(), x, params=model, raise_on_fail=False)
-    assert not result.passed and _own_dtype_warnings(result)
+    assert not result.passed and own_dtype_warnings(result)
     _assert_unchanged(before, model)
