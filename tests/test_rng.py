@@ -76,3 +76,55 @@ def test_another_bit_generator_installed_by_the_user_comes_back():
     rng.restore()
     assert _numpy_state() == before
     assert isinstance(np.random.get_bit_generator(), np.random.PCG64)
+
+
+def _draws():
+    return (
+        random.random(),
+        random.gauss(0.0, 1.0),
+        np.random.rand(3).tolist(),
+        np.random.randn(3).tolist(),
+    )
+
+
+def _seeded_draws(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    return _draws()
+
+
+@pytest.mark.parametrize("python_layout", [True, False], ids=["written", "random.seed"])
+def test_every_reseed_gives_what_seeding_gives(monkeypatch, python_layout):
+    """A reseed writes Python's seeded words (or calls random.seed where the layout is
+    not CPython's) and seeds NumPy only where f drew from it: whatever f drew before,
+    and whether it drew or not, the next draws are those after random.seed and
+    np.random.seed, a cached Gaussian of either included."""
+    from pytest_gradcheck.backends import _rng
+
+    if not python_layout:
+        monkeypatch.setattr(_rng, "_python_layout_known", lambda: False)
+    expected = _seeded_draws(9)
+    random.seed(1)
+    np.random.seed(1)
+    random.gauss(0.0, 1.0)  # a Gaussian cached in Python's generator before the check
+    rng = GlobalRng(9)
+    assert (rng._py_seeded is not None) is python_layout
+    for drew in (True, False, False, True, True, False):
+        rng.reseed()
+        if drew:
+            assert _draws() == expected  # (leaves Gaussians cached in both generators)
+        else:
+            assert random.random.__self__.gauss_next is None
+    rng.reseed()
+    assert _draws() == expected
+    rng.restore()
+
+
+def test_a_reseed_seeds_numpy_again_after_f_reseeded_it_itself():
+    expected = _seeded_draws(4)
+    rng = GlobalRng(4)
+    rng.reseed()
+    np.random.seed(123)  # f seeds NumPy itself, and draws nothing
+    rng.reseed()
+    assert _draws() == expected
+    rng.restore()
