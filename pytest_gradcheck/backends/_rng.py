@@ -8,10 +8,10 @@ that has not imported it has no torch generator to reset.
 A reset happens before every evaluation, so it is cheap: Python's generator gets the
 seeded words copied into its memory (what ``random.seed`` computes, computed once per
 seed), and NumPy's is seeded only where f drew from it since the last reset (its words
-are compared with the seeded ones). ``random.seed`` and ``np.random.seed`` cost a few
-microseconds each in a loop, but several times that at the start of an evaluation,
-with f's code in the CPU caches: together they were some 8 % of a direction check of
-a small model.
+are compared with the seeded ones), torch's CPU generator likewise. ``random.seed``,
+``np.random.seed`` and torch's ``manual_seed`` cost a microsecond or a few each in a
+loop, but several times that at the start of an evaluation, with f's code in the CPU
+caches: together they were some 10 % of a direction check of a small model.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ class _TorchRng:
 
         self._module = torch
         self._cpu = torch.get_rng_state()
+        #: the CPU generator's state just after the seed (see `reseed`)
+        self._seeded: bytes | None = None
         self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
     def reseed(self, seed: int) -> None:
@@ -95,10 +97,18 @@ class _TorchRng:
             self._cuda = torch.cuda.get_rng_state_all()
         if self._cuda is not None:
             torch.manual_seed(seed)  # the CPU and every CUDA generator
-        else:
-            # torch.manual_seed would queue a seed for CUDA's lazy initialisation,
-            # changing the user's CUDA RNG after the check; seed only the CPU generator
-            torch.default_generator.manual_seed(seed)
+            return
+        # torch.manual_seed would queue a seed for CUDA's lazy initialisation, changing
+        # the user's CUDA RNG after the check; seed only the CPU generator, and only
+        # where f drew from it since the last seed (its state is compared with the
+        # seeded one: a seed, cheap in a loop, costs more than the comparison at the
+        # start of an evaluation)
+        generator = torch.default_generator
+        if self._seeded is None:
+            generator.manual_seed(seed)
+            self._seeded = generator.get_state().numpy().tobytes()
+        elif generator.get_state().numpy().tobytes() != self._seeded:
+            generator.manual_seed(seed)
 
     def restore(self) -> None:
         torch = self._module

@@ -61,3 +61,37 @@ def test_a_jax_function_drawing_from_torch_leaves_its_state():
 
     assert gradcheck(f, jnp.linspace(-1.0, 1.0, 4), batch=False).passed
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def _torch_draws():
+    return torch.rand(4).tolist(), torch.randn(3).tolist(), torch.randn(1).tolist()
+
+
+def test_every_reseed_gives_torch_what_its_seed_gives():
+    """torch's CPU generator is seeded again only where f drew from it since the last
+    reset (its state is compared with the seeded one): whatever f drew before (normals
+    leave a cached sample), whether it drew or not, and after f seeded it itself, the
+    next draws are those after manual_seed; the user's state comes back after."""
+    from pytest_gradcheck.backends._rng import GlobalRng
+
+    torch.manual_seed(3)
+    torch.randn(1)  # mid-stream, a normal cached
+    before = torch.get_rng_state()
+    expected = _torch_draws_after_seed(5)
+    torch.set_rng_state(before)
+    rng = GlobalRng(5)
+    for act in ("draw", "none", "none", "draw", "seed", "draw", "none"):
+        rng.reseed()
+        if act == "draw":
+            assert _torch_draws() == expected
+        elif act == "seed":
+            torch.manual_seed(99)  # f seeds torch itself and draws nothing
+    rng.reseed()
+    assert _torch_draws() == expected
+    rng.restore()
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def _torch_draws_after_seed(seed):
+    torch.default_generator.manual_seed(seed)
+    return _torch_draws()
