@@ -128,3 +128,35 @@ def test_a_reseed_seeds_numpy_again_after_f_reseeded_it_itself():
     rng.reseed()
     assert _draws() == expected
     rng.restore()
+
+
+@pytest.mark.parametrize("f_draws", [False, True], ids=["f-draws-nothing", "f-draws"])
+@pytest.mark.parametrize("python_layout", [True, False], ids=["memory", "getstate"])
+def test_the_states_come_back_whether_f_drew_or_not(monkeypatch, f_draws, python_layout):
+    """Python's state comes back from a copy of its memory (or getstate), a cached
+    Gaussian included; NumPy's from its words alone where nothing was drawn since the
+    last seed (no Gaussian can be cached then), or through a seed that clears one."""
+    from pytest_gradcheck.backends import _rng
+
+    if not python_layout:
+        monkeypatch.setattr(_rng, "_python_layout_known", lambda: False)
+    random.seed(21)
+    random.gauss(0.0, 1.0)  # leaves gauss_next set
+    np.random.seed(22)
+    np.random.rand(5)
+    py_before, np_before = random.getstate(), _numpy_state()
+    assert py_before[2] is not None
+    rng = GlobalRng(3)
+    assert (rng._py_memory is not None) is python_layout
+    for _ in range(3):
+        rng.reseed()
+        if f_draws:
+            _draws()
+    rng.restore()
+    assert random.getstate() == py_before
+    assert _numpy_state() == np_before
+    expected = (random.gauss(0.0, 1.0), np.random.randn(3).tolist())
+    random.setstate(py_before)
+    np.random.seed(22)
+    np.random.rand(5)
+    assert (random.gauss(0.0, 1.0), np.random.randn(3).tolist()) == expected

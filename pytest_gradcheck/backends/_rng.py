@@ -37,21 +37,31 @@ class GlobalRng:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
             raise ValueError(f"gradcheck: seed must be an int in [0, 2**32), got {seed!r}")
         self.seed = seed
-        self._py = random.getstate()
+        #: the generator `random`'s functions draw from; its state, as a copy of its
+        #: memory and cached Gaussian where the layout is known (`getstate` builds a
+        #: tuple of 625 ints, and `setstate` reads it back), or as `getstate` gives it
+        self._py_inst = random.random.__self__
+        known = _python_layout_known() and type(self._py_inst) is random.Random
+        self._py_memory: tuple[bytes, Any] | None = None
+        self._py: Any = None
+        if known:
+            address = id(self._py_inst) + _PY_OFFSET
+            self._py_memory = (ctypes.string_at(address, _MT_BYTES), self._py_inst.gauss_next)
+        else:
+            self._py = random.getstate()
         self._np_memory, self._np = _save_numpy()
         #: the seeded words of each generator, where they can be written or compared
-        self._py_seeded = _python_seeded(seed) if _python_layout_known() else None
+        self._py_seeded = _python_seeded(seed) if known else None
         self._np_seeded = _numpy_seeded(seed) if self._np_memory is not None else None
         self._torch: _TorchRng | None = None
         if "torch" in sys.modules:
             self._torch = _TorchRng()
 
     def reseed(self) -> None:
-        inst = random.random.__self__  # the generator the module's functions draw from
-        if self._py_seeded is not None and type(inst) is random.Random:
+        if self._py_seeded is not None:
             # random.seed's result, written: its words and position, no Gaussian cached
-            ctypes.memmove(id(inst) + _PY_OFFSET, self._py_seeded, _MT_BYTES)
-            inst.gauss_next = None
+            ctypes.memmove(id(self._py_inst) + _PY_OFFSET, self._py_seeded, _MT_BYTES)
+            self._py_inst.gauss_next = None
         else:
             random.seed(self.seed)
         if self._np_memory is None or self._np_seeded is None:
@@ -69,9 +79,17 @@ class GlobalRng:
         self._torch.reseed(self.seed)
 
     def restore(self) -> None:
-        random.setstate(self._py)
+        if self._py_memory is not None:
+            words, gaussian = self._py_memory
+            ctypes.memmove(id(self._py_inst) + _PY_OFFSET, words, _MT_BYTES)
+            self._py_inst.gauss_next = gaussian
+        else:
+            random.setstate(self._py)
         if self._np_memory is None:
             np.random.set_state(self._np)
+        elif ctypes.string_at(self._np_memory[0], _MT_BYTES) == self._np_seeded:
+            # nothing drawn since the last seed: no Gaussian cached, the words suffice
+            ctypes.memmove(*self._np_memory, _MT_BYTES)
         else:
             _write_mt(*self._np_memory)
         if self._torch is not None:
