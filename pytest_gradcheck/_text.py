@@ -149,22 +149,34 @@ def _factor_hint(failing: list[tuple[str | None, BlockResult]]) -> str | None:
     "At every checked coordinate" must hold: every counted coordinate whose values are
     not both ~0 (0 = c · 0 for any c) has a finite ratio, numeric non-zero, equal to the
     others', and a counted direction agrees. A coordinate where only one side is ~0, or
-    one that passes (ratio 1) beside failing ones, is no constant factor.
+    one that passes (ratio 1) beside failing ones, is no constant factor. "~0" is
+    relative to the block's largest value below 1: a loss scaled by 1e-12 (a mean over
+    a huge batch) keeps its factor, where every value sits under an absolute 1e-10.
     """
     for term, block in failing:
         where = f"block {block.name!r}" + (f" of term {term!r}" if term is not None else "")
         counted = block.counted
+        d = block.direction
+        seen = [
+            abs(float(v))
+            for i in range(len(block.indices))
+            if counted[i]
+            for v in (block.analytic[i], block.numeric[i])
+        ]
+        if d is not None and d.counted:
+            seen += [abs(float(d.analytic)), abs(float(d.numeric))]
+        finite = [v for v in seen if math.isfinite(v)]
+        zero = TINY * min(1.0, max(finite, default=1.0))
         ratios = []
         for i in range(len(block.indices)):
             if not counted[i]:
                 continue
             a, n = float(block.analytic[i]), float(block.numeric[i])
-            if abs(a) <= TINY and abs(n) <= TINY:
+            if abs(a) <= zero and abs(n) <= zero:
                 continue
-            ratios.append(a / n if abs(n) > TINY and abs(a) > TINY else math.nan)
-        d = block.direction
-        if d is not None and d.counted and not (abs(d.analytic) <= TINY and abs(d.numeric) <= TINY):
-            direction = d.analytic / d.numeric if abs(d.numeric) > TINY else math.nan
+            ratios.append(a / n if abs(n) > zero and abs(a) > zero else math.nan)
+        if d is not None and d.counted and not (abs(d.analytic) <= zero and abs(d.numeric) <= zero):
+            direction = d.analytic / d.numeric if abs(d.numeric) > zero else math.nan
         else:
             direction = None
         if len(ratios) < 2 or not all(math.isfinite(r) for r in ratios):

@@ -191,6 +191,12 @@ _NEEDS_GRAD = re.compile(
 )
 
 
+def _dense(g: torch.Tensor | None) -> torch.Tensor | None:
+    """A gradient in the strided layout: a sparse one (``nn.Embedding(sparse=True)``,
+    ``torch.sparse.mm``) has no NumPy form, and its dense form is the same gradient."""
+    return g if g is None or g.layout == torch.strided else g.to_dense()
+
+
 def _names(names: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -1013,7 +1019,7 @@ class TorchBackend:
             if not total.requires_grad:
                 return None
             (g,) = torch.autograd.grad(total, [tensor], allow_unused=True)
-            return g
+            return _dense(g)
         finally:
             self._repair(versions)
 
@@ -1277,7 +1283,7 @@ class TorchBackend:
             loss = float(total.detach().item())
             if not np.isfinite(loss):
                 return loss, []
-            grads = torch.autograd.grad(total, inputs, allow_unused=True)
+            grads = [_dense(g) for g in torch.autograd.grad(total, inputs, allow_unused=True)]
         finally:
             for t, data in reversed(held):
                 t.data = data
@@ -1601,6 +1607,7 @@ class TorchBackend:
                 grads = torch.autograd.grad(
                     loss, inputs, seed, retain_graph=True, allow_unused=True
                 )
+            grads = [_dense(g) for g in grads]
             # (one call for every block: a division each cost some 5 us)
             found = [g for g in grads if g is not None]
             divided = iter(torch._foreach_div(found, COTANGENT) if found else ())

@@ -429,6 +429,21 @@ def test_a_cast_to_float32_inside_f_is_reported_and_hinted():
     assert not any("lower precision" in w for w in clean.warnings)
 
 
+def test_a_cast_to_bfloat16_inside_f_fails_the_check_not_as_randomness():
+    """bfloat16 inside f makes the gradient pass's value of the loss (a vjp program)
+    differ from the evaluations' (a jitted f) far beyond a last digit; f is
+    deterministic all the same, so the check fails on the gradient with the
+    precision hint, not with a ValueError calling f random (audit s10)."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 3)), jnp.float32)
+
+    def f(x):
+        return jnp.tanh(x.astype(jnp.bfloat16)).astype(jnp.float32).sum()
+
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, x)
+    assert "f computes in lower precision inside" in str(info.value)
+
+
 @pytest.mark.parametrize("n", [14, 30])
 def test_a_wrong_custom_vjp_is_reported_not_called_non_deterministic(n):
     """The checked point's loss comes from the vjp, the evaluations' from a jitted f:

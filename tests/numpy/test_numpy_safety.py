@@ -336,15 +336,18 @@ def test_dropout_from_an_unseeded_private_generator_is_reported_as_bad_input():
     assert "create the generator inside f" in str(info.value)
 
 
-def _ulp_apart_at_first_call(alternate):
+def _ulp_apart_at_first_call(alternate, off=None):
     """A wrong gradient of sum(x**2); f's first call (the checked point's value, from
     the gradient pass) is one ulp off the later ones, as a compiled program adding in
-    another order gives; with `alternate`, every call flips the last digit (noise)."""
+    another order gives; with `alternate`, every call flips the last digit (noise);
+    with `off`, the first call is that much off, relatively (a program in bfloat16)."""
     calls = [0]
 
     def f(x):
         calls[0] += 1
         value = float(np.sum(x**2))
+        if calls[0] == 1 and off is not None:
+            return value * (1 + off)
         if calls[0] == 1 or (alternate and calls[0] % 2):
             value = float(np.nextafter(value, np.inf))
         return value
@@ -354,6 +357,15 @@ def _ulp_apart_at_first_call(alternate):
 
 def test_a_last_digit_between_compiled_paths_is_not_called_randomness():
     f, grad = _ulp_apart_at_first_call(alternate=False)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(f, np.linspace(0.5, 1.5, 4), grad=grad)
+    assert info.value.result.tier is Tier.WRONG
+
+
+def test_a_gradient_pass_far_off_the_evaluations_is_not_called_randomness():
+    # f in bfloat16 inside: the gradient pass's program rounds ~1e-3 away from the
+    # evaluations', which agree with each other (audit s10)
+    f, grad = _ulp_apart_at_first_call(alternate=False, off=1e-3)
     with pytest.raises(GradcheckError) as info:
         gradcheck(f, np.linspace(0.5, 1.5, 4), grad=grad)
     assert info.value.result.tier is Tier.WRONG

@@ -385,6 +385,17 @@ def test_the_constant_factor_hint_needs_the_same_finite_ratio_everywhere() -> No
     assert factor.startswith("in block 'w' analytic / numeric = 0.5 at every checked")
 
 
+def test_the_constant_factor_hint_holds_for_a_loss_scaled_tiny() -> None:
+    # a loss scaled by 1e-12 (every value under the absolute 1e-10) keeps its factor:
+    # ~0 is relative to the block's largest value (audit s10)
+    tiny = _block(analytic=(1.1e-12, 2.2e-13, 0.0), numeric=(1e-12, 2e-13, 0.0))
+    factor = [h for h in hints(_result(tiny)) if "analytic / numeric" in h]
+    assert len(factor) == 1 and "analytic / numeric = 1.1 at every checked" in factor[0]
+    # ... and a value ~0 next to them, against a non-zero one, is still no factor
+    mixed = _block(analytic=(1.1e-12, 2.2e-13, 3e-13), numeric=(1e-12, 2e-13, 0.0))
+    assert not [h for h in hints(_result(mixed)) if "analytic / numeric" in h]
+
+
 def test_a_square_block_read_on_one_triangle_gets_the_symmetrize_hint() -> None:
     a = np.array([[1.0, 0.4], [0.4, 2.0]])  # symmetric analytic gradient
     n = np.array([[1.0, 0.0], [0.8, 2.0]])  # f reads the lower triangle only

@@ -793,3 +793,38 @@ def test_a_custom_loss_of_one_input_costs_no_lone_pass():
     )
     assert result.passed and result.tier is Tier.HAPPY
     assert result.evaluations == 1 + 2 * len(result.blocks)  # the floor: no lone pass
+
+
+class _SparseLookup(torch.autograd.Function):
+    """An embedding lookup whose backward returns a sparse gradient, `factor` times
+    the right one."""
+
+    @staticmethod
+    def forward(ctx, weight, idx, factor):
+        ctx.save_for_backward(idx)
+        ctx.shape, ctx.factor = weight.shape, factor
+        return weight[idx]
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        grad = torch.sparse_coo_tensor(idx[None], ctx.factor * g, ctx.shape, check_invariants=True)
+        return grad, None, None
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_a_sparse_gradient_is_checked_as_its_dense_form(factor):
+    """nn.Embedding(sparse=True) and a custom backward returning a sparse COO tensor:
+    the gradient is compared in its dense form, not a TypeError from NumPy (audit s10)."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(8, 3, sparse=True)
+    idx = torch.tensor([1, 2, 2, 5])
+    assert gradcheck(lambda i: emb(i).pow(2).sum(), idx, params=emb).passed
+    weight = torch.randn(8, 3, dtype=torch.float64)
+    result = gradcheck(
+        lambda w: _SparseLookup.apply(w, idx, factor).pow(2).sum(),
+        weight,
+        raise_on_fail=False,
+        samples_per_block=None,
+    )
+    assert result.passed is (factor == 1.0)
