@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pytest_gradcheck import GradcheckError, Tier, gradcheck
+from pytest_gradcheck import GradcheckError, Tier, _sampling, gradcheck
 from pytest_gradcheck._kinks import SHIFT, shift_offsets, shift_testable, unchanged
 from pytest_gradcheck._sampling import Streams, direction, sample_coordinates
 from pytest_gradcheck._steps import measured_noise
@@ -176,13 +176,29 @@ def test_a_checks_streams_draw_what_a_fresh_generator_per_block_draws():
     streams = Streams(3)
     for name, size in [("W", 5000), ("b", 17), ("W", 5000), ("args[0]", 4000), ("b", 17)]:
         np.testing.assert_array_equal(
-            direction(name, size, 3, streams), direction(name, size, seed=3)
+            _sampling._drawn(name, size, 3, streams), _sampling._drawn(name, size, 3, None)
         )
         np.testing.assert_array_equal(
             sample_coordinates(name, size, [g[:size]], 7, 3, streams),
             sample_coordinates(name, size, [g[:size]], 7, seed=3),
         )
     assert not np.array_equal(direction("W", 50, 3, streams), direction("W", 50, seed=4))
+
+
+def test_a_small_blocks_direction_is_drawn_once_and_shared_read_only():
+    """Memoised per seed, name and size up to `_MEMOISED_SIZE` entries: the same values
+    as a fresh draw, the same array at every check, and read-only, so no caller can
+    change what the next check gets; a larger block's is drawn each time."""
+    small, large = _sampling._MEMOISED_SIZE, _sampling._MEMOISED_SIZE + 1
+    v = direction("W_small", small, seed=8)
+    assert direction("W_small", small, seed=8) is v
+    np.testing.assert_array_equal(v, _sampling._drawn("W_small", small, 8, None))
+    assert not v.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        v[0] = 1.0
+    w = direction("W_large", large, seed=8)
+    assert direction("W_large", large, seed=8) is not w
+    np.testing.assert_array_equal(w, direction("W_large", large, seed=8))
 
 
 def test_only_a_range_of_the_block_size_is_a_whole_block():
