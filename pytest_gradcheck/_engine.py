@@ -552,26 +552,29 @@ def _block_result(
     """Compare analytic and numeric values of one block for one loss."""
     spec = c.spec
     idx, pairs = c.rows()
-    values = np.array(analytic.of(loss, c.block)[idx], dtype=np.float64)
-    numerics, floors, steps_, kinks, sides, rels, tiers = [], [], [], [], [], [], []
-    for a, p in zip(values.tolist(), pairs, strict=True):
-        n, fl, h, _ = best(p, a, loss, scale)
-        crossed, one_sided = p.crossed(), p.one_sided is not None
-        rel = relative_error(a, n)
-        numerics.append(n)
-        floors.append(fl)
-        steps_.append(h)
-        kinks.append(crossed)
-        sides.append(one_sided)
-        rels.append(rel)
-        if one_sided or not crossed:
-            tiers.append(Tier.HAPPY if abs(a - n) <= fl else Tier.of(rel))
-    numeric = np.array(numerics, dtype=np.float64)
-    within = (
-        np.abs(values - numeric) <= np.array(floors, dtype=np.float64)
-        if numerics
-        else np.zeros(0, dtype=bool)
-    )
+    tiers: list[Tier] = []
+    if pairs:
+        values = np.array(analytic.of(loss, c.block)[idx], dtype=np.float64)
+        numerics, floors, steps_, kinks, sides, rels = [], [], [], [], [], []
+        for a, p in zip(values.tolist(), pairs, strict=True):
+            n, fl, h, _ = best(p, a, loss, scale)
+            crossed, one_sided = p.crossed(), p.one_sided is not None
+            rel = relative_error(a, n)
+            numerics.append(n)
+            floors.append(fl)
+            steps_.append(h)
+            kinks.append(crossed)
+            sides.append(one_sided)
+            rels.append(rel)
+            if one_sided or not crossed:
+                tiers.append(Tier.HAPPY if abs(a - n) <= fl else Tier.of(rel))
+        numeric = np.array(numerics, dtype=np.float64)
+        within = np.abs(values - numeric) <= np.array(floors, dtype=np.float64)
+        rel_error, step = np.array(rels, dtype=np.float64), np.array(steps_, dtype=np.float64)
+        kink_crossed, one_sided_ = np.array(kinks, dtype=bool), np.array(sides, dtype=bool)
+    else:  # a direction alone (mode="directions"): the rows are shared empty arrays
+        values = numeric = rel_error = step = _NO_VALUES
+        within = kink_crossed = one_sided_ = _NO_FLAGS
     d = None
     dpair = c.dpair
     if dpair is not None and c.direction is not None:
@@ -591,24 +594,33 @@ def _block_result(
         if dpair.usable():
             tiers.append(d.tier)
     tier = max(tiers, default=Tier.HAPPY)
-    indices = _multi_indices(idx, spec.shape)
     return BlockResult(
         name=spec.name,
         shape=tuple(spec.shape),
         dtype=spec.dtype,
-        indices=indices,
+        indices=_multi_indices(idx, spec.shape),
         analytic=values,
         numeric=numeric,
-        rel_error=np.array(rels, dtype=np.float64),
-        kink_crossed=np.array(kinks, dtype=bool),
-        step=np.array(steps_, dtype=np.float64),
+        rel_error=rel_error,
+        kink_crossed=kink_crossed,
+        step=step,
         within_noise=within,
-        one_sided=np.array(sides, dtype=bool),
+        one_sided=one_sided_,
         tier=tier,
         passed=tier <= tolerance,
         direction=d,
         localized=_multi_indices([i for i, _ in c.localized], spec.shape),
     )
+
+
+def _empty(dtype: type) -> np.ndarray:
+    a = np.zeros(0, dtype=dtype)
+    a.flags.writeable = False
+    return a
+
+
+#: the rows of a block compared along its direction alone (read-only, shared)
+_NO_VALUES, _NO_FLAGS = _empty(np.float64), _empty(bool)
 
 
 def _multi_indices(flat: np.ndarray | Sequence[int], shape: tuple[int, ...]) -> tuple:
