@@ -191,6 +191,17 @@ _NEEDS_GRAD = re.compile(
 )
 
 
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """``t.detach().cpu().numpy()``, without the two dispatches where `t` is a plain CPU
+    tensor already (a gradient, a block's base values): each costs microseconds."""
+    if t.is_cpu and not t.requires_grad:
+        try:
+            return t.numpy()
+        except (RuntimeError, TypeError):  # a conjugate or negative view, a subclass
+            pass
+    return t.detach().cpu().numpy()
+
+
 def _dense(g: torch.Tensor | None) -> torch.Tensor | None:
     """A gradient in the strided layout: a sparse one (``nn.Embedding(sparse=True)``,
     ``torch.sparse.mm``) has no NumPy form, and its dense form is the same gradient."""
@@ -914,7 +925,7 @@ class TorchBackend:
         """
         specs = []
         for b in self._blocks:
-            values = b.base.detach().cpu().numpy()
+            values = _numpy(b.base)
             values.flags.writeable = False
             specs.append(BlockSpec(b.name, b.shape, b.dtype, values))
         return specs
@@ -1054,11 +1065,11 @@ class TorchBackend:
         mode.finish()
         self._note_precision(mode)
         total, terms = self._reduce(out)
-        loss = float(total.detach().item())
+        loss = float(total.item())
         check_finite_loss(loss, "the loss at the checked point")
         term_values = {}
         for name, value in terms.items():
-            term_values[name] = float(value.detach().item())
+            term_values[name] = float(value.item())
             check_finite_loss(term_values[name], f"term {name!r} at the checked point")
         center = Evaluation(
             loss,
@@ -1117,7 +1128,7 @@ class TorchBackend:
         # only autograd holds: no copy. A custom backward may return a tensor of f's (even
         # a block, which the check then perturbs in place): copied
         total_grads = tuple(
-            check_gradient_array(b.name, g.detach().cpu().numpy(), b.shape, None, copy=not plain)
+            check_gradient_array(b.name, _numpy(g), b.shape, None, copy=not plain)
             for b, g in zip(self._blocks, grads, strict=True)
         )
         term_grads: dict[str, tuple[np.ndarray, ...]] = {}
@@ -1130,7 +1141,7 @@ class TorchBackend:
                 np.zeros(int(np.prod(b.shape, dtype=np.int64)))
                 if g is None
                 else check_gradient_array(
-                    b.name, g.detach().cpu().numpy(), b.shape, name, copy=not plain
+                    b.name, _numpy(g), b.shape, name, copy=not plain
                 )
                 for b, g in zip(self._blocks, gs, strict=True)
             )
