@@ -316,7 +316,7 @@ def _plan(
         idx = np.zeros(int(spec.size == 1), dtype=np.int64)
     else:
         idx = sample_coordinates(
-            spec.name, spec.size, list(raw.values()), opts.samples_per_block, opts.seed, streams
+            spec.name, spec.size, list(raw.values()), opts.samples_per_block, opts.seed
         )
     coords = []
     if idx.size:

@@ -58,7 +58,7 @@ NOISE_USABLE = 1e-4
 STATIONARY = 1e-3
 
 
-@dataclass
+@dataclass(slots=True)  # (a check builds one per comparison, retry and step)
 class Pair:
     """A centered difference in flight: where, how far, and what came back."""
 

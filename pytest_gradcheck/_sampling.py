@@ -75,15 +75,13 @@ def sample_coordinates(
     gradients: Sequence[np.ndarray],
     samples: int | None,
     seed: int,
-    streams: Streams | None = None,
 ) -> np.ndarray:
     """Sorted flat indices to check in one block.
 
     A block no larger than `samples` (or `samples=None`) is checked whole. Otherwise
     the sample holds the coordinate of largest analytic magnitude of each gradient in
     `gradients` (the total first, then each named term) and is filled up to `samples`
-    with coordinates drawn uniformly without replacement. `streams` (the check's) gives
-    the same draws as none, faster.
+    with coordinates drawn uniformly without replacement (`_picked`).
     """
     if samples is None or size <= samples:
         return np.arange(size, dtype=np.int64)
@@ -98,10 +96,8 @@ def sample_coordinates(
         # ``choice(pool, ...)`` draws them, mapped to coordinates without building the
         # pool (O(samples), not O(size))
         pool = size - len(chosen)
-        rng = _stream(seed, name, _COORDINATES, streams)
-        picked = rng.choice(pool, size=min(rest, pool), replace=False)
         taken = sorted(chosen)
-        for position in picked.tolist():
+        for position in _picked(seed, name, pool, min(rest, pool)):
             index = position
             for c in taken:  # the position-th coordinate that is not taken
                 if c <= index:
@@ -116,6 +112,15 @@ def sample_coordinates(
 #: the last `_MEMOISED` of them: at most 8 MiB held
 _MEMOISED_SIZE = 16384
 _MEMOISED = 64
+
+
+@functools.lru_cache(maxsize=1024)
+def _picked(seed: int, name: str, pool: int, count: int) -> tuple[int, ...]:
+    """`count` positions drawn without replacement from `pool`, in the block's stream:
+    a pure function of its arguments, memoised like `direction` (``choice`` took two
+    thirds of a block's sampling)."""
+    rng = Streams(seed)(name, _COORDINATES)
+    return tuple(rng.choice(pool, size=count, replace=False).tolist())
 
 
 def direction(name: str, size: int, seed: int, streams: Streams | None = None) -> np.ndarray:

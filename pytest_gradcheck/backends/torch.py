@@ -1140,9 +1140,7 @@ class TorchBackend:
             term_grads[name] = tuple(
                 np.zeros(int(np.prod(b.shape, dtype=np.int64)))
                 if g is None
-                else check_gradient_array(
-                    b.name, _numpy(g), b.shape, name, copy=not plain
-                )
+                else check_gradient_array(b.name, _numpy(g), b.shape, name, copy=not plain)
                 for b, g in zip(self._blocks, gs, strict=True)
             )
         if watch is not None:
