@@ -564,6 +564,50 @@ def _leaves(nodes: Iterable[Any]) -> frozenset[int]:
     )
 
 
+_INVALID_GRADIENT = re.compile(r"Function (\S+) returned an invalid gradient at index (\d+)")
+_EXPECTED_SHAPE = re.compile(r"expected shape compatible with \[([0-9, ]*)\]")
+
+
+def _under_bad_gradient(loss: torch.Tensor, msg: str) -> tuple[set[Any], frozenset[int]] | None:
+    """Where autograd's "Function F returned an invalid gradient at index i" leads: the
+    nodes at and below input i of every node F in the graph of `loss` (those whose input
+    there has the shape the error expects, where it names one and torch says), and the
+    ids of the leaf tensors among them. None where the message names no such gradient
+    or the graph holds no F.
+
+    The gradient is wrong for the tensor F got as input i, so the blocks to name are
+    those that tensor is computed from: ``F.apply(x, w[None].expand(3, 4))`` returning
+    a (4,) gradient for input 1 is about `w`, though the expanded (3, 4) it expects is
+    the shape of `x`."""
+    match = _INVALID_GRADIENT.search(msg)
+    if match is None:
+        return None
+    name, index = match.group(1), int(match.group(2))
+    shaped = _EXPECTED_SHAPE.search(msg)
+    expected = (
+        [int(s) for s in shaped.group(1).replace(" ", "").split(",") if s] if shaped else None
+    )
+    starts = []
+    for node in _graph(loss):
+        if node.name() != name or index >= len(node.next_functions):
+            continue
+        next_node, input_nr = node.next_functions[index]
+        if next_node is None:
+            continue
+        if expected is not None:
+            try:
+                shape = list(next_node._input_metadata[input_nr].shape)
+            except Exception:  # a private attribute: without it, every F counts
+                shape = expected
+            if shape != expected:
+                continue
+        starts.append(next_node)
+    if not starts:
+        return None
+    nodes = _below(starts)
+    return set(nodes), _leaves(nodes)
+
+
 def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
     """Whether each input is in the autograd graph of `loss` (a path exists to it)."""
     nodes = set(_graph(loss))
@@ -1718,17 +1762,22 @@ class TorchBackend:
         )
 
     def _failing_blocks(self, loss: torch.Tensor, inputs: list[torch.Tensor], msg: str) -> list:
-        """The blocks whose own backward fails, narrowed by the shape the error expects."""
+        """The blocks whose own backward fails, narrowed to those whose gradient comes
+        through the bad one where the error says which (`_under_bad_gradient`)."""
         failing = []
         for block, t in zip(self._blocks, inputs, strict=True):
             try:
                 torch.autograd.grad(loss, [t], retain_graph=True, allow_unused=True)
             except RuntimeError:
                 failing.append(block)
-        match = re.search(r"expected shape compatible with \[([0-9, ]*)\]", msg)
-        if match:
-            expected = tuple(int(s) for s in match.group(1).replace(" ", "").split(",") if s)
-            narrowed = [b for b in failing if b.shape == expected]
+        under = _under_bad_gradient(loss, msg)
+        if under is not None:
+            nodes, leaves = under
+            narrowed = [
+                b
+                for b, t in zip(self._blocks, inputs, strict=True)
+                if b in failing and (id(t) in leaves if t.grad_fn is None else t.grad_fn in nodes)
+            ]
             if narrowed:
                 failing = narrowed
         return [b.name for b in failing]

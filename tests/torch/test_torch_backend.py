@@ -515,6 +515,32 @@ def test_wrong_shape_custom_backward_is_reraised_chained_and_named():
     b.close()
 
 
+def test_a_wrong_shaped_gradient_names_the_block_it_is_for_not_one_of_its_shape():
+    """The gradient for input 1 of the Function is wrong ((4,) for the expanded (3, 4)
+    it got): the block behind that input is w, though the shape torch expects is x's.
+    Both blocks' own backward passes fail (they run the same bad backward), so only
+    the graph tells them apart."""
+
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return x * w
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return g * w, (g * x).sum(0)  # the (4,) of w, not of the (3, 4) input
+
+    w = torch.randn(4, dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    b = backend(lambda x: Scale.apply(x, w[None].expand(3, 4)).pow(2).sum(), x, params=[w])
+    with pytest.raises(ValueError, match=r"backward pass failed for block 'params\[0\]'") as info:
+        b.gradient(False)
+    assert "'args[0]'" not in str(info.value)
+    b.close()
+
+
 def test_backward_returning_none_counts_as_a_zero_gradient():
     class ForgetsBias(torch.autograd.Function):
         @staticmethod
