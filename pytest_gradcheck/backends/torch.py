@@ -516,6 +516,13 @@ def _describe(entry: Written, name: str | None) -> str:
     return f"{name!r} ({what})" if name is not None else what
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same values, NaN equal to NaN (and -0.0 to 0.0)."""
+    if torch.equal(a, b):
+        return True
+    return a.shape == b.shape and bool(a.eq(b).logical_or_(a.isnan() & b.isnan()).all())
+
+
 def _detached(leaf: Any) -> Any:
     return leaf.detach() if isinstance(leaf, torch.Tensor) and leaf.requires_grad else leaf
 
@@ -566,6 +573,50 @@ def _leaves(nodes: Iterable[Any]) -> frozenset[int]:
     return frozenset(
         id(variable) for node in nodes if (variable := getattr(node, "variable", None)) is not None
     )
+
+
+_INVALID_GRADIENT = re.compile(r"Function (\S+) returned an invalid gradient at index (\d+)")
+_EXPECTED_SHAPE = re.compile(r"expected shape compatible with \[([0-9, ]*)\]")
+
+
+def _under_bad_gradient(loss: torch.Tensor, msg: str) -> tuple[set[Any], frozenset[int]] | None:
+    """Where autograd's "Function F returned an invalid gradient at index i" leads: the
+    nodes at and below input i of every node F in the graph of `loss` (those whose input
+    there has the shape the error expects, where it names one and torch says), and the
+    ids of the leaf tensors among them. None where the message names no such gradient
+    or the graph holds no F.
+
+    The gradient is wrong for the tensor F got as input i, so the blocks to name are
+    those that tensor is computed from: ``F.apply(x, w[None].expand(3, 4))`` returning
+    a (4,) gradient for input 1 is about `w`, though the expanded (3, 4) it expects is
+    the shape of `x`."""
+    match = _INVALID_GRADIENT.search(msg)
+    if match is None:
+        return None
+    name, index = match.group(1), int(match.group(2))
+    shaped = _EXPECTED_SHAPE.search(msg)
+    expected = (
+        [int(s) for s in shaped.group(1).replace(" ", "").split(",") if s] if shaped else None
+    )
+    starts = []
+    for node in _graph(loss):
+        if node.name() != name or index >= len(node.next_functions):
+            continue
+        next_node, input_nr = node.next_functions[index]
+        if next_node is None:
+            continue
+        if expected is not None:
+            try:
+                shape = list(next_node._input_metadata[input_nr].shape)
+            except Exception:  # a private attribute: without it, every F counts
+                shape = expected
+            if shape != expected:
+                continue
+        starts.append(next_node)
+    if not starts:
+        return None
+    nodes = _below(starts)
+    return set(nodes), _leaves(nodes)
 
 
 def _reached(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[bool]:
@@ -1216,7 +1267,7 @@ class TorchBackend:
     def _evaluate_point(self, point: Point, track: bool) -> Evaluation:
         touched = self._apply(point)
         try:
-            evaluation = self._evaluate_once(track)
+            evaluation = self._evaluate_once(track, False, point)
         finally:
             self._undo(touched)
         self.looped_points += 1
@@ -1413,24 +1464,78 @@ class TorchBackend:
         """The version counters of the guarded tensors, then of the saved state's."""
         return [t._version for _, t, _ in self._guards] + self._state.versions()
 
-    def _repair(self, versions: list[int | None], mode: WinnerTracker | None = None) -> None:
+    def _repair(
+        self,
+        versions: list[int | None],
+        mode: WinnerTracker | None = None,
+        point: Point | None = None,
+    ) -> None:
         """Put back the values of any tensor f wrote into in place (seen by its version),
-        and the saved state's (with what `mode`, a measuring pass, found first)."""
+        and the saved state's (with what `mode`, a measuring pass, found first).
+
+        A write is put back whenever the version moved; it is warned about only where
+        it changed values: the tensor's values after f are compared with those f was
+        called with (a block's base point moved by `point`, the call's deltas; the
+        saved values of anything else). An in-place op that leaves the values as they
+        were (``embedding_renorm_`` on rows already within ``max_norm``, a ``mul_(1)``)
+        still moves the version, and is no write the check needs to mention.
+        """
         guarded = len(self._guards)
         if mode is not None and mode.state is not None:
             self._note_state(mode)
         self._state.repair(versions[guarded:])
+        written = None
         for (name, t, values), before in zip(self._guards, versions[:guarded], strict=True):
             if t._version == before:
                 continue
-            t.detach().view(-1).copy_(values)  # through a detached alias: no graph
-            if name not in self._written_seen:
+            flat = t.detach().view(-1)  # a detached alias: no graph
+            if name not in self._written_seen and not _same(flat, self._at_call(t, values, point)):
                 self._written_seen.add(name)
                 self.warnings.append(
                     f"gradcheck: f writes into {name!r} in place; the check put its "
                     "values back after every call of f, so each evaluation starts "
                     "from the same point"
                 )
+            if written is None:
+                written = []
+            written.append((flat, values))
+        if written is not None:
+            # put back once all are compared: one tensor under two names is two guards
+            for flat, values in written:
+                flat.copy_(values)
+
+    def _at_call(self, t: torch.Tensor, values: torch.Tensor, point: Point | None) -> torch.Tensor:
+        """The values the guarded tensor `t` had when f was called: its saved `values`,
+        moved by `point`'s deltas into the blocks that are `t` (one tensor given under
+        two names is two blocks), as `_apply` moved them (the same additions, so the
+        same bits)."""
+        deltas = [
+            d for d in (point.deltas if point is not None else ()) if self._blocks[d[0]].tensor is t
+        ]
+        if not deltas:
+            return values
+        block = self._blocks[deltas[0][0]]
+        m = values.numel()
+        host = block.host() is not None
+        start = values.clone()
+        flat = start.numpy() if host else start
+        for _, flat_indices, delta in deltas:
+            idx = None if whole(flat_indices, m) else index_array(flat_indices)
+            val = tb.delta_values(delta, m if idx is None else idx.size)
+            if host:
+                if idx is None:
+                    np.add(flat, val, out=flat)
+                else:
+                    np.add.at(flat, idx, val)
+            elif idx is None:
+                start.add_(torch.tensor(val, device=values.device))
+            else:
+                start.index_put_(
+                    (torch.as_tensor(idx, device=values.device),),
+                    torch.tensor(val, device=values.device),
+                    accumulate=True,
+                )
+        return start
 
     def _state_watch(self, own: Sequence[torch.Tensor] = ()) -> StateWatch:
         """A `StateWatch` for one measuring call of f: the guarded tensors are the
@@ -1666,17 +1771,22 @@ class TorchBackend:
         )
 
     def _failing_blocks(self, loss: torch.Tensor, inputs: list[torch.Tensor], msg: str) -> list:
-        """The blocks whose own backward fails, narrowed by the shape the error expects."""
+        """The blocks whose own backward fails, narrowed to those whose gradient comes
+        through the bad one where the error says which (`_under_bad_gradient`)."""
         failing = []
         for block, t in zip(self._blocks, inputs, strict=True):
             try:
                 torch.autograd.grad(loss, [t], retain_graph=True, allow_unused=True)
             except RuntimeError:
                 failing.append(block)
-        match = re.search(r"expected shape compatible with \[([0-9, ]*)\]", msg)
-        if match:
-            expected = tuple(int(s) for s in match.group(1).replace(" ", "").split(",") if s)
-            narrowed = [b for b in failing if b.shape == expected]
+        under = _under_bad_gradient(loss, msg)
+        if under is not None:
+            nodes, leaves = under
+            narrowed = [
+                b
+                for b, t in zip(self._blocks, inputs, strict=True)
+                if b in failing and (id(t) in leaves if t.grad_fn is None else t.grad_fn in nodes)
+            ]
             if narrowed:
                 failing = narrowed
         return [b.name for b in failing]
@@ -1739,24 +1849,31 @@ class TorchBackend:
                 t = torch.as_tensor(idx, device=block.base.device)
                 block.flat().index_put_((t,), block.base[t])
 
-    def _evaluate_once(self, track: bool, measure: bool = False) -> Evaluation:
+    def _evaluate_once(
+        self, track: bool, measure: bool = False, point: Point | None = None
+    ) -> Evaluation:
+        """One evaluation at the blocks' current values: the base point moved by
+        `point`'s deltas, which `_apply` wrote (None: at the base point itself)."""
         fast = not measure and self._fast(track)
         if self._eval_with_grad:
-            return self._attempt(fast, track, measure, True)
+            return self._attempt(fast, track, measure, True, point)
         try:
             # no graph is needed for a loss value; f computes the same values either way
-            return self._attempt(fast, track, measure, False)
+            return self._attempt(fast, track, measure, False, point)
         except RuntimeError as err:
             if not _NEEDS_GRAD.search(str(err)):
                 raise  # f's own failure, not grad mode's: a retry would hide it
             # f needs autograd itself (an inner torch.autograd.grad, a gradient penalty)
-            result = self._attempt(fast, track, measure, True)
+            result = self._attempt(fast, track, measure, True, point)
             self._eval_with_grad = True
             return result
 
-    def _attempt(self, fast: bool, track: bool, measure: bool, grad_enabled: bool) -> Evaluation:
-        """One call of f at the current values: plain (`fast`, see `_fast`: the empty
-        signature) or under the dispatch mode."""
+    def _attempt(
+        self, fast: bool, track: bool, measure: bool, grad_enabled: bool, point: Point | None
+    ) -> Evaluation:
+        """One call of f at the current values (the base point moved by `point`, see
+        `_evaluate_once`): plain (`fast`, see `_fast`: the empty signature) or under the
+        dispatch mode."""
         mode = recorder = None
         if not fast:
             recorder = SignatureRecorder() if track else None
@@ -1766,7 +1883,7 @@ class TorchBackend:
         try:
             out = self._forward(grad_enabled, mode)
         finally:
-            self._repair(versions, mode)
+            self._repair(versions, mode, point)
         if mode is None:
             self.fast_points += 1
             signature, decisions = (EMPTY_SIGNATURE if track else None), 0

@@ -323,6 +323,60 @@ def test_f_writing_into_its_inputs_cannot_move_the_base_point():
     b.close()
 
 
+def test_an_in_place_op_that_changes_no_value_is_put_back_without_a_warning():
+    """``mul_(1)`` moves a tensor's version but not its values: the check restores it
+    as after any write, and says nothing, at the base point (the gradient pass, its
+    evaluations) and at perturbed points, where the values f was called with are the
+    block's base plus the point's deltas."""
+    calls = []
+
+    def f(x, w):
+        calls.append((x._version, w._version))
+        with torch.no_grad():
+            x.mul_(1.0)
+            w.mul_(1.0)
+        return (x * w).sum()
+
+    x = torch.randn(3, dtype=torch.float64)
+    w = torch.randn(3, dtype=torch.float64)
+    xs, ws = bits(x), bits(w)
+    b = backend(f, x, w, wrt=["args[0]"])  # w is not a block, but is guarded too
+    try:
+        g = b.gradient(False)
+        evs = b.evaluate([Point(()), at(0, 1, 1e-3), at(0, 1, -1e-3)], False)
+        assert evs[0].loss == g.center.loss
+        assert evs[1].loss != evs[2].loss  # the deltas reached f
+        assert not any("in place" in m for m in b.warnings), b.warnings
+        assert len({v for v, _ in calls}) > 1  # the writes were seen (and put back)
+    finally:
+        b.close()
+    assert bits(x) == xs and bits(w) == ws
+
+
+def test_a_write_that_undoes_the_perturbation_is_a_write():
+    """f copying the base values back over its argument changes no value at the base
+    point but does at every perturbed one (it undoes the deltas): it is warned about,
+    and the differences it leaves (all 0) fail against the gradient."""
+    x = torch.randn(4, dtype=torch.float64)
+    x0 = x.clone()
+
+    def f(x):
+        with torch.no_grad():
+            x.copy_(x0)
+        return (x * x).sum()
+
+    b = backend(f, x)
+    try:
+        g = b.gradient(False)
+        assert not any("in place" in m for m in b.warnings)
+        evs = b.evaluate([at(0, 2, 1e-3), at(0, 2, -1e-3)], False)
+        assert evs[0].loss == evs[1].loss == g.center.loss
+        assert any("f writes into 'args[0]' in place" in m for m in b.warnings)
+    finally:
+        b.close()
+    assert torch.equal(x, x0)
+
+
 # ---------------------------------------------------------------------- gradients
 
 
@@ -458,6 +512,32 @@ def test_wrong_shape_custom_backward_is_reraised_chained_and_named():
     with pytest.raises(ValueError, match=r"backward pass failed for block 'W'") as info:
         b.gradient(False)
     assert isinstance(info.value.__cause__, RuntimeError)
+    b.close()
+
+
+def test_a_wrong_shaped_gradient_names_the_block_it_is_for_not_one_of_its_shape():
+    """The gradient for input 1 of the Function is wrong ((4,) for the expanded (3, 4)
+    it got): the block behind that input is w, though the shape torch expects is x's.
+    Both blocks' own backward passes fail (they run the same bad backward), so only
+    the graph tells them apart."""
+
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return x * w
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return g * w, (g * x).sum(0)  # the (4,) of w, not of the (3, 4) input
+
+    w = torch.randn(4, dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    b = backend(lambda x: Scale.apply(x, w[None].expand(3, 4)).pow(2).sum(), x, params=[w])
+    with pytest.raises(ValueError, match=r"backward pass failed for block 'params\[0\]'") as info:
+        b.gradient(False)
+    assert "'args[0]'" not in str(info.value)
     b.close()
 
 

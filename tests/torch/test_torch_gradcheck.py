@@ -517,6 +517,48 @@ def test_an_embedding_renormalizing_in_place_fails_and_says_why():
     assert gradcheck(lambda: plain(ids).sum(), params=plain).passed
 
 
+def test_an_embedding_whose_rows_are_within_max_norm_passes_without_a_warning():
+    """With every row already within max_norm, torch's embedding_renorm_ still runs in
+    place (the weight's version moves) but changes no value: the check passes, says
+    nothing about a write (a correct test under ``-W error::GradcheckWarning`` stays
+    green), and the weight is as it was."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(6, 4, max_norm=10.0)
+    before = emb.weight.detach().clone()
+    ids = torch.tensor([0, 2, 3, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = gradcheck(lambda i: emb(i).pow(2).sum(), ids, params=emb)
+    assert result.passed
+    assert not any("in place" in w for w in result.warnings), result.warnings
+    assert torch.equal(emb.weight.detach(), before)
+    # a row above max_norm is renormalized: that write changes values, and is said
+    with torch.no_grad():
+        emb.weight[2].mul_(100.0)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda i: emb(i).pow(2).sum(), ids, params=emb)
+    assert "f writes into 'weight' in place; the check put" in str(info.value)
+
+
+def test_a_no_op_in_place_write_into_a_parameter_passes_without_a_warning():
+    """``w.mul_(1.0)`` under no_grad inside f (a parameter perturbed by the check)."""
+    w = torch.randn(3, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64)
+
+    def f(x):
+        with torch.no_grad():
+            w.mul_(1.0)
+        return (x @ w).tanh().sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = gradcheck(f, x, params=[w])
+        assert result.passed and not result.warnings, result.warnings
+        # one tensor under two names: two blocks, both perturbing it, both guarding it
+        result = gradcheck(f, x, params={"a": w, "b": w}, batch=False)
+        assert result.passed and not result.warnings, result.warnings
+
+
 def _matmul_forgetting_dw(true_zero: bool):
     """x @ w by a custom Function whose backward returns None for w; with `true_zero`
     the forward reads w only through a comparison, so None (zero) is its gradient."""
