@@ -3,8 +3,10 @@
 A check always runs in float64, so inputs in lower precision are cast for it (where f
 cannot also run in those dtypes, for the look at its gradient there, `backends/_own_dtype`
 says so with the same prefix); a block sitting on exact ties is checked just off them;
-and where one term's gradient dominates another's, each term is checked on its own, so
-an error in the small one fails that term's check instead of hiding in the total. The
+where one term's gradient dominates another's, each term is checked on its own, so
+an error in the small one fails that term's check instead of hiding in the total; and
+torch.compile'd code in a PyTorch f runs eagerly for the check (the check verifies the
+gradient of the code a compiled graph is traced from; `backends/_torch_compiled`). The
 check says so in `Result.warnings`, but these are notices, no alarms: they are not
 issued as `GradcheckWarning`s nor marked in the terminal report, where the first would
 stand beside nearly every check of a float32 model and teach users to ignore the
@@ -22,6 +24,8 @@ CAST_NOTICE = "checked in float64: "
 OFF_TIES_NOTICE = "sits on exact ties at the checked point"
 #: what the engine's notice that one term's gradient dominates another's says of it
 DOMINANCE_NOTICE = "each term is also checked on its own"
+#: what the PyTorch backend's notice that compiled code ran eagerly says of it
+COMPILE_NOTICE = "ran eagerly for the check"
 
 
 def alarming(warnings: Iterable[str]) -> list[str]:
@@ -33,5 +37,6 @@ def alarming(warnings: Iterable[str]) -> list[str]:
             w.removeprefix("gradcheck: ").startswith(CAST_NOTICE)
             or OFF_TIES_NOTICE in w
             or DOMINANCE_NOTICE in w
+            or COMPILE_NOTICE in w
         )
     ]

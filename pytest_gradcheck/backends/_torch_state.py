@@ -183,10 +183,9 @@ class SavedState:
 # -- names, for warnings (only looked up when one is written) ----------------------
 
 
-def modules_of(f: Callable[..., Any]) -> list[torch.nn.Module]:
-    """The modules f reaches directly: itself, its bound ``self``, its closure cells,
-    defaults and the globals its code names (a lambda over a model)."""
-    found: list[torch.nn.Module] = []
+def reach(f: Callable[..., Any]) -> list[Any]:
+    """What f reaches directly: itself, its bound ``self``, its closure cells, defaults
+    and the globals its code names (a lambda over a model); duplicates and Nones kept."""
     candidates: list[Any] = [f, getattr(f, "__self__", None)]
     fn = getattr(f, "__func__", f)
     candidates += [
@@ -196,7 +195,13 @@ def modules_of(f: Callable[..., Any]) -> list[torch.nn.Module]:
     code, names = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
     if code is not None:
         candidates += [names[n] for n in code.co_names if n in names]
-    for c in candidates:
+    return candidates
+
+
+def modules_of(f: Callable[..., Any]) -> list[torch.nn.Module]:
+    """The modules f reaches directly (`reach`)."""
+    found: list[torch.nn.Module] = []
+    for c in reach(f):
         if isinstance(c, torch.nn.Module) and all(c is not m for m in found):
             found.append(c)
     return found

@@ -118,7 +118,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant
-from .._notices import CAST_NOTICE
+from .._notices import CAST_NOTICE, COMPILE_NOTICE
 from . import _torch_batch as tb
 from ._base import (
     COTANGENT,
@@ -141,6 +141,7 @@ from ._base import (
 from ._own_dtype import look
 from ._rng import GlobalRng
 from ._torch_attrs import ModuleAttributes
+from ._torch_compiled import compiled_in, force_eager
 from ._torch_promote import Promoting, home_dtype, hook_recurrent
 from ._torch_state import SavedState, StateWatch, Written, modules_of, tensor_names
 from ._torch_tracker import WinnerTracker, tracker
@@ -738,6 +739,9 @@ class TorchBackend:
         #: pass in the user's own dtypes (`own_dtype_pass`)
         self._user_args: tuple = ()
         self._given: tuple[str, ...] = ()
+        #: puts the user's torch.compile stance back (the check runs compiled code
+        #: eagerly, `_torch_compiled`); None where the check set none
+        self._stance: Callable[[], None] | None = None
 
         self._device = _resolve_device(settings.device)
         if self._device is not None and self._device.type == "cuda":
@@ -746,6 +750,7 @@ class TorchBackend:
         try:
             self._numerics = _Numerics()
             self._numerics.apply()
+            self._stance = force_eager()
             self._prepare(tuple(args), params, settings)
         except BaseException:
             self.close()
@@ -913,6 +918,15 @@ class TorchBackend:
 
         # the params modules, and those f reaches in its closure (params=dict(...) of one)
         self._attributes = ModuleAttributes.of([*self._modules_seen, *modules_of(self.f)])
+        if self._stance is not None and compiled_in(self.f, self._modules_seen):
+            self.warnings.append(
+                "gradcheck: f holds torch.compile'd code, which "
+                f"{COMPILE_NOTICE} (as under torch.compiler.set_stance('force_eager')): "
+                "the gradient checked is the eager code's, which the compiled graph is "
+                "traced from, since the check's dispatch mode cannot run inside a "
+                "compiled graph. The compiled code is left as it was and runs compiled "
+                "after the check"
+            )
         for module in self._modules_seen:
             self._take_module_state(module)
 
@@ -1406,6 +1420,9 @@ class TorchBackend:
             attempt(self._attributes.restore)
         if self._numerics is not None:
             attempt(self._numerics.restore)
+        if self._stance is not None:
+            attempt(self._stance)
+            self._stance = None
         attempt(self._rng.restore)
         self._blocks, self._buffers, self._swaps, self._args = [], [], [], ()
         self._user_args = ()
