@@ -1200,9 +1200,24 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   Python per evaluation and per op of the tracker) and to 0.87-0.98 (git 5d5ceca and
   4080dc3, five runs: the tracker's handler marked for Dynamo to skip instead of wrapped by
   TorchDispatchMode's guard, which switched frame evaluation off and on at every op).
-  From 1e5 on it is 0.9 or less. At 1e3-1e4 that is no margin on a busy machine:
-  alternating runs of git dd953c1 and 49ac215 on 2026-11-29 (load 1-1.7) measured
-  0.95-1.06 and 0.97-1.13, so target 1 passes or fails there with the load.
+  From 1e5 on it is 0.9 or less. At 1e3-1e4 that was no margin on a busy machine:
+  runs on 2026-11-29 measured 0.95-1.13, so target 1 passed or failed with the load.
+  A further round (git 08e2d7d -> the version below) took the direction check at 1e3
+  and 1e4 to 0.90-0.93 of its time before, measured in one process that runs both
+  versions' checks in turns (the order of the two alternating each round: a check
+  run right after one of similar code finds that code in the caches and runs some
+  5 % faster, which had inflated earlier A/B runs): the global RNGs are reset before
+  each evaluation without seeding them (Python's seeded words written into its
+  generator; NumPy's and torch's seeded only where f drew from them since the last
+  reset), and saved and restored as copies of their memory (the three seeds, a
+  microsecond or a few each in a loop, were some 10 % of the check in this setting);
+  a block's direction and sampled positions are memoised (a pure function of the
+  seed, its name and size); the autograd-graph walk is a plain loop; NumPy views of
+  plain CPU tensors are taken without `detach()` and `cpu()`. On the same day, single
+  runs of the torch part of this benchmark gave 1.12 / 1.02 / 0.88 before and
+  0.90 / 0.95 / 0.90 after, at 1e3 / 1e4 / 1e5. What remains is mostly torch's own:
+  the dispatch mode's machinery alone (a mode whose handler only calls the op) is
+  some 10 % of the check, and `fast_mode=True` has no such pass.
 - **A process's first check** no longer imports Dynamo and Inductor (with sympy, about a
   second): TorchDispatchMode's guard imported Dynamo on its first call, and
   `torch.use_deterministic_algorithms` imports Inductor to set its flag (the check now
@@ -1225,8 +1240,12 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   F <= U - 2B. Measured at 1e3 on a busy day in the interleaved setting: F 4.2 ms,
   B 3.5 ms, U 9.1 ms, so F would have to be 2.1 ms, less than `mode="directions"`
   alone; at 1e4 the first weight's rows cost as much batched as looped, so U - 2B is
-  about 0 and no cut in F gets there. The target needs a device where rows are
-  computed in parallel (a GPU) or a costlier f per point.
+  about 0 and no cut in F gets there. Every cut in the cost of an evaluation in the
+  loop (the RNG resets above: U fell by about a quarter at 1e3) moves this ratio away
+  from the target, and the vmapped call's own cost (functorch's work per op, some
+  1.5-2 ms at 1e3 however few its rows) is more than the loop's whole arithmetic. The
+  target needs a device where rows are computed in parallel (a GPU) or a costlier f
+  per point.
 - **JAX gains more from its batches** (one compiled program for all the rows, no
   Python per op): 0.3-0.47 of the unbatched check up to 1e5. Two changes got 1e5
   there (0.52 before, git 04ac72c): the points of a block over 96 KiB (the first
