@@ -108,12 +108,6 @@ def sample_coordinates(
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-#: the directions of blocks of at most this many entries are memoised (`_memoised`),
-#: the last `_MEMOISED` of them: at most 8 MiB held
-_MEMOISED_SIZE = 16384
-_MEMOISED = 64
-
-
 @functools.lru_cache(maxsize=1024)
 def _picked(seed: int, name: str, pool: int, count: int) -> tuple[int, ...]:
     """`count` positions drawn without replacement from `pool`, in the block's stream:
@@ -121,6 +115,12 @@ def _picked(seed: int, name: str, pool: int, count: int) -> tuple[int, ...]:
     thirds of a block's sampling)."""
     rng = Streams(seed)(name, _COORDINATES)
     return tuple(rng.choice(pool, size=count, replace=False).tolist())
+
+
+#: the directions of blocks of at most this many entries are memoised (`_memoised`),
+#: the last `_MEMOISED` of them: at most 8 MiB held
+_MEMOISED_SIZE = 16384
+_MEMOISED = 64
 
 
 def direction(name: str, size: int, seed: int, streams: Streams | None = None) -> np.ndarray:
