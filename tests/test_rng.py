@@ -160,3 +160,35 @@ def test_the_states_come_back_whether_f_drew_or_not(monkeypatch, f_draws, python
     np.random.seed(22)
     np.random.rand(5)
     assert (random.gauss(0.0, 1.0), np.random.randn(3).tolist()) == expected
+
+
+def test_a_generator_f_installs_is_seeded_and_the_users_comes_back():
+    """f installing another bit generator (``np.random.set_bit_generator``) gets it
+    seeded like the global one, and the user's own generator object, with its state,
+    is the global one again after the check: its memory, read and written by address,
+    is held by the check all along."""
+    np.random.seed(31)
+    np.random.rand(3)
+    user_generator, before = np.random.get_bit_generator(), _numpy_state()
+    rng = GlobalRng(6)
+    rng.reseed()
+    np.random.set_bit_generator(np.random.PCG64(2))  # f installs another, then draws
+    np.random.rand(2)
+    rng.reseed()
+    expected = np.random.RandomState(np.random.PCG64(6))  # np.random.seed's way
+    assert np.random.rand(3).tolist() == expected.rand(3).tolist()
+    rng.restore()
+    assert np.random.get_bit_generator() is user_generator
+    assert _numpy_state() == before
+
+
+def test_a_monkeypatched_random_function_falls_back_to_getstate(monkeypatch):
+    random.seed(8)
+    before = random.getstate()
+    monkeypatch.setattr(random, "random", lambda: 0.5)  # a plain function: no __self__
+    rng = GlobalRng(2)
+    assert rng._py_memory is None and rng._py_seeded is None
+    rng.reseed()
+    assert random.randint(0, 10**9) == random.Random(2).randint(0, 10**9)
+    rng.restore()
+    assert random.getstate() == before

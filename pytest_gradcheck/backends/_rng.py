@@ -40,7 +40,7 @@ class GlobalRng:
         #: the generator `random`'s functions draw from; its state, as a copy of its
         #: memory and cached Gaussian where the layout is known (`getstate` builds a
         #: tuple of 625 ints, and `setstate` reads it back), or as `getstate` gives it
-        self._py_inst = random.random.__self__
+        self._py_inst = getattr(random.random, "__self__", None)  # (None: monkeypatched)
         known = _python_layout_known() and type(self._py_inst) is random.Random
         self._py_memory: tuple[bytes, Any] | None = None
         self._py: Any = None
@@ -49,6 +49,9 @@ class GlobalRng:
             self._py_memory = (ctypes.string_at(address, _MT_BYTES), self._py_inst.gauss_next)
         else:
             self._py = random.getstate()
+        #: NumPy's global bit generator, held: its memory is read and written by
+        #: address, and f may install another (`np.random.set_bit_generator`)
+        self._np_generator = np.random.mtrand._rand._bit_generator
         self._np_memory, self._np = _save_numpy()
         #: the seeded words of each generator, where they can be written or compared
         self._py_seeded = _python_seeded(seed) if known else None
@@ -64,7 +67,11 @@ class GlobalRng:
             self._py_inst.gauss_next = None
         else:
             random.seed(self.seed)
-        if self._np_memory is None or self._np_seeded is None:
+        if (
+            self._np_memory is None
+            or self._np_seeded is None
+            or np.random.mtrand._rand._bit_generator is not self._np_generator
+        ):
             np.random.seed(self.seed)
         elif ctypes.string_at(self._np_memory[0], _MT_BYTES) != self._np_seeded:
             # f drew from it (unchanged words: nothing drawn since the last seed, which
@@ -85,6 +92,8 @@ class GlobalRng:
             self._py_inst.gauss_next = gaussian
         else:
             random.setstate(self._py)
+        if np.random.mtrand._rand._bit_generator is not self._np_generator:
+            np.random.set_bit_generator(self._np_generator)  # f installed another
         if self._np_memory is None:
             np.random.set_state(self._np)
         elif ctypes.string_at(self._np_memory[0], _MT_BYTES) == self._np_seeded:
