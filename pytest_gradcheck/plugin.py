@@ -89,9 +89,11 @@ class _Setting(NamedTuple):
 
 
 def _raw(config: pytest.Config, name: str) -> _Setting:
-    """A setting from the CLI, else the ini file."""
+    """A setting from the CLI, else the ini file. A flag given empty (``--gradcheck-x=``)
+    is given: it turns off what the ini key set."""
     value = config.getoption(f"gradcheck_{name}")
-    if value is not None and value != "":
+    if value is not None:
+        value = None if str(value).strip() == "" else value
         return _Setting(value, flag(name), config.invocation_params.dir, "cli")
     value = config.getini(f"gradcheck_{name}")
     if value is not None and value != "" and value != []:
@@ -108,7 +110,9 @@ def _layer(config: pytest.Config, source: str) -> dict[str, Any]:
             if source == "cli"
             else config.getini(f"gradcheck_{name}")
         )
-        if raw is None or raw == "" or raw == []:
+        # an ini key left empty is unset; a flag given empty is given (None where the
+        # option takes it), overriding the ini key
+        if raw is None or (source == "ini" and (raw == "" or raw == [])):
             continue
         where = flag(name) if source == "cli" else f"ini key gradcheck_{name}"
         try:
