@@ -20,7 +20,7 @@ import numpy as np
 
 from ._directions import around_ties, beside_the_sample, bisect, localize_above
 from ._inputs import check_blocks
-from ._notices import OFF_TIES_NOTICE
+from ._notices import OFF_TIES_NOTICE, SCALE_NOTICE
 from ._options import Options
 from ._pairs import (
     TOTAL,
@@ -678,7 +678,7 @@ def _scale(grad: Gradient, opts: Options, warnings: list[str]) -> float:
     if k == 0:
         return 1.0
     warnings.append(
-        f"scale='auto' multiplied the loss by 2**{k} ({2.0**k:.3g}) so the largest "
+        f"scale='auto' {SCALE_NOTICE}{k} ({2.0**k:.3g}) so the largest "
         f"gradient ({largest:.3g}) is near 1.0; values in the report are scaled"
     )
     return 2.0**k

@@ -6,7 +6,9 @@ says so with the same prefix); a block sitting on exact ties is checked just off
 where one term's gradient dominates another's, each term is checked on its own, so
 an error in the small one fails that term's check instead of hiding in the total; and
 torch.compile'd code in a PyTorch f runs eagerly for the check (the check verifies the
-gradient of the code a compiled graph is traced from; `backends/_torch_compiled`). The
+gradient of the code a compiled graph is traced from; `backends/_torch_compiled`); and
+``scale="auto"`` multiplied the loss by a power of two, as the user asked (exact: it
+changes no relative error and no verdict). The
 check says so in `Result.warnings`, but these are notices, no alarms: they are not
 issued as `GradcheckWarning`s nor marked in the terminal report, where the first would
 stand beside nearly every check of a float32 model and teach users to ignore the
@@ -26,6 +28,8 @@ OFF_TIES_NOTICE = "sits on exact ties at the checked point"
 DOMINANCE_NOTICE = "each term is also checked on its own"
 #: what the PyTorch backend's notice that compiled code ran eagerly says of it
 COMPILE_NOTICE = "ran eagerly for the check"
+#: what the engine's notice that scale="auto" multiplied the loss says of it
+SCALE_NOTICE = "multiplied the loss by 2**"
 
 
 def alarming(warnings: Iterable[str]) -> list[str]:
@@ -38,5 +42,6 @@ def alarming(warnings: Iterable[str]) -> list[str]:
             or OFF_TIES_NOTICE in w
             or DOMINANCE_NOTICE in w
             or COMPILE_NOTICE in w
+            or w.removeprefix("gradcheck: ").startswith("scale='auto' " + SCALE_NOTICE)
         )
     ]

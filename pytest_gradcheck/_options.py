@@ -127,7 +127,7 @@ def _parse_text(name: str, text: str) -> Any:
     if name == "eps":
         return "auto" if t.lower() == "auto" else float(t)
     if name == "samples_per_block":
-        return None if t.lower() in ("all", "none") else int(t)
+        return None if t.lower() in ("all", "none", "") else int(t)
     if name in ("seed", "burn_in"):
         return int(t)
     if name in ("burn_in_lr", "dominance"):

@@ -56,6 +56,8 @@ class _State:
         self.cli, self.ini, self.detail, self.gates = cli, ini, detail, gates
         self.report = SessionReport()
         self.verdict: Verdict | None = None
+        #: the output files that could not be written at the end of the session, and why
+        self.unwritten: list[str] = []
 
 
 # -- options ------------------------------------------------------------------------
@@ -87,9 +89,11 @@ class _Setting(NamedTuple):
 
 
 def _raw(config: pytest.Config, name: str) -> _Setting:
-    """A setting from the CLI, else the ini file."""
+    """A setting from the CLI, else the ini file. A flag given empty (``--gradcheck-x=``)
+    is given: it turns off what the ini key set."""
     value = config.getoption(f"gradcheck_{name}")
-    if value is not None and value != "":
+    if value is not None:
+        value = None if str(value).strip() == "" else value
         return _Setting(value, flag(name), config.invocation_params.dir, "cli")
     value = config.getini(f"gradcheck_{name}")
     if value is not None and value != "" and value != []:
@@ -106,7 +110,9 @@ def _layer(config: pytest.Config, source: str) -> dict[str, Any]:
             if source == "cli"
             else config.getini(f"gradcheck_{name}")
         )
-        if raw is None or raw == "" or raw == []:
+        # an ini key left empty is unset; a flag given empty is given (None where the
+        # option takes it), overriding the ini key
+        if raw is None or (source == "ini" and (raw == "" or raw == [])):
             continue
         where = flag(name) if source == "cli" else f"ini key gradcheck_{name}"
         try:
@@ -540,12 +546,26 @@ class _Collector:
                     + "\n"
                 )
         json_path = _path(self.config, "json")
-        targets = [p for p in (json_path, state.gates.save_baseline) if p is not None]
+        targets = [
+            (p, _raw(self.config, name).where)
+            for p, name in ((json_path, "json"), (state.gates.save_baseline, "save_baseline"))
+            if p is not None
+        ]
         if targets:
             text = dumps(self._document())
-            for path in targets:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
+            for path, where in targets:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(text)
+                except OSError as err:
+                    # checked writable at the start, but the run may have changed that
+                    # (a file where a directory was to be, a full disk): say so, plainly
+                    state.unwritten.append(f"{where}: cannot write {path}: {err}")
+            if state.unwritten:
+                if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+                    session.exitstatus = pytest.ExitCode.USAGE_ERROR
+                if not self.config.pluginmanager.has_plugin("terminalreporter"):
+                    sys.stderr.write("\n".join(state.unwritten) + "\n")
 
     def _document(self) -> dict[str, Any]:
         state = self.state
@@ -571,6 +591,10 @@ class _Collector:
                 for text, markup in line:
                     tr.write(text, **markup)
                 tr.line("")
+        if state.unwritten:
+            tr.write_sep("=", "gradcheck report not written", red=True, bold=True)
+            for text in state.unwritten:
+                tr.write_line(text, red=True)
         verdict = state.verdict
         if verdict is None:
             return

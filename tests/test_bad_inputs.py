@@ -468,3 +468,16 @@ def test_the_advised_real_and_imaginary_parts_check_a_complex_function():
 
     result = gradcheck(f, parts)
     assert result.passed and result.blocks[0].shape == (3, 2)
+
+
+def test_a_numpy_grad_returning_a_dict_without_params_says_to_return_a_tuple():
+    # a student's grad={"x": 2 * x} for f(x): it was told block 'args[0]' "receives no
+    # gradient: grad returned None or nothing for it", which is not what grad did
+    x = np.array([1.0, -2.0, 3.0])
+    with pytest.raises(ValueError, match=r"grad returned a dict, but f was given no params="):
+        gradcheck(lambda x: np.sum(x**2), x, grad=lambda x: {"x": 2 * x})
+    with pytest.raises(ValueError, match=r"grad returned a dict for term 'a'"):
+        gradcheck(lambda x: {"a": np.sum(x**2)}, x, grad=lambda x: {"a": {"x": 2 * x}})
+    # a dict argument's gradient is a dict: still fine
+    w = {"W": np.array([1.0, 2.0])}
+    gradcheck(lambda w: np.sum(w["W"] ** 2), w, grad=lambda w: {"W": 2 * w["W"]})

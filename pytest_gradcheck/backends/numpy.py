@@ -370,6 +370,14 @@ class NumpyBackend:
     def _found(self, raw: Any, term: str | None) -> dict[str, Any]:
         """grad's return value (for one term) as ``{leaf name: gradient}``, its form checked."""
         if self.params is None:
+            if isinstance(raw, Mapping) and not any(isinstance(a, Mapping) for a in self._args):
+                raise ValueError(
+                    f"gradcheck: grad returned a dict{f' for term {term!r}' if term else ''}, "
+                    "but f was given no params= and no dict argument: return a tuple with "
+                    f"one entry per positional argument of f ({len(self._args)}), in order. "
+                    "A dict is grad's form for the blocks of params= (keyed like params)"
+                    + ("" if term else ", or, for f returning named terms, one per term")
+                )
             if len(self._args) == 1 and not isinstance(raw, (tuple, list)):
                 raw = (raw,)
             if not isinstance(raw, (tuple, list)) or len(raw) != len(self._args):

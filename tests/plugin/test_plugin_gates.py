@@ -221,3 +221,22 @@ def test_collect_only_neither_gates_nor_overwrites_the_baseline(inner: pytest.Py
     )
     assert result.ret == pytest.ExitCode.OK
     assert (inner.path / "base.json").read_text() == before
+
+
+def test_an_empty_flag_turns_off_the_gate_its_ini_key_set(inner: pytest.Pytester) -> None:
+    # a local run of a narrower selection under a project's ini gates: the baseline gate
+    # reports every check left out as disappeared; `--gradcheck-baseline=` must turn it
+    # off (it fell back to the ini key, as if the flag were not given)
+    inner.makepyfile(test_g=CAUGHT)
+    inner.runpytest("--gradcheck-save-baseline=base.json")
+    inner.makeini("[pytest]\ngradcheck_baseline = base.json\ngradcheck_fail_tier = ok\n")
+    narrow = inner.runpytest("-k", "test_happy")
+    assert narrow.ret == pytest.ExitCode.TESTS_FAILED
+    narrow.stdout.fnmatch_lines(["*check disappeared*"])
+    result = inner.runpytest("-k", "test_happy", "--gradcheck-baseline=", "--gradcheck-json=")
+    result.assert_outcomes(passed=1, deselected=2)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["gradcheck gates passed: no check worse than ok"])  # ini's
+    assert "baseline" not in result.stdout.str() and not (inner.path / "None").exists()
+    result = inner.runpytest("--gradcheck-fail-tier=", "--gradcheck-baseline=")
+    assert result.ret == pytest.ExitCode.OK

@@ -140,6 +140,32 @@ def test_an_output_path_that_cannot_be_written_is_a_usage_error(inner: pytest.Py
     assert (inner.path / "new" / "dir" / "r.json").is_file()
 
 
+def test_an_output_path_the_run_made_unwritable_is_reported_without_a_traceback(
+    inner: pytest.Pytester,
+) -> None:
+    # writable at the start (a missing directory is created at the end), but a test
+    # put a file where that directory was to be: the end of the session said so with an
+    # INTERNALERROR traceback; now a section names the flag, and the run does not pass
+    inner.makepyfile(
+        test_x="""
+        from pathlib import Path
+        from gc_helpers import X, square, square_grad
+
+        def test_x(gradcheck):
+            gradcheck(square, X, grad=square_grad)
+            Path("out").write_text("a file, not a directory")
+        """
+    )
+    result = inner.runpytest("--gradcheck-json=out/r.json")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        ["*= gradcheck report not written =*", "--gradcheck-json: cannot write *r.json: *"]
+    )
+    text = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in text and "Traceback" not in text
+
+
 def test_json_written_with_no_checks_and_non_finite_numbers_as_null(tmp_path) -> None:
     report = SessionReport()
     doc = report.document(

@@ -249,6 +249,28 @@ def test_precedence(inner: pytest.Pytester, present: tuple[str, ...]) -> None:
     inner.runpytest(*args).assert_outcomes(passed=1)
 
 
+def test_a_flag_given_empty_means_none_over_its_ini_key(inner: pytest.Pytester) -> None:
+    # docs/options.md: "none or an empty value means None"; an empty flag fell back to
+    # the ini key instead, as if it were not given
+    inner.makepyfile(
+        """
+        from pytest_gradcheck import gradcheck
+        from gc_helpers import X, square, square_grad
+
+        def test_it():
+            r = gradcheck(square, X, grad=square_grad)
+            assert r.options["tolerance"] is None
+            assert r.options["samples_per_block"] is None
+        """
+    )
+    inner.makeini("[pytest]\ngradcheck_tolerance = ok\ngradcheck_samples_per_block = 2\n")
+    inner.runpytest("--gradcheck-tolerance=", "--gradcheck-samples=").assert_outcomes(passed=1)
+    # an option that takes no None: an empty flag is a bad value, named
+    result = inner.runpytest("--gradcheck-eps=")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --gradcheck-eps: *got ''"])
+
+
 # -- every option has a CLI flag and an ini key, parsed from text -------------------------
 
 #: option -> (text given, value the check sees)

@@ -192,3 +192,23 @@ def test_gradcheck_warns_outside_pytest_too() -> None:
     assert not bad.passed and [str(w.message) for w in caught] == list(bad.warnings)
     assert pytest_gradcheck.GradcheckWarning is GradcheckWarning
     assert "GradcheckWarning" in pytest_gradcheck.__all__
+
+
+def test_the_scale_auto_factor_is_a_notice_not_a_warning(inner: pytest.Pytester) -> None:
+    # scale="auto" multiplies the loss by a power of two because the user asked for it:
+    # exact, no verdict changes, nothing the check could not see. Issued as a
+    # GradcheckWarning, it failed every correct check under -W error and marked its row
+    inner.makepyfile(
+        test_s="""
+        from gc_helpers import X, square, square_grad
+
+        def test_scaled(gradcheck):
+            result = gradcheck(square, X, grad=square_grad, scale="auto")
+            assert result.scale != 1.0
+            assert any("scale='auto' multiplied the loss" in w for w in result.warnings)
+        """
+    )
+    result = inner.runpytest("-W", "error::pytest_gradcheck.GradcheckWarning")
+    result.assert_outcomes(passed=1)
+    rows = [line for line in section(result.stdout.str()) if "::test_scaled" in line]
+    assert len(rows) == 1 and not rows[0].rstrip().endswith("!")
