@@ -230,6 +230,12 @@ class Result:
     #: the factor the loss was multiplied by (scale="auto"), 1.0 otherwise
     scale: float = 1.0
 
+    def __bool__(self) -> bool:
+        """`passed`, as ``torch.autograd.gradcheck`` returns True or False: so that
+        ``assert gradcheck(f, x, raise_on_fail=False)`` fails where the check failed,
+        instead of passing on a result that is always there."""
+        return self.passed
+
     @property
     def coordinates(self) -> int:
         """How many coordinates were checked in the total (directions not counted)."""

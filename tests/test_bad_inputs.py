@@ -481,3 +481,13 @@ def test_a_numpy_grad_returning_a_dict_without_params_says_to_return_a_tuple():
     # a dict argument's gradient is a dict: still fine
     w = {"W": np.array([1.0, 2.0])}
     gradcheck(lambda w: np.sum(w["W"] ** 2), w, grad=lambda w: {"W": 2 * w["W"]})
+
+
+def test_a_result_is_true_exactly_where_the_check_passed():
+    """``assert gradcheck(..., raise_on_fail=False)``, as torch users write it, fails
+    where the check failed: a Result's truth is its `passed`."""
+    x = np.linspace(-1.0, 1.0, 5)
+    right = gradcheck(lambda x: np.sum(x**3), x, grad=lambda x: 3 * x**2)
+    wrong = gradcheck(lambda x: np.sum(x**3), x, grad=lambda x: 3.1 * x**2, raise_on_fail=False)
+    assert right.passed and bool(right) is True
+    assert not wrong.passed and bool(wrong) is False
