@@ -11,6 +11,7 @@ numerical framework.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from typing import TYPE_CHECKING
@@ -311,12 +312,27 @@ _UPDATED = re.compile(r"f updates (.+?) in place and reads")
 #: the torch backend's warning that f reads an embedding's padding row
 _PADDING = re.compile(r"f reads row (\d+) of '([^']*)' through an embedding with padding_idx")
 
-#: the engine's warnings that name a block with tiny gradients, or a dominated block
-_TINY_WARNED = re.compile(r"block '([^']*)' has tiny gradients")
-_DOMINATED = re.compile(r"in block '([^']*)' the gradient of term '[^']*' dominates")
+#: a name as the warnings write it, with `!r`: in single quotes, or in double quotes
+#: where it holds one (a dict entry's block, ``"args[0]['W']"``)
+_REPR = r"""(?:'[^'\\]*(?:\\.[^'\\]*)*'|"[^"\\]*(?:\\.[^"\\]*)*")"""
+
+#: the engine's warnings that name a block with tiny gradients, or a block where one
+#: term dominates another (captured: the block, then the dominated term)
+_TINY_WARNED = re.compile(rf"block ({_REPR}) has tiny gradients")
+_DOMINATED = re.compile(
+    rf"in block ({_REPR}) the gradient of term {_REPR} dominates that of ({_REPR})"
+)
 
 #: the backends' warnings that f lowers the precision of what it computes
 _LOWERED_INSIDE = ("computes in lower precision inside", "computed in reduced precision")
+
+
+def _passes_in(result: Result, term: str, block: str) -> bool:
+    """Whether the check of `term` passed in `block` (False where it is not known)."""
+    sub = result.terms.get(term)
+    if sub is None:
+        return False
+    return any(b.name == block and b.passed for b in sub.blocks)
 
 
 def hints(result: Result) -> list[str]:
@@ -354,7 +370,7 @@ def hints(result: Result) -> list[str]:
     # the hints below are about the blocks that failed: a warning about a passing block
     # (its tiny gradients, its dominating term, its kinks) explains nothing here
     failing_names = {b.name for _, b in failing}
-    tiny = {n for n in _TINY_WARNED.findall(text) if n in failing_names}
+    tiny = {n for n in map(ast.literal_eval, _TINY_WARNED.findall(text)) if n in failing_names}
     for _, block in failing:
         values = [abs(float(v)) for v in (*block.analytic, *block.numeric)]
         if values and max(values) <= TINY:
@@ -414,7 +430,15 @@ def hints(result: Result) -> list[str]:
     if padding:
         out.append(padding)
 
-    dominated = sorted({n for n in _DOMINATED.findall(text) if n in failing_names})
+    # where the dominated term passes in that block, the error is the dominating term's,
+    # which the total's table shows as it is: the hint is for an error the total hides
+    dominated = sorted(
+        {
+            name
+            for name, small in (tuple(map(ast.literal_eval, m)) for m in _DOMINATED.findall(text))
+            if name in failing_names and not _passes_in(result, small, name)
+        }
+    )
     if dominated:
         out.append(
             f"in block(s) {', '.join(map(repr, dominated))} one term's gradient dominates "

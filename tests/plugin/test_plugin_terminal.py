@@ -352,6 +352,34 @@ def test_hints_name_each_known_pitfall() -> None:
     ]
 
 
+def test_hints_read_block_names_written_in_double_quotes() -> None:
+    # a dict entry's block, args[0]['w'], is written "args[0]['w']" by the warnings
+    # (!r): the tiny-gradient and dominance hints must still find it
+    name = "args[0]['w']"
+    bad = _block(name, analytic=(1.0, 2.0), numeric=(1.5, 2.9))
+    tiny = hints(_result(bad, warnings=[f"block {name!r} has tiny gradients (largest ...)"]))
+    assert any("are tiny" in h and repr(name) in h for h in tiny)
+    warning = f"in block {name!r} the gradient of term 'reg' dominates that of 'data' (9x)"
+    dom = hints(_result(bad, warnings=[warning]))
+    assert any("one term's gradient dominates" in h and repr(name) in h for h in dom)
+
+
+def test_dominance_hint_only_where_the_dominated_term_fails() -> None:
+    # 'data' dominates 'reg' in W1; where 'reg' passes there, the error is data's own,
+    # shown by the total's table as it is: no hint that the total hides it
+    warning = "in block 'W1' the gradient of term 'data' dominates that of 'reg' (140x): ..."
+    bad = _block("W1", analytic=(1.0, 2.0), numeric=(1.5, 2.9))
+    good = _block("W1", analytic=(1.0, 2.0), numeric=(1.0, 2.0))
+    passing_reg = _result(
+        bad, warnings=[warning], terms={"data": _result(bad), "reg": _result(good)}
+    )
+    assert not any("dominates" in h for h in hints(passing_reg))
+    failing_reg = _result(
+        bad, warnings=[warning], terms={"data": _result(good), "reg": _result(bad)}
+    )
+    assert any("dominates" in h for h in hints(failing_reg))
+
+
 def test_hints_are_about_the_blocks_that_failed() -> None:
     # warnings about a passing block (its tiny gradients, a dominating term there) and
     # kinks crossed in it explain nothing about the block that fails
