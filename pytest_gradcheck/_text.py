@@ -202,6 +202,41 @@ def _factor_hint(failing: list[tuple[str | None, BlockResult]]) -> str | None:
     return None
 
 
+def _zero_hint(
+    failing: list[tuple[str | None, BlockResult]], tolerance: Tier, skip: set[str]
+) -> str | None:
+    """The analytic gradient is exactly 0 at every failing coordinate, the numeric not.
+
+    A backward that leaves part of its output unwritten (a slice of a ``zeros_like``
+    never filled, a branch of the forward it leaves out) or a term's gradient forgotten
+    altogether. Only comparisons that crossed no kink (a derivative wrong where f is
+    flat has its own hint), and not the blocks in `skip` (an embedding's padding row,
+    whose hint says more).
+    """
+    for term, block in failing:
+        if block.name in skip:
+            continue
+        tiers = block.coordinate_tiers
+        bad = [
+            i
+            for i in range(len(block.indices))
+            if block.counted[i] and not block.within_noise[i] and tiers[i] > tolerance
+        ]
+        if not bad or any(
+            block.kink_crossed[i] or float(block.analytic[i]) != 0.0 or block.numeric[i] == 0
+            for i in bad
+        ):
+            continue
+        where = f"block {block.name!r}" + (f" of term {term!r}" if term is not None else "")
+        return (
+            f"in {where} the analytic gradient is exactly 0 at every failing coordinate "
+            f"({len(bad)} of them) while the numeric one is not: part of the gradient is "
+            "never computed (a slice of a zeros_like left unwritten, a branch or mask of "
+            "the forward that the backward leaves out, a term whose gradient is forgotten)"
+        )
+    return None
+
+
 def _failing_one_sided(failing: list[tuple[str | None, BlockResult]], tolerance: Tier) -> int:
     """How many comparisons of the failing blocks were rescued one-sidedly from a kink
     crossing, and fail."""
@@ -460,6 +495,10 @@ def hints(result: Result) -> list[str]:
     factor = _factor_hint(failing)
     if factor:
         out.append(factor)
+    padded = {block for _, block in _PADDING.findall(text)} if padding else set()
+    zero = _zero_hint(failing, result.tolerance, padded)
+    if zero:
+        out.append(zero)
     triangle = _triangle_hint(failing, result.tolerance)
     if triangle:
         out.append(triangle)

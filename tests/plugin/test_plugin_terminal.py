@@ -3,6 +3,7 @@ collapse, the header line, and the failure message of a failing check."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -378,6 +379,23 @@ def test_dominance_hint_only_where_the_dominated_term_fails() -> None:
         bad, warnings=[warning], terms={"data": _result(good), "reg": _result(bad)}
     )
     assert any("dominates" in h for h in hints(failing_reg))
+
+
+def test_zero_hint_where_the_analytic_gradient_is_exactly_zero_at_every_failure() -> None:
+    # a slice of the gradient left unwritten: analytic exactly 0 where the numeric is not
+    unwritten = _block("W", analytic=(0.0, 0.0, 3.0), numeric=(1.5, -2.0, 3.0))
+    zero = [h for h in hints(_result(unwritten)) if "exactly 0" in h]
+    assert len(zero) == 1 and "block 'W'" in zero[0] and "(2 of them)" in zero[0]
+    # a failure with a non-zero analytic value is not that, nor one across a kink
+    assert not any("exactly 0" in h for h in hints(_result(_block(analytic=(0.0, 1.0)))))
+    # (a derivative wrong where f is flat, one-sided at a kink, has its own hint)
+    kinked = dataclasses.replace(
+        _block("W", analytic=(0.0, 3.0), numeric=(1.5, 3.0), kinks=[True, False]),
+        one_sided=np.array([True, False]), tier=Tier.WRONG, passed=False,
+    )  # fmt: skip
+    kinked_hints = hints(_result(kinked))
+    assert any("one-sidedly" in h for h in kinked_hints)
+    assert not any("exactly 0" in h for h in kinked_hints)
 
 
 def test_hints_are_about_the_blocks_that_failed() -> None:
