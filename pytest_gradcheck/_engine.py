@@ -37,6 +37,7 @@ from ._pairs import (
 )
 from ._result import BlockResult, DirectionResult, Result
 from ._sampling import Streams, direction, off_ties, sample_coordinates
+from ._shapes import shape_warnings
 from ._steps import TINY, absmax, norm, step_for, steps, value_floor
 from ._tiers import Tier, default_tolerance, relative_error
 from ._warnings import (
@@ -226,6 +227,8 @@ def run_check(backend: Backend, opts: Options, framework: str) -> Result:
         excluded_warnings(results[TOTAL], warnings)
     if strict and not untracked:  # (untracked, "crossed no kink" is not known)
         smooth_warnings(results[TOTAL], warnings)
+    if not all(r.passed for r in results.values()):  # (a passing check pays nothing)
+        shape_warnings(results, blocks, analytic.of, grads.__getitem__, scale, warnings)
 
     total = results[TOTAL]
     terms = {t: results[t] for t in term_names}

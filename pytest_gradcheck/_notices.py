@@ -8,7 +8,9 @@ an error in the small one fails that term's check instead of hiding in the total
 torch.compile'd code in a PyTorch f runs eagerly for the check (the check verifies the
 gradient of the code a compiled graph is traced from; `backends/_torch_compiled`); and
 ``scale="auto"`` multiplied the loss by a power of two, as the user asked (exact: it
-changes no relative error and no verdict). The
+changes no relative error and no verdict); and a failing block's analytic gradient
+is the numeric one rearranged (`_shapes`: the failure says so, and a hint says what
+the bug looks like). The
 check says so in `Result.warnings`, but these are notices, no alarms: they are not
 issued as `GradcheckWarning`s nor marked in the terminal report, where the first would
 stand beside nearly every check of a float32 model and teach users to ignore the
@@ -30,6 +32,9 @@ DOMINANCE_NOTICE = "each term is also checked on its own"
 COMPILE_NOTICE = "ran eagerly for the check"
 #: what the engine's notice that scale="auto" multiplied the loss says of it
 SCALE_NOTICE = "multiplied the loss by 2**"
+#: what the engine's notice that a failing block's analytic gradient is the numeric one
+#: rearranged (transposed, shifted by one index, swapped with another block's) says of it
+SHAPE_NOTICE = "the way a rearranged gradient does"
 
 
 def alarming(warnings: Iterable[str]) -> list[str]:
@@ -42,6 +47,7 @@ def alarming(warnings: Iterable[str]) -> list[str]:
             or OFF_TIES_NOTICE in w
             or DOMINANCE_NOTICE in w
             or COMPILE_NOTICE in w
+            or SHAPE_NOTICE in w
             or w.removeprefix("gradcheck: ").startswith("scale='auto' " + SCALE_NOTICE)
         )
     ]

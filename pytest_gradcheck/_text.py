@@ -16,6 +16,8 @@ import math
 import re
 from typing import TYPE_CHECKING
 
+from ._notices import SHAPE_NOTICE
+
 if TYPE_CHECKING:
     from ._result import BlockResult, Result
     from ._tiers import Tier
@@ -358,6 +360,17 @@ _DOMINATED = re.compile(
     rf"in block ({_REPR}) the gradient of term {_REPR} dominates that of ({_REPR})"
 )
 
+#: the engine's notices that a failing block's analytic gradient is the numeric one
+#: rearranged (see `_shapes`): captured, the block(s), the term (or ""), what was done
+_REARRANGED = re.compile(
+    rf"block ({_REPR})( of term {_REPR})? fails {re.escape(SHAPE_NOTICE)}: "
+    r"its analytic gradient is the numeric one "
+    r"(transposed|shifted by [+-]1 along (?:its flat index|axis \d+))"
+)
+_SWAPPED = re.compile(
+    rf"blocks ({_REPR}) and ({_REPR})( of term {_REPR})? both fail {re.escape(SHAPE_NOTICE)}"
+)
+
 #: the backends' warnings that f lowers the precision of what it computes
 _LOWERED_INSIDE = ("computes in lower precision inside", "computed in reduced precision")
 
@@ -370,13 +383,42 @@ def _passes_in(result: Result, term: str, block: str) -> bool:
     return any(b.name == block and b.passed for b in sub.blocks)
 
 
+def _rearranged_hints(text: str) -> list[str]:
+    """A transposed, shifted or swapped gradient, from the engine's notices (which it
+    gives for failing blocks only, see `_shapes`)."""
+    out = []
+    for a, b, term in _SWAPPED.findall(text):
+        out.append(
+            f"blocks {a} and {b}{term} look swapped: each one's numeric gradient matches the "
+            "other's analytic gradient at every comparison that counts (see the warning): "
+            "the backward returns their gradients in the wrong order (return dW1, dW2, "
+            "not dW2, dW1)"
+        )
+    for name, term, what in _REARRANGED.findall(text):
+        if what == "transposed":
+            out.append(
+                f"block {name}{term} looks transposed: its numeric gradient matches the "
+                "analytic gradient transposed at every comparison that counts (see the "
+                "warning): return dW, not dW.T (x.T @ dy, not dy.T @ x)"
+            )
+        else:
+            out.append(
+                f"block {name}{term} looks shifted by one index: its analytic gradient is "
+                f"the numeric one {what} at every comparison that "
+                "counts (see the warning): an off-by-one index in the backward (a loop "
+                "bound, a slice start, a convolution's or a pooling's offset)"
+            )
+    return out
+
+
 def hints(result: Result) -> list[str]:
     """One line for each known pitfall that the failure looks like (none if it passed).
 
     The pitfalls: low-precision inputs or computation (float32), values too tiny for
     the differences to resolve, kinks crossed near the point, a loss term dominating
     another; and, from the numbers themselves, which named term fails on its own, a
-    constant factor or a flipped sign.
+    gradient transposed, shifted by one index or swapped with another block's (the
+    engine's notices, see `_shapes`), a constant factor or a flipped sign.
     """
     out: list[str] = []
     if result.passed:
@@ -492,6 +534,7 @@ def hints(result: Result) -> list[str]:
                 f"{', '.join(map(repr, bad))}"
             )
 
+    out.extend(_rearranged_hints(text))
     factor = _factor_hint(failing)
     if factor:
         out.append(factor)

@@ -1,0 +1,176 @@
+"""A gradient with the right values in the wrong places gets a hint saying which.
+
+A transposed square weight's gradient, a gradient shifted by one index along an axis,
+two same-shape blocks' gradients swapped: the engine compares the rearranged analytic
+gradient with the numeric values it already has (`_shapes`), and the report says what
+the bug looks like. Controls: a correct gradient, a constant factor, a single wrong
+entry and a symmetric gradient get no such hint.
+"""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+from pytest_gradcheck import GradcheckError, gradcheck
+from pytest_gradcheck._notices import SHAPE_NOTICE, alarming
+from pytest_gradcheck._text import hints
+
+rng = np.random.default_rng(2)
+N, D = 12, 8
+X = rng.standard_normal((N, D))
+Y = rng.standard_normal((N, D))
+W1 = rng.standard_normal((D, D)) * 0.3
+W2 = rng.standard_normal((D, D)) * 0.3
+B = rng.standard_normal(D) * 0.1
+
+
+def f(W1, W2, b):
+    H = np.tanh(X @ W1 + b)
+    return 0.5 * np.sum((H @ W2 - Y) ** 2)
+
+
+def grads(W1, W2, b):
+    H = np.tanh(X @ W1 + b)
+    dout = H @ W2 - Y
+    dZ = (dout @ W2.T) * (1 - H**2)
+    return X.T @ dZ, H.T @ dout, dZ.sum(0)
+
+
+def buggy(bug):
+    def g(W1, W2, b):
+        dW1, dW2, db = grads(W1, W2, b)
+        if bug == "transpose":
+            dW1 = dW1.T
+        elif bug == "roll_axis0":
+            dW2 = np.roll(dW2, 1, axis=0)
+        elif bug == "roll_axis1":
+            dW2 = np.roll(dW2, -1, axis=1)
+        elif bug == "roll_flat":
+            dW1 = np.roll(dW1, 1)
+        elif bug == "roll_bias":
+            db = np.roll(db, -1)
+        elif bug == "swap":
+            dW1, dW2 = dW2, dW1
+        elif bug == "factor":
+            dW1 = 0.5 * dW1
+        elif bug == "entry":
+            dW1 = dW1.copy()
+            dW1[3, 5] *= 1.3
+        return dW1, dW2, db
+
+    return g
+
+
+def check(bug, **kw):
+    return gradcheck(f, W1, W2, B, grad=buggy(bug), raise_on_fail=False, **kw)
+
+
+def shape_hints(result):
+    return [
+        h
+        for h in hints(result)
+        if "look" in h and ("shifted" in h or "transposed" in h or "swapped" in h)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bug", "expected"),
+    [
+        ("transpose", "block 'args[0]' looks transposed"),
+        (
+            "roll_axis0",
+            "block 'args[1]' looks shifted by one index: its analytic gradient is "
+            "the numeric one shifted by +1 along axis 0",
+        ),
+        (
+            "roll_axis1",
+            "block 'args[1]' looks shifted by one index: its analytic gradient is "
+            "the numeric one shifted by -1 along axis 1",
+        ),
+        (
+            "roll_flat",
+            "block 'args[0]' looks shifted by one index: its analytic gradient is "
+            "the numeric one shifted by +1 along its flat index",
+        ),
+        (
+            "roll_bias",
+            "block 'args[2]' looks shifted by one index: its analytic gradient is "
+            "the numeric one shifted by -1 along axis 0",
+        ),
+        ("swap", "blocks 'args[0]' and 'args[1]' look swapped"),
+    ],
+)
+def test_rearranged_gradient_gets_its_hint(bug, expected):
+    with _no_shape_warning():
+        result = check(bug)
+    assert not result.passed
+    found = shape_hints(result)
+    assert len(found) == 1, hints(result)
+    assert found[0].startswith(expected), found
+    # the notice is in the warnings (and the JSON report), not issued as a GradcheckWarning
+    notices = [w for w in result.warnings if SHAPE_NOTICE in w]
+    assert len(notices) == 1 and not alarming(notices)
+    with pytest.raises(GradcheckError, match=re.escape("hint: " + expected)):
+        gradcheck(f, W1, W2, B, grad=buggy(bug))
+
+
+class _no_shape_warning:
+    """No GradcheckWarning carries the notice (it is one, like the dominance notice)."""
+
+    def __enter__(self):
+        self._cm = warnings.catch_warnings(record=True)
+        self._seen = self._cm.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+        assert not [w for w in self._seen if SHAPE_NOTICE in str(w.message)]
+
+
+@pytest.mark.parametrize("bug", [None, "factor", "entry"])
+def test_no_rearrangement_hint_for_other_bugs(bug):
+    result = check(bug)
+    assert result.passed is (bug is None)
+    assert shape_hints(result) == []
+    assert not [w for w in result.warnings if SHAPE_NOTICE in w]
+
+
+def test_symmetric_gradient_is_not_called_transposed():
+    """f(S) = sum(tanh(S + S.T)) has a symmetric gradient, so its transpose is the
+    gradient itself: a wrong symmetric gradient (a shifted diagonal) is called no
+    transpose, and a transposed correct one passes."""
+    S = rng.standard_normal((6, 6)) * 0.5
+
+    def fs(S):
+        return np.sum(np.tanh(S + S.T))
+
+    def gs(S, bug=False):
+        g = 2 / np.cosh(S + S.T) ** 2
+        if bug:
+            g = g + np.diag(np.full(6, 0.3))
+        return (g,)
+
+    ok = gradcheck(fs, S, grad=gs, raise_on_fail=False)
+    assert ok.passed
+    bad = gradcheck(
+        fs, S, grad=lambda S: gs(S, bug=True), raise_on_fail=False, samples_per_block=36
+    )
+    assert not bad.passed
+    assert shape_hints(bad) == []
+    # and a transposed symmetric gradient is the gradient: it passes
+    assert gradcheck(fs, S, grad=lambda S: (gs(S)[0].T,), raise_on_fail=False).passed
+
+
+def test_a_passing_check_never_carries_the_notice(monkeypatch):
+    """The search runs only for a failing check: a passing one never calls it."""
+    import pytest_gradcheck._engine as engine
+
+    def boom(*a, **k):
+        raise AssertionError("shape_warnings ran on a passing check")
+
+    monkeypatch.setattr(engine, "shape_warnings", boom)
+    assert check(None).passed
+    with pytest.raises(AssertionError, match="passing check"):
+        check("transpose")
