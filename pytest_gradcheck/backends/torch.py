@@ -761,6 +761,12 @@ class TorchBackend:
     def _place(self, t: torch.Tensor) -> torch.device:
         return self._device if self._device is not None else t.device
 
+    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """An argument f reads as it is (an integer tensor), moved to the check's device
+        where one is set."""
+        moved = self._device is not None and t.device != self._device
+        return t.to(self._device) if moved else t
+
     def _float64_copy(self, t: torch.Tensor) -> torch.Tensor:
         """A contiguous float64 copy of `t` on the check's device (flat indices are C order)."""
         out = torch.empty(tuple(t.shape), dtype=_F64, device=self._place(t))
@@ -880,8 +886,7 @@ class TorchBackend:
             if not isinstance(leaf, torch.Tensor):
                 return leaf
             if not leaf.is_floating_point():
-                moved = self._device is not None and leaf.device != self._device
-                return leaf.to(self._device) if moved else leaf
+                return self._on_device(leaf)
             self._cast_from.add(leaf.dtype)
             t = self._float64_copy(leaf)
             t.requires_grad_(name in chosen)
@@ -1378,8 +1383,7 @@ class TorchBackend:
             if not isinstance(leaf, torch.Tensor):
                 return leaf
             if not leaf.is_floating_point():
-                moved = self._device is not None and leaf.device != self._device
-                return leaf.to(self._device) if moved else leaf
+                return self._on_device(leaf)
             block = arg_blocks.get(name)
             source = leaf.detach() if block is None else block.base.view(block.shape)
             t = source.to(device=self._place(leaf), dtype=leaf.dtype, copy=True)
