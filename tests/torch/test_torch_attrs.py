@@ -15,21 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from gradcheck_torch_functions import WrongTanh as _WrongTanh  # noqa: E402
+
 from pytest_gradcheck import GradcheckError, gradcheck  # noqa: E402
-
-
-class _WrongTanh(torch.autograd.Function):
-    """tanh with a backward 10% too large: a planted wrong gradient."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.tanh(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * 1.1 * (1 - torch.tanh(x) ** 2)
 
 
 class Keeps(nn.Module):

@@ -21,6 +21,8 @@ from pytest_gradcheck._notices import COMPILE_NOTICE, alarming
 torch = pytest.importorskip("torch")
 eval_frame = pytest.importorskip("torch._dynamo.eval_frame")
 
+from gradcheck_torch_functions import Cube as _Cube  # noqa: E402
+
 
 def counting():
     """A compile backend that runs Dynamo's graph as it is, and the list it counts in."""
@@ -31,20 +33,6 @@ def counting():
         return gm.forward
 
     return backend, compiles
-
-
-class _Cube(torch.autograd.Function):
-    """x**3 with a hand-written backward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x**3
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * 3.0 * x**2
 
 
 class _BadCube(_Cube):

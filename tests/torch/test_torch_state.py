@@ -12,6 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from gradcheck_torch_functions import WrongTanh as _WrongTanh  # noqa: E402
+
 from pytest_gradcheck import GradcheckError, gradcheck  # noqa: E402
 from pytest_gradcheck.backends._base import Settings  # noqa: E402
 from pytest_gradcheck.backends.torch import TorchBackend  # noqa: E402
@@ -71,18 +73,6 @@ def test_float32_batchnorm_counter_is_restored():
     before = _buffers(model)
     assert gradcheck(lambda x: model(x).pow(2).mean(), x, params=dict(model.named_parameters()))
     _assert_same_buffers(before, model)
-
-
-class _WrongTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.tanh(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * 1.1 * (1 - torch.tanh(x) ** 2)
 
 
 def test_restored_after_a_failing_check():
