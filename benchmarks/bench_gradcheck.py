@@ -377,6 +377,86 @@ class TorchSection:
     def predicted_evaluations(self, key: str, n: int) -> int:
         return 2 * n + 1 if key == TORCH_SLOW else 9
 
+    def batching_bound(
+        self, loss: Callable, args: tuple, rows: list[int], t_fb: float, repeat: int
+    ) -> dict[str, float]:
+        """Target 4's ratio for a checker that costs nothing but f: what batching can save.
+
+        Such a checker pays one forward+backward (`t_fb`: the gradient, and the checked
+        point's loss) and then f at the default check's points, `rows[b]` of them
+        perturbing block b alone. Unbatched, that is f called once per point; batched,
+        the best of two plans: every block's points in one ``vmap`` call (all four
+        blocks batched), or each block's points in a call of their own (only that block
+        batched, so the work upstream of it is done once), each block's call replaced
+        by the loop where the loop is faster. The points are built beforehand and f
+        runs without autograd, so nothing but f is timed. A real check adds work of its
+        own on both sides: per check, which moves its ratio towards 1, and per point in
+        the loop (writing the point, resetting the RNGs), which batching saves and which
+        moves its ratio below this one.
+        """
+        torch = self.torch
+        base = [a.detach() for a in args]
+        stacks = [a.expand(n, *a.shape).clone() for a, n in zip(base, rows, strict=True)]
+        points = [
+            tuple(stacks[b][i] if c == b else base[c] for c in range(len(base)))
+            for b in range(len(base))
+            for i in range(rows[b])
+        ]
+        merged = [
+            torch.cat(
+                [
+                    stacks[c] if c == b else base[c].expand(rows[b], *base[c].shape)
+                    for b in range(len(base))
+                    if rows[b]
+                ]
+            )
+            for c in range(len(base))
+        ]
+
+        def loop(pts: list[tuple]) -> Callable[[], None]:
+            def run() -> None:
+                for pt in pts:
+                    loss(*pt)
+
+            return run
+
+        def batched(b: int | None) -> Callable[[], None]:
+            dims = tuple(0 if b is None or c == b else None for c in range(len(base)))
+            vf = torch.func.vmap(loss, in_dims=dims, randomness="same")
+            values = (
+                merged
+                if b is None
+                else [stacks[c] if c == b else base[c] for c in range(len(base))]
+            )
+            return lambda: vf(*values)
+
+        starts = [sum(rows[:b]) for b in range(len(base))]
+        jobs: dict[str, Callable[[], None]] = {"looped": loop(points), "merged": batched(None)}
+        for b in range(len(base)):
+            if rows[b]:
+                jobs[f"vmap {b}"] = batched(b)
+                jobs[f"loop {b}"] = loop(points[starts[b] : starts[b] + rows[b]])
+        times: dict[str, list[float]] = {k: [] for k in jobs}
+        with torch.no_grad():
+            for job in jobs.values():  # warm-up
+                job()
+            for _ in range(max(repeat, 5) * 3):  # in turns, like the checks
+                for k, job in jobs.items():
+                    t0 = time.perf_counter()
+                    job()
+                    times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        per_block = sum(
+            min(med[f"vmap {b}"], med[f"loop {b}"]) for b in range(len(base)) if rows[b]
+        )
+        best = min(med["merged"], per_block)
+        return {
+            "plan": "one call" if best == med["merged"] else "a call per block",
+            "batched": best,
+            "looped": med["looped"],
+            "ratio": (t_fb + best) / (t_fb + med["looped"]),
+        }
+
     def calibrate(self) -> None:
         """Time torch's gradcheck on a small MLP to learn its per-evaluation overhead."""
         p = make_problem(8, 8, self.seed)
@@ -539,6 +619,8 @@ class SizeRun:
     t_fwd: float
     t_fwd_bwd: float
     cells: dict[str, Cell]
+    #: target 4's ratio for a checker whose only cost is f's (see `batching_bound`)
+    bound: dict[str, Any] | None = None
 
 
 @dataclass
@@ -586,7 +668,18 @@ def run_size(section: Any, size: str, args: argparse.Namespace, log: Callable) -
         if key in section.overhead and cell.ok and cell.calls:
             # what this tool costs per evaluation beyond the forward, for the next size
             section.overhead[key] = max(0.0, cell.median / cell.calls - t_fwd)
-    return SizeRun(section.framework, size, p.n, d, h, t_fwd, t_fb, cells)
+    bound = None
+    result = cells[DEFAULT].extra.get("result")
+    if hasattr(section, "batching_bound") and result is not None and float(size) <= 1e5 * 1.001:
+        rows = [2 * len(b.indices) + (2 if math.prod(b.shape) > 1 else 0) for b in result.blocks]
+        bound = section.batching_bound(loss, fargs, rows, t_fb, args.repeat)
+        log(
+            f"  target 4 for f alone: f at the {sum(rows)} points batched "
+            f"{fmt_time(bound['batched'])} ({bound['plan']}), looped "
+            f"{fmt_time(bound['looped'])}; with one forward+backward, ratio "
+            f"{fmt_ratio(bound['ratio'])}"
+        )
+    return SizeRun(section.framework, size, p.n, d, h, t_fwd, t_fb, cells, bound)
 
 
 def run_planted(section: Any, args: argparse.Namespace, log: Callable) -> PlantedRun:
@@ -954,7 +1047,8 @@ def targets(sizes: dict[str, list[SizeRun]], planted: dict[str, PlantedRun]) -> 
                     f"[{fw} {r.size}] batched {fmt_time(b.median)} <= half of unbatched "
                     f"{fmt_time(u.median)} (ratio {fmt_ratio(q)}, target <= 0.5; "
                     f"calls of f {b.calls if b.calls is not None else '-'} vs "
-                    f"{u.calls if u.calls is not None else '-'})",
+                    f"{u.calls if u.calls is not None else '-'}"
+                    + (f"; for f alone: {fmt_ratio(r.bound['ratio'])})" if r.bound else ")"),
                 )
             )
 
@@ -1245,7 +1339,16 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   from the target, and the vmapped call's own cost (functorch's work per op, some
   1.5-2 ms at 1e3 however few its rows) is more than the loop's whole arithmetic. The
   target needs a device where rows are computed in parallel (a GPU) or a costlier f
-  per point.
+  per point. Each PyTorch line of target 4 below also gives the ratio *for f alone*
+  (`batching_bound` in the script): a checker whose only work is one forward+backward
+  and f at the default check's 88 points, batched (the better of one vmapped call and
+  one call per block, the loop taking a block's points where it is faster) against
+  looped, f's points built beforehand and timed in turns. On this CPU it is above 0.5
+  at every size: batching saves less than half of f's own work before any checker
+  adds a microsecond. A real check pays bookkeeping per check on both sides (towards
+  1) and per point in the loop only (writing the point, resetting the RNGs, some
+  20 µs, which batching saves); that second part is why our ratio can come out below
+  f's own, and making the loop slower is the only other way down.
 - **JAX gains more from its batches** (one compiled program for all the rows, no
   Python per op): 0.3-0.47 of the unbatched check up to 1e5. Two changes got 1e5
   there (0.52 before, git 04ac72c): the points of a block over 96 KiB (the first
