@@ -1343,12 +1343,12 @@ Measured on this machine with the profiler and per-phase timers (one CPU thread,
   (`batching_bound` in the script): a checker whose only work is one forward+backward
   and f at the default check's 88 points, batched (the better of one vmapped call and
   one call per block, the loop taking a block's points where it is faster) against
-  looped, f's points built beforehand and timed in turns. On this CPU it is above 0.5
-  at every size: batching saves less than half of f's own work before any checker
-  adds a microsecond. A real check pays bookkeeping per check on both sides (towards
-  1) and per point in the loop only (writing the point, resetting the RNGs, some
-  20 µs, which batching saves); that second part is why our ratio can come out below
-  f's own, and making the loop slower is the only other way down.
+  looped, f's points built beforehand and timed in turns: how much of f's own work
+  batching can save on this machine, before any checker adds a microsecond. A real
+  check pays bookkeeping per check on both sides (which moves its ratio towards 1)
+  and per point in the loop only (writing the point, resetting the RNGs, some 20 µs,
+  which batching saves and which moves it down): where f's own ratio is near or above
+  0.5, the target is out of reach but for a slower loop.
 - **JAX gains more from its batches** (one compiled program for all the rows, no
   Python per op): 0.3-0.47 of the unbatched check up to 1e5. Two changes got 1e5
   there (0.52 before, git 04ac72c): the points of a block over 96 KiB (the first
