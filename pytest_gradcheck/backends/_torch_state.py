@@ -215,6 +215,18 @@ def _filled(cell: Any) -> bool:
     return True
 
 
+def uncompiled_name(name: str) -> str:
+    """A parameter's name without the ``_orig_mod`` level ``torch.compile`` inserts.
+
+    ``torch.compile(model)`` wraps the model in a module whose only child is
+    ``_orig_mod``; its parameters are the model's, and the user knows them by the
+    model's names (``fc.weight``, not ``_orig_mod.fc.weight``).
+    """
+    if "_orig_mod" not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
 def tensor_names(modules: Iterable[torch.nn.Module], buffers_only: bool = False) -> dict[int, str]:
     """``storage address -> dotted name`` of the buffers (and parameters) of `modules`."""
     out: dict[int, str] = {}
@@ -225,5 +237,5 @@ def tensor_names(modules: Iterable[torch.nn.Module], buffers_only: bool = False)
         for name, t in named:
             at = address(t)
             if at:
-                out.setdefault(at, name)
+                out.setdefault(at, uncompiled_name(name))
     return out

@@ -143,7 +143,7 @@ from ._rng import GlobalRng
 from ._torch_attrs import ModuleAttributes
 from ._torch_compiled import compiled_in, force_eager
 from ._torch_promote import Promoting, home_dtype, hook_recurrent
-from ._torch_state import SavedState, StateWatch, Written, modules_of, tensor_names
+from ._torch_state import SavedState, StateWatch, Written, modules_of, tensor_names, uncompiled_name
 from ._torch_tracker import WinnerTracker, tracker
 from ._tree import iter_leaves, map_leaves
 
@@ -815,7 +815,7 @@ class TorchBackend:
                     f"gradcheck: parameter {prefix + name!r} of a lazy module is not "
                     "initialised yet; run one forward pass before the check"
                 )
-            leaves.append((prefix + name, p))
+            leaves.append((prefix + uncompiled_name(name), p))
         return leaves
 
     def _swap(self, t: torch.Tensor, new: torch.Tensor, requires_grad: bool) -> None:
