@@ -10,7 +10,8 @@ gradient of the code a compiled graph is traced from; `backends/_torch_compiled`
 ``scale="auto"`` multiplied the loss by a power of two, as the user asked (exact: it
 changes no relative error and no verdict); and a failing block's analytic gradient
 is the numeric one rearranged (`_shapes`: the failure says so, and a hint says what
-the bug looks like). The
+the bug looks like); and past 16 blocks under a custom autograd.Function, the rest
+were not taken again each alone requiring a gradient (`backends/torch.py`, `_lone`). The
 check says so in `Result.warnings`, but these are notices, no alarms: they are not
 issued as `GradcheckWarning`s nor marked in the terminal report, where the first would
 stand beside nearly every check of a float32 model and teach users to ignore the
@@ -35,6 +36,9 @@ SCALE_NOTICE = "multiplied the loss by 2**"
 #: what the engine's notice that a failing block's analytic gradient is the numeric one
 #: rearranged (transposed, shifted by one index, swapped with another block's) says of it
 SHAPE_NOTICE = "the way a rearranged gradient does"
+#: what the PyTorch backend's notice that blocks past `LONE_BLOCKS` under a custom
+#: backward were not taken again with them alone requiring a gradient says of them
+LONE_NOTICE = "were not taken again alone"
 
 
 def alarming(warnings: Iterable[str]) -> list[str]:
@@ -48,6 +52,7 @@ def alarming(warnings: Iterable[str]) -> list[str]:
             or DOMINANCE_NOTICE in w
             or COMPILE_NOTICE in w
             or SHAPE_NOTICE in w
+            or LONE_NOTICE in w
             or w.removeprefix("gradcheck: ").startswith("scale='auto' " + SCALE_NOTICE)
         )
     ]

@@ -118,7 +118,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .._kinks import EMPTY_SIGNATURE, SignatureRecorder, shift_invariant
-from .._notices import CAST_NOTICE, COMPILE_NOTICE
+from .._notices import CAST_NOTICE, COMPILE_NOTICE, LONE_NOTICE
 from . import _torch_batch as tb
 from ._base import (
     COTANGENT,
@@ -1059,7 +1059,17 @@ class TorchBackend:
         lone = sorted(
             (b for b, t in enumerate(tensors) if id(t) in self._custom_leaves and total[b].any()),
             key=lambda b: id(tensors[b]) not in self._custom_inputs,
-        )[:LONE_BLOCKS]
+        )
+        if len(lone) > LONE_BLOCKS:
+            left = [blocks[b].name for b in lone[LONE_BLOCKS:]]
+            shown = ", ".join(repr(name) for name in left[:3]) + (", ..." if len(left) > 3 else "")
+            self.warnings.append(
+                f"{len(left)} of the {len(lone)} blocks under a custom backward "
+                f"({shown}) {LONE_NOTICE}: the first {LONE_BLOCKS} were, looking for a "
+                "gradient gated on another input's ctx.needs_input_grad; check a custom "
+                "layer's blocks with wrt= to take them all"
+            )
+        lone = lone[:LONE_BLOCKS]
         flags = [t.requires_grad for t in tensors]
         runs = 0
         try:

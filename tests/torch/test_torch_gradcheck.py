@@ -16,6 +16,7 @@ F = torch.nn.functional
 from gradcheck_torch_functions import Cube  # noqa: E402
 
 from pytest_gradcheck import GradcheckError, Tier, gradcheck  # noqa: E402
+from pytest_gradcheck._notices import LONE_NOTICE, alarming  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -746,6 +747,7 @@ def test_a_gradient_gated_on_another_inputs_needs_input_grad_fails(wrong_index):
 
     result = gradcheck(f, x, params=module, raise_on_fail=False)
     lone = [m for m in result.warnings if "gets no gradient when it alone requires one" in m]
+    assert not [m for m in result.warnings if LONE_NOTICE in m]  # 2 blocks: both taken
     assert result.passed is (not wrong_index)
     if wrong_index:
         assert failing_blocks(result) == {"w"} and lone and "'w'" in lone[0]
@@ -802,9 +804,10 @@ def test_a_full_backward_hook_passes_and_its_lone_pass_warns_nothing():
 
 
 def test_the_lone_passes_take_the_blocks_under_a_python_backward_in_a_large_model():
-    """A model of 20 blocks with one custom layer: its weight, gated on the input's
-    needs_input_grad, is taken again alone (the only block under a Python backward),
-    so the bug fails there too; the 19 others cost no extra pass."""
+    """A model of 20 blocks under one custom layer: its weight, gated on the input's
+    needs_input_grad, is taken again alone first (an input of the Python backward), so
+    the bug fails there too; of the 19 others upstream, 15 more are taken alone (16 in
+    all) and a notice (no warning) names the 4 that were not."""
     torch.manual_seed(0)
     trunk = nn.Sequential(*[nn.Linear(3, 3) for _ in range(9)], nn.Tanh()).double()
     head = nn.Module()
@@ -819,6 +822,10 @@ def test_the_lone_passes_take_the_blocks_under_a_python_backward_in_a_large_mode
     assert len(result.blocks) == 20
     assert not result.passed and failing_blocks(result) == {"head.w"}
     assert any("'head.w' gets no gradient when it alone requires one" in m for m in result.warnings)
+    notices = [m for m in result.warnings if LONE_NOTICE in m]
+    assert len(notices) == 1 and "4 of the 20 blocks" in notices[0]
+    assert "'trunk.7.weight'" in notices[0] and "'head.w'" not in notices[0]
+    assert not [m for m in alarming(result.warnings) if LONE_NOTICE in m]
 
 
 def test_a_custom_loss_of_one_input_costs_no_lone_pass():
