@@ -8,8 +8,9 @@ place (``return dW2, dW1``). Each fails the check, but the constant-factor and t
 zero hints say nothing about it. Here each candidate rearrangement of a failing block's
 analytic gradient is compared with the numeric values the check already has (no
 evaluation of f): one that agrees at every comparison that counts, the direction
-included where it counts, explains the failure, and the engine says so in a notice
-(`SHAPE_NOTICE`) that `_text.hints` turns into a hint.
+included where it counts, and tells itself from the analytic gradient there (see
+`_agrees`), explains the failure, and the engine says so in a notice (`SHAPE_NOTICE`)
+that `_text.hints` turns into a hint.
 
 Runs only for the losses whose check failed, and only over their failing blocks: a
 passing check pays nothing, and no verdict changes.
@@ -27,7 +28,8 @@ from ._pairs import Pair, pair_tier
 from ._result import Result
 from ._tiers import Tier
 
-#: fewest comparisons (coordinates and direction) a candidate must agree at
+#: fewest comparisons a candidate must agree at that tell it from the analytic gradient
+#: (it agrees there, the analytic gradient does not; coordinates and direction)
 MIN_COMPARISONS = 2
 
 
@@ -43,45 +45,90 @@ class _Block(Protocol):
 
 def _agrees(
     c: _Block,
-    at: Callable[[np.ndarray], np.ndarray],
-    whole: Callable[[], np.ndarray],
+    at: Callable[[np.ndarray], np.ndarray | None],
+    moved: Callable[[np.ndarray], np.ndarray],
+    whole: Callable[[], np.ndarray | None],
+    g: np.ndarray,
     loss: str | None,
     scale: float,
     limit: Tier,
 ) -> int:
     """How many comparisons of block `c` a candidate gradient agrees with, up to
-    `limit`; 0 where it disagrees with one, or agrees with fewer than `MIN_COMPARISONS`
-    (comparisons that crossed a kink are left out). `at(idx)` gives the candidate's
-    values at flat indices; `whole()` all of it, built only for the direction, once
-    every coordinate agreed."""
+    `limit`; 0 where it disagrees with one, or where it does not tell itself from the
+    analytic gradient `g` (comparisons that crossed a kink are left out). `at(idx)`
+    gives the candidate's values at flat indices (None: not known at all of them),
+    `moved(idx)` whether the candidate reads each elsewhere than `g` does (the diagonal
+    of a transpose does not), `whole()` all of it (None: not known), built only for
+    the direction, once every coordinate agreed.
+
+    A candidate tells itself from `g` at a comparison where it agrees and `g` does not.
+    At one where both agree, the candidate only inherits `g`'s agreement: a nearly
+    constant gradient shifted, a symmetric one transposed, or a block's gradient equal
+    to another's is nearly the same gradient, so it agrees wherever `g` does and, at a
+    single wrong entry, where the entries around it are right. So it must tell itself
+    from `g` at `MIN_COMPARISONS` comparisons at least, and at more of the comparisons
+    it moves than those where it only inherits `g`'s agreement."""
     idx, pairs = c.rows()
-    values = at(idx).tolist() if len(idx) else []
-    count = 0
-    for value, p in zip(values, pairs, strict=True):
+    values = at(idx) if len(idx) else np.zeros(0)
+    if values is None:
+        return 0
+    shifted = moved(idx).tolist() if len(idx) else []
+    own = g[idx].tolist() if len(idx) else []
+    count = telling = inherited = 0
+    for value, mine, m, p in zip(values.tolist(), own, shifted, pairs, strict=True):
         if p.crossed():
             continue
         if pair_tier(p, float(value), loss, scale) > limit:
             return 0
         count += 1
+        if not m:
+            continue
+        if pair_tier(p, float(mine), loss, scale) > limit:
+            telling += 1
+        else:
+            inherited += 1
     p, v = c.dpair, c.direction
     if p is not None and v is not None and p.usable():
-        if pair_tier(p, float(v @ whole()), loss, scale) > limit:
+        full = whole()
+        if full is None or pair_tier(p, float(v @ full), loss, scale) > limit:
             return 0
         count += 1
-    return count if count >= MIN_COMPARISONS else 0
+        if pair_tier(p, float(v @ g), loss, scale) > limit:
+            telling += 1
+        else:
+            inherited += 1
+    return count if telling >= MIN_COMPARISONS and telling > inherited else 0
 
 
-#: a candidate: (kind, shift s, axis or None, its values at flat indices, all of it)
+#: a candidate: (kind, shift s, axis or None, the flat index of `g` it reads at each
+#: flat index, all of it)
 _Candidate = tuple[
     str, int, "int | None", Callable[[np.ndarray], np.ndarray], Callable[[], np.ndarray]
 ]
+
+
+def _mirror(shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """The flat index of each flat index's transpose (the last two axes swapped)."""
+
+    def at(idx: np.ndarray) -> np.ndarray:
+        multi = list(np.unravel_index(idx, shape))
+        multi[-1], multi[-2] = multi[-2], multi[-1]
+        return np.ravel_multi_index(tuple(multi), shape)
+
+    return at
+
+
+def _square(shape: tuple[int, ...]) -> bool:
+    """Whether a block is a square matrix (or a batch of them)."""
+    return len(shape) >= 2 and shape[-1] == shape[-2] >= 2
 
 
 def _rearranged(g: np.ndarray, shape: tuple[int, ...]) -> list[_Candidate]:
     """Candidate true gradients, if the analytic one `g` (flat) were rearranged:
     ``"transposed"`` for a square block (or a batch of square matrices), then
     ``"shifted"`` by s = ±1 along each axis (axis None: the flat index), undone. Each
-    reads `g` at the sampled indices without building the whole candidate."""
+    says where it reads `g` at the sampled indices without building the whole
+    candidate."""
     out: list[_Candidate] = []
     x = g.reshape(shape)
     n = g.size
@@ -89,21 +136,18 @@ def _rearranged(g: np.ndarray, shape: tuple[int, ...]) -> list[_Candidate]:
     def moved(axis: int, by: int) -> Callable[[np.ndarray], np.ndarray]:
         def at(idx: np.ndarray) -> np.ndarray:
             multi = list(np.unravel_index(idx, shape))
-            if by == 0:  # transposed: swap the last two indices
-                multi[-1], multi[-2] = multi[-2], multi[-1]
-            else:
-                multi[axis] = (multi[axis] + by) % shape[axis]
-            return g[np.ravel_multi_index(tuple(multi), shape)]
+            multi[axis] = (multi[axis] + by) % shape[axis]
+            return np.ravel_multi_index(tuple(multi), shape)
 
         return at
 
-    if len(shape) >= 2 and shape[-1] == shape[-2] >= 2:
+    if _square(shape):
         out.append(
             (
                 "transposed",
                 0,
                 None,
-                moved(-1, 0),
+                _mirror(shape),
                 lambda: np.ascontiguousarray(np.swapaxes(x, -1, -2)).ravel(),
             )
         )
@@ -120,7 +164,7 @@ def _rearranged(g: np.ndarray, shape: tuple[int, ...]) -> list[_Candidate]:
                         "shifted",
                         s,
                         None,
-                        lambda idx, s=s: g[(idx + s) % n],
+                        lambda idx, s=s: (idx + s) % n,
                         lambda s=s: np.roll(g, -s),
                     )
                 )
@@ -137,6 +181,11 @@ def _rearranged(g: np.ndarray, shape: tuple[int, ...]) -> list[_Candidate]:
     return out
 
 
+def _everywhere(idx: np.ndarray) -> np.ndarray:
+    """Every index moved: another block's gradient read in place of the block's own."""
+    return np.ones(len(idx), dtype=bool)
+
+
 def shape_warnings(
     results: dict[str | None, Result],
     blocks: Sequence[_Block],
@@ -151,9 +200,9 @@ def shape_warnings(
     `gradient_of(loss, b)` block b's flat analytic gradient for a loss (times the loss
     factor `scale`), `point_of(b)` the point block b was compared at (blocks moved off
     their ties were compared elsewhere: no swap across points). A candidate must agree
-    at every comparison that counts, at the check's tolerance and no looser than *ok*;
-    the analytic gradient itself fails there, so a symmetric block's transpose (the
-    same gradient) explains nothing.
+    at every comparison that counts, at the check's tolerance and no looser than *ok*,
+    and tell itself from the analytic gradient (see `_agrees`): a symmetric block's
+    transpose (nearly the same gradient) explains nothing.
     """
     seen: set[tuple[str, ...]] = set()
     for loss, result in results.items():
@@ -162,39 +211,41 @@ def shape_warnings(
         limit = min(result.tolerance, Tier.OK)
         where = f" of term {loss!r}" if loss is not None else ""
         failing = [b for b, r in enumerate(result.blocks) if not r.passed]
-        explained: set[int] = set()
+        here: set[int] = set()
         # two same-shape failing blocks, each explained by the other's analytic gradient
-        for j, b1 in enumerate(failing):
-            for b2 in failing[j + 1 :]:
-                r1, r2 = result.blocks[b1], result.blocks[b2]
-                if b1 in explained or b2 in explained or r1.shape != r2.shape:
-                    continue
-                if point_of(b1) is not point_of(b2):
-                    continue
-                g1, g2 = gradient_of(loss, b1), gradient_of(loss, b2)
-                k1 = _agrees(blocks[b1], g2.__getitem__, lambda g=g2: g, loss, scale, limit)
-                k2 = k1 and _agrees(blocks[b2], g1.__getitem__, lambda g=g1: g, loss, scale, limit)
-                if not k2:
-                    continue
-                explained |= {b1, b2}
-                key = ("swapped", r1.name, r2.name)
-                if key in seen:
-                    continue
-                seen.add(key)
-                warnings.append(
-                    f"blocks {r1.name!r} and {r2.name!r}{where} both fail {SHAPE_NOTICE}: the "
-                    "analytic "
-                    "gradient of each is the numeric gradient of the other, at each of the "
-                    f"{k1 + k2} comparisons that count"
-                )
+        for b1, b2 in _same_shape(result, failing, point_of):
+            if b1 in here or b2 in here:
+                continue
+            g1, g2 = gradient_of(loss, b1), gradient_of(loss, b2)
+            k1 = _agrees(
+                blocks[b1], g2.__getitem__, _everywhere, lambda g=g2: g, g1, loss, scale, limit
+            )
+            k2 = k1 and _agrees(
+                blocks[b2], g1.__getitem__, _everywhere, lambda g=g1: g, g2, loss, scale, limit
+            )
+            if not k2:
+                continue
+            here |= {b1, b2}
+            _swapped(result, b1, b2, where, k1 + k2, seen, warnings)
         for b in failing:
-            if b in explained:
+            if b in here:
                 continue
             r = result.blocks[b]
-            for kind, s, axis, at, whole in _rearranged(gradient_of(loss, b), tuple(r.shape)):
-                k = _agrees(blocks[b], at, whole, loss, scale, limit)
+            g = gradient_of(loss, b)
+            for kind, s, axis, src, whole in _rearranged(g, tuple(r.shape)):
+                k = _agrees(
+                    blocks[b],
+                    lambda idx, src=src, g=g: g[src(idx)],
+                    lambda idx, src=src: src(idx) != idx,
+                    whole,
+                    g,
+                    loss,
+                    scale,
+                    limit,
+                )
                 if not k:
                     continue
+                here.add(b)
                 key = (kind, r.name, str(s), str(axis))
                 if key not in seen:
                     seen.add(key)
@@ -211,3 +262,37 @@ def shape_warnings(
                         f"the numeric one {what}, at each of the {k} comparisons that count"
                     )
                 break
+
+
+def _same_shape(
+    result: Result, failing: list[int], point_of: Callable[[int], object]
+) -> list[tuple[int, int]]:
+    """The pairs of failing blocks of one shape compared at one point."""
+    return [
+        (b1, b2)
+        for j, b1 in enumerate(failing)
+        for b2 in failing[j + 1 :]
+        if result.blocks[b1].shape == result.blocks[b2].shape and point_of(b1) is point_of(b2)
+    ]
+
+
+def _swapped(
+    result: Result,
+    b1: int,
+    b2: int,
+    where: str,
+    k: int,
+    seen: set[tuple[str, ...]],
+    warnings: list[str],
+) -> None:
+    """Notice blocks b1 and b2 swapped, once."""
+    r1, r2 = result.blocks[b1], result.blocks[b2]
+    key = ("swapped", r1.name, r2.name)
+    if key in seen:
+        return
+    seen.add(key)
+    what = "the analytic gradient of each is the numeric gradient of the other"
+    warnings.append(
+        f"blocks {r1.name!r} and {r2.name!r}{where} both fail {SHAPE_NOTICE}: {what}, at "
+        f"each of the {k} comparisons that count"
+    )

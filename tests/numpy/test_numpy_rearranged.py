@@ -174,3 +174,91 @@ def test_a_passing_check_never_carries_the_notice(monkeypatch):
     assert check(None).passed
     with pytest.raises(AssertionError, match="passing check"):
         check("transpose")
+
+
+@pytest.mark.parametrize("bug", ["transpose", "roll_axis0", "roll_flat", "swap"])
+def test_rearranged_gradient_gets_its_hint_from_coordinates_alone(bug):
+    """mode="coords" (no direction): the sampled coordinates alone name the bug."""
+    assert len(shape_hints(check(bug, mode="coords"))) == 1
+
+
+# a gradient that looks like its own rearrangement, with wrong entries: the analytic
+# gradient rearranged is nearly the analytic gradient, so it agrees wherever the
+# analytic one does, and at a wrong entry where the entries around it are right. Without
+# the direction (mode="coords") nothing else tells the two apart: each wrong entry is one
+# failure, not a rearrangement (a false hint is worse than none)
+
+
+def test_near_constant_gradient_with_a_wrong_entry_is_not_called_shifted():
+    """f = 3 sum(x) + 1e-10 sum(x**2): its gradient is 3 to 1e-9, and rolling it by one
+    index gives it back, but at the one wrong entry (the largest, always sampled), where
+    its right neighbour stands: "shifted by one" would agree with every coordinate
+    compared."""
+    x = np.random.default_rng(0).standard_normal(40)
+
+    def fc(x):
+        return 3.0 * np.sum(x) + 1e-10 * np.sum(x**2)
+
+    def gc(x):
+        g = 3.0 + 2e-10 * x
+        g[7] = 3.5
+        return (g,)
+
+    for seed in range(4):
+        for mode in ("coords", "both"):
+            result = gradcheck(fc, x, grad=gc, raise_on_fail=False, mode=mode, seed=seed)
+            assert not result.passed
+            assert shape_hints(result) == [], (seed, mode, hints(result))
+            assert not [w for w in result.warnings if SHAPE_NOTICE in w]
+
+
+@pytest.mark.parametrize("seed", [2, 4, 5])
+def test_symmetric_gradient_with_a_wrong_entry_is_not_called_transposed(seed):
+    """f(S) = sum(tanh(S + S.T)) has a symmetric gradient; one wrong entry, whose mirror
+    the sample (10 of 36) misses, agrees with the transpose there (these seeds' samples
+    miss it)."""
+    S = np.random.default_rng(0).standard_normal((6, 6))
+
+    def gs(S):
+        g = 2 / np.cosh(S + S.T) ** 2
+        g[1, 4] *= 1.5
+        return (g,)
+
+    result = gradcheck(
+        lambda S: np.sum(np.tanh(S + S.T)),
+        S,
+        grad=gs,
+        raise_on_fail=False,
+        mode="coords",
+        seed=seed,
+    )
+    assert not result.passed
+    assert shape_hints(result) == [], hints(result)
+
+
+@pytest.mark.parametrize("seed", [3, 5, 8, 11])
+def test_blocks_with_equal_gradients_and_wrong_entries_are_not_called_swapped(seed):
+    """f(A, B) = sum(tanh(A + B)): both blocks have one gradient; each block's one wrong
+    entry (its largest, always sampled) agrees with the other block's analytic gradient
+    there (these seeds' samples miss the other's wrong entry)."""
+    rng_ab = np.random.default_rng(0)
+    A, Bm = rng_ab.standard_normal((5, 5)), rng_ab.standard_normal((5, 5))
+
+    def gab(A, B):
+        g = 1 / np.cosh(A + B) ** 2
+        g1, g2 = g.copy(), g.copy()
+        g1[0, 1] = 1.5
+        g2[3, 2] = 1.5
+        return g1, g2
+
+    result = gradcheck(
+        lambda A, B: np.sum(np.tanh(A + B)),
+        A,
+        Bm,
+        grad=gab,
+        raise_on_fail=False,
+        mode="coords",
+        seed=seed,
+    )
+    assert not result.passed
+    assert shape_hints(result) == [], hints(result)
