@@ -10,7 +10,9 @@ analytic gradient is compared with the numeric values the check already has (no
 evaluation of f): one that agrees at every comparison that counts, the direction
 included where it counts, and tells itself from the analytic gradient there (see
 `_agrees`), explains the failure, and the engine says so in a notice (`SHAPE_NOTICE`)
-that `_text.hints` turns into a hint.
+that `_text.hints` turns into a hint. In a loss returned as one sum (data + weight
+decay), a rearranged part of the gradient is searched too (`_parts`), where the
+comparisons decide it.
 
 Runs only for the losses whose check failed, and only over their failing blocks: a
 passing check pays nothing, and no verdict changes.
@@ -181,6 +183,32 @@ def _rearranged(g: np.ndarray, shape: tuple[int, ...]) -> list[_Candidate]:
     return out
 
 
+def _numeric(c: _Block, loss: str | None, scale: float) -> dict[int, float]:
+    """The numeric values of block `c`'s counted coordinates (none that crossed a
+    kink), by flat index, times the loss factor: what the parts' candidates read."""
+    idx, pairs = c.rows()
+    out = {}
+    for i, p in zip(idx.tolist(), pairs, strict=True):
+        if not p.crossed():
+            out[i] = p.quotient(loss)[0] * scale
+    return out
+
+
+def _known(n: dict[int, float], size: int) -> np.ndarray | None:
+    """The whole numeric gradient of a block, where every coordinate was compared."""
+    if len(n) < size:
+        return None
+    return np.array([n[i] for i in range(size)])
+
+
+def _with(n: dict[int, float], idx: np.ndarray) -> np.ndarray | None:
+    """The numeric values at flat indices `idx`, None where one was not compared."""
+    try:
+        return np.array([n[i] for i in idx.tolist()], dtype=np.float64)
+    except KeyError:
+        return None
+
+
 def _everywhere(idx: np.ndarray) -> np.ndarray:
     """Every index moved: another block's gradient read in place of the block's own."""
     return np.ones(len(idx), dtype=bool)
@@ -203,14 +231,21 @@ def shape_warnings(
     at every comparison that counts, at the check's tolerance and no looser than *ok*,
     and tell itself from the analytic gradient (see `_agrees`): a symmetric block's
     transpose (nearly the same gradient) explains nothing.
+
+    Then, for the failing blocks no rearrangement of a whole loss's gradient explains,
+    a rearranged part (`_parts`): a term's gradient transposed or swapped beside a
+    right one, in a loss returned as their sum.
     """
     seen: set[tuple[str, ...]] = set()
+    explained: set[int] = set()  # (in any loss: each explanation is given once)
+    failed: list[tuple[str | None, Result, Tier, str, list[int]]] = []
     for loss, result in results.items():
         if result.passed:
             continue
         limit = min(result.tolerance, Tier.OK)
         where = f" of term {loss!r}" if loss is not None else ""
         failing = [b for b, r in enumerate(result.blocks) if not r.passed]
+        failed.append((loss, result, limit, where, failing))
         here: set[int] = set()
         # two same-shape failing blocks, each explained by the other's analytic gradient
         for b1, b2 in _same_shape(result, failing, point_of):
@@ -226,7 +261,7 @@ def shape_warnings(
             if not k2:
                 continue
             here |= {b1, b2}
-            _swapped(result, b1, b2, where, k1 + k2, seen, warnings)
+            _swapped(result, b1, b2, where, k1 + k2, False, seen, warnings)
         for b in failing:
             if b in here:
                 continue
@@ -262,6 +297,21 @@ def shape_warnings(
                         f"the numeric one {what}, at each of the {k} comparisons that count"
                     )
                 break
+        explained |= here
+    for loss, result, limit, where, failing in failed:
+        _parts(
+            loss,
+            result,
+            [b for b in failing if b not in explained],
+            blocks,
+            gradient_of,
+            point_of,
+            scale,
+            limit,
+            where,
+            seen,
+            warnings,
+        )
 
 
 def _same_shape(
@@ -282,17 +332,149 @@ def _swapped(
     b2: int,
     where: str,
     k: int,
+    part: bool,
     seen: set[tuple[str, ...]],
     warnings: list[str],
 ) -> None:
-    """Notice blocks b1 and b2 swapped, once."""
+    """Notice blocks b1 and b2 swapped (`part`: a part of each), once."""
     r1, r2 = result.blocks[b1], result.blocks[b2]
     key = ("swapped", r1.name, r2.name)
     if key in seen:
         return
     seen.add(key)
-    what = "the analytic gradient of each is the numeric gradient of the other"
+    if part:
+        what = (
+            "a part of the analytic gradient of each is the numeric gradient of the other "
+            "(the analytic minus the numeric gradient of one is the numeric minus the "
+            "analytic gradient of the other: g1 = D2 + R1 and g2 = D1 + R2 where the "
+            "numeric ones are D1 + R1 and D2 + R2)"
+        )
+    else:
+        what = "the analytic gradient of each is the numeric gradient of the other"
     warnings.append(
         f"blocks {r1.name!r} and {r2.name!r}{where} both fail {SHAPE_NOTICE}: {what}, at "
         f"each of the {k} comparisons that count"
     )
+
+
+def _parts(
+    loss: str | None,
+    result: Result,
+    failing: list[int],
+    blocks: Sequence[_Block],
+    gradient_of: Callable[[str | None, int], np.ndarray],
+    point_of: Callable[[int], object],
+    scale: float,
+    limit: Tier,
+    where: str,
+    seen: set[tuple[str, ...]],
+    warnings: list[str],
+) -> None:
+    """Notice the failing blocks whose analytic gradient is a part rearranged beside a
+    right rest, in a loss returned as one sum (data + weight decay): g = D.T + R where
+    the numeric gradient is n = D + R. The rest R makes no whole rearrangement agree,
+    but it cancels in g - n = D.T - D, which is antisymmetric: the candidate true value
+    at (i, j) is g[i, j] + g[j, i] - n[j, i] (and, for two swapped blocks, g1 = D2 + R1
+    and g2 = D1 + R2, the candidate at k of one is g1[k] + g2[k] - n2[k]). It reads
+    the numeric value at the mirrored coordinate (the other block's), so it can be
+    checked only where that was compared, and the direction only where the whole block
+    was: a candidate that cannot be checked at every comparison that counts explains
+    nothing (with a sample smaller than the block, in practice, `samples_per_block=None`
+    decides). A part shifted by one index is not searched: D rolled minus D is any
+    error whose sums along the axis are 0, which many other bugs make (a softmax's)."""
+    numeric = {b: _numeric(blocks[b], loss, scale) for b in failing}
+    sizes = {b: int(np.prod(result.blocks[b].shape, dtype=np.int64)) for b in failing}
+    here: set[int] = set()
+    for b1, b2 in _same_shape(result, failing, point_of):
+        if b1 in here or b2 in here:
+            continue
+        g1, g2 = gradient_of(loss, b1), gradient_of(loss, b2)
+        n1, n2 = numeric[b1], numeric[b2]
+        k1 = _agrees(
+            blocks[b1],
+            _plus_error(g1, g2, n2, None),
+            _everywhere,
+            _whole_plus_error(g1, g2, n2, sizes[b2], None),
+            g1,
+            loss,
+            scale,
+            limit,
+        )
+        k2 = k1 and _agrees(
+            blocks[b2],
+            _plus_error(g2, g1, n1, None),
+            _everywhere,
+            _whole_plus_error(g2, g1, n1, sizes[b1], None),
+            g2,
+            loss,
+            scale,
+            limit,
+        )
+        if not k2:
+            continue
+        here |= {b1, b2}
+        _swapped(result, b1, b2, where, k1 + k2, True, seen, warnings)
+    for b in failing:
+        r = result.blocks[b]
+        shape = tuple(r.shape)
+        if b in here or not _square(shape):
+            continue
+        g, mirror = gradient_of(loss, b), _mirror(shape)
+        k = _agrees(
+            blocks[b],
+            _plus_error(g, g, numeric[b], mirror),
+            lambda idx, mirror=mirror: mirror(idx) != idx,
+            _whole_plus_error(g, g, numeric[b], sizes[b], mirror),
+            g,
+            loss,
+            scale,
+            limit,
+        )
+        if not k:
+            continue
+        key = ("transposed part", r.name)
+        if key in seen:
+            continue
+        seen.add(key)
+        warnings.append(
+            f"block {r.name!r}{where} fails {SHAPE_NOTICE}: its analytic gradient is the "
+            "numeric one with a part transposed (the analytic minus the numeric gradient "
+            "is antisymmetric: g = D.T + R where the numeric one is D + R), at each of the "
+            f"{k} comparisons that count"
+        )
+
+
+def _plus_error(
+    g: np.ndarray,
+    other: np.ndarray,
+    n: dict[int, float],
+    mirror: Callable[[np.ndarray], np.ndarray] | None,
+) -> Callable[[np.ndarray], np.ndarray | None]:
+    """The candidate g + (other - n) read at the mirrored index (at the same index
+    where `mirror` is None): None where a numeric value it reads was not compared."""
+
+    def at(idx: np.ndarray) -> np.ndarray | None:
+        src = idx if mirror is None else mirror(idx)
+        known = _with(n, src)
+        return None if known is None else g[idx] + other[src] - known
+
+    return at
+
+
+def _whole_plus_error(
+    g: np.ndarray,
+    other: np.ndarray,
+    n: dict[int, float],
+    size: int,
+    mirror: Callable[[np.ndarray], np.ndarray] | None,
+) -> Callable[[], np.ndarray | None]:
+    """All of `_plus_error`'s candidate, None unless every coordinate was compared."""
+
+    def whole() -> np.ndarray | None:
+        known = _known(n, size)
+        if known is None:
+            return None
+        src = np.arange(size) if mirror is None else mirror(np.arange(size))
+        return g + other[src] - known[src]
+
+    return whole

@@ -262,3 +262,63 @@ def test_blocks_with_equal_gradients_and_wrong_entries_are_not_called_swapped(se
     )
     assert not result.passed
     assert shape_hints(result) == [], hints(result)
+
+
+# a rearranged part of a loss returned as one sum: the data gradient transposed or
+# swapped beside a right weight decay. No whole rearrangement of the total's gradient
+# agrees (the weight decay's part moves too), but the decay cancels in the analytic
+# minus the numeric gradient, which is antisymmetric (transposed) or the other block's
+# negated (swapped): checked against the numeric values at the mirrored coordinates,
+# which the check has where it compared the whole block
+LAMBDA = 0.05
+
+
+def f_sum(W1, W2, b):
+    return f(W1, W2, b) + LAMBDA * (np.sum(W1**2) + np.sum(W2**2))
+
+
+def buggy_sum(bug):
+    def g(W1, W2, b):
+        dW1, dW2, db = buggy(bug)(W1, W2, b)
+        return dW1 + 2 * LAMBDA * W1, dW2 + 2 * LAMBDA * W2, db
+
+    return g
+
+
+@pytest.mark.parametrize("mode", ["both", "coords"])
+@pytest.mark.parametrize(
+    ("bug", "expected"),
+    [
+        ("transpose", "block 'args[0]' looks transposed in part"),
+        ("swap", "blocks 'args[0]' and 'args[1]' look swapped in part"),
+    ],
+)
+def test_rearranged_part_of_a_summed_loss_gets_its_hint(bug, expected, mode):
+    kw = {"mode": mode, "samples_per_block": None}
+    with _no_shape_warning():
+        result = gradcheck(f_sum, W1, W2, B, grad=buggy_sum(bug), raise_on_fail=False, **kw)
+    assert not result.passed
+    found = shape_hints(result)
+    assert len(found) == 1, hints(result)
+    assert found[0].startswith(expected), found
+    notices = [w for w in result.warnings if SHAPE_NOTICE in w]
+    assert len(notices) == 1 and not alarming(notices)
+    with pytest.raises(GradcheckError, match=re.escape("hint: " + expected)):
+        gradcheck(f_sum, W1, W2, B, grad=buggy_sum(bug), **kw)
+
+
+@pytest.mark.parametrize("bug", ["transpose", "swap", "roll_axis0", "factor", "entry"])
+def test_summed_loss_hints_only_what_its_comparisons_decide(bug):
+    """With a sample (10 of 64 coordinates), the mirrored coordinates were mostly not
+    compared: the part cannot be checked at every comparison, and gets no hint; a part
+    shifted by one index is never searched (any error summing to 0 along the axis fits
+    it), nor is a constant factor or a wrong entry anything rearranged."""
+    sampled = gradcheck(f_sum, W1, W2, B, grad=buggy_sum(bug), raise_on_fail=False)
+    assert not sampled.passed
+    assert shape_hints(sampled) == [], hints(sampled)
+    if bug in ("roll_axis0", "factor", "entry"):
+        whole = gradcheck(
+            f_sum, W1, W2, B, grad=buggy_sum(bug), raise_on_fail=False, samples_per_block=None
+        )
+        assert not whole.passed
+        assert shape_hints(whole) == [], hints(whole)
