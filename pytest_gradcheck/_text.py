@@ -365,10 +365,11 @@ _DOMINATED = re.compile(
 _REARRANGED = re.compile(
     rf"block ({_REPR})( of term {_REPR})? fails {re.escape(SHAPE_NOTICE)}: "
     r"its analytic gradient is the numeric one "
-    r"(transposed|shifted by [+-]1 along (?:its flat index|axis \d+))"
+    r"(transposed|with a part transposed|shifted by [+-]1 along (?:its flat index|axis \d+))"
 )
 _SWAPPED = re.compile(
-    rf"blocks ({_REPR}) and ({_REPR})( of term {_REPR})? both fail {re.escape(SHAPE_NOTICE)}"
+    rf"blocks ({_REPR}) and ({_REPR})( of term {_REPR})? both fail {re.escape(SHAPE_NOTICE)}: "
+    r"(a part of )?"
 )
 
 #: the backends' warnings that f lowers the precision of what it computes
@@ -387,7 +388,16 @@ def _rearranged_hints(text: str) -> list[str]:
     """A transposed, shifted or swapped gradient, from the engine's notices (which it
     gives for failing blocks only, see `_shapes`)."""
     out = []
-    for a, b, term in _SWAPPED.findall(text):
+    for a, b, term, part in _SWAPPED.findall(text):
+        if part:
+            out.append(
+                f"blocks {a} and {b}{term} look swapped in part: the analytic minus the "
+                "numeric gradient of each is the numeric minus the analytic gradient of the "
+                "other at every comparison that counts (see the warning): the backward "
+                "returns one term's gradients in the wrong order (return dW1, dW2, not dW2, "
+                "dW1), beside a right rest (a weight decay, say)"
+            )
+            continue
         out.append(
             f"blocks {a} and {b}{term} look swapped: each one's numeric gradient matches the "
             "other's analytic gradient at every comparison that counts (see the warning): "
@@ -395,7 +405,14 @@ def _rearranged_hints(text: str) -> list[str]:
             "not dW2, dW1)"
         )
     for name, term, what in _REARRANGED.findall(text):
-        if what == "transposed":
+        if what == "with a part transposed":
+            out.append(
+                f"block {name}{term} looks transposed in part: the analytic minus the "
+                "numeric gradient is antisymmetric at every comparison that counts (see the "
+                "warning): one term's gradient is returned transposed (return dW, not dW.T; "
+                "x.T @ dy, not dy.T @ x), beside a right rest (a weight decay, say)"
+            )
+        elif what == "transposed":
             out.append(
                 f"block {name}{term} looks transposed: its numeric gradient matches the "
                 "analytic gradient transposed at every comparison that counts (see the "
@@ -417,8 +434,9 @@ def hints(result: Result) -> list[str]:
     The pitfalls: low-precision inputs or computation (float32), values too tiny for
     the differences to resolve, kinks crossed near the point, a loss term dominating
     another; and, from the numbers themselves, which named term fails on its own, a
-    gradient transposed, shifted by one index or swapped with another block's (the
-    engine's notices, see `_shapes`), a constant factor or a flipped sign.
+    gradient transposed, shifted by one index or swapped with another block's, or a part
+    of it transposed or swapped (the engine's notices, see `_shapes`), a constant
+    factor or a flipped sign.
     """
     out: list[str] = []
     if result.passed:

@@ -174,3 +174,151 @@ def test_a_passing_check_never_carries_the_notice(monkeypatch):
     assert check(None).passed
     with pytest.raises(AssertionError, match="passing check"):
         check("transpose")
+
+
+@pytest.mark.parametrize("bug", ["transpose", "roll_axis0", "roll_flat", "swap"])
+def test_rearranged_gradient_gets_its_hint_from_coordinates_alone(bug):
+    """mode="coords" (no direction): the sampled coordinates alone name the bug."""
+    assert len(shape_hints(check(bug, mode="coords"))) == 1
+
+
+# a gradient that looks like its own rearrangement, with wrong entries: the analytic
+# gradient rearranged is nearly the analytic gradient, so it agrees wherever the
+# analytic one does, and at a wrong entry where the entries around it are right. Without
+# the direction (mode="coords") nothing else tells the two apart: each wrong entry is one
+# failure, not a rearrangement (a false hint is worse than none)
+
+
+def test_near_constant_gradient_with_a_wrong_entry_is_not_called_shifted():
+    """f = 3 sum(x) + 1e-10 sum(x**2): its gradient is 3 to 1e-9, and rolling it by one
+    index gives it back, but at the one wrong entry (the largest, always sampled), where
+    its right neighbour stands: "shifted by one" would agree with every coordinate
+    compared."""
+    x = np.random.default_rng(0).standard_normal(40)
+
+    def fc(x):
+        return 3.0 * np.sum(x) + 1e-10 * np.sum(x**2)
+
+    def gc(x):
+        g = 3.0 + 2e-10 * x
+        g[7] = 3.5
+        return (g,)
+
+    for seed in range(4):
+        for mode in ("coords", "both"):
+            result = gradcheck(fc, x, grad=gc, raise_on_fail=False, mode=mode, seed=seed)
+            assert not result.passed
+            assert shape_hints(result) == [], (seed, mode, hints(result))
+            assert not [w for w in result.warnings if SHAPE_NOTICE in w]
+
+
+@pytest.mark.parametrize("seed", [2, 4, 5])
+def test_symmetric_gradient_with_a_wrong_entry_is_not_called_transposed(seed):
+    """f(S) = sum(tanh(S + S.T)) has a symmetric gradient; one wrong entry, whose mirror
+    the sample (10 of 36) misses, agrees with the transpose there (these seeds' samples
+    miss it)."""
+    S = np.random.default_rng(0).standard_normal((6, 6))
+
+    def gs(S):
+        g = 2 / np.cosh(S + S.T) ** 2
+        g[1, 4] *= 1.5
+        return (g,)
+
+    result = gradcheck(
+        lambda S: np.sum(np.tanh(S + S.T)),
+        S,
+        grad=gs,
+        raise_on_fail=False,
+        mode="coords",
+        seed=seed,
+    )
+    assert not result.passed
+    assert shape_hints(result) == [], hints(result)
+
+
+@pytest.mark.parametrize("seed", [3, 5, 8, 11])
+def test_blocks_with_equal_gradients_and_wrong_entries_are_not_called_swapped(seed):
+    """f(A, B) = sum(tanh(A + B)): both blocks have one gradient; each block's one wrong
+    entry (its largest, always sampled) agrees with the other block's analytic gradient
+    there (these seeds' samples miss the other's wrong entry)."""
+    rng_ab = np.random.default_rng(0)
+    A, Bm = rng_ab.standard_normal((5, 5)), rng_ab.standard_normal((5, 5))
+
+    def gab(A, B):
+        g = 1 / np.cosh(A + B) ** 2
+        g1, g2 = g.copy(), g.copy()
+        g1[0, 1] = 1.5
+        g2[3, 2] = 1.5
+        return g1, g2
+
+    result = gradcheck(
+        lambda A, B: np.sum(np.tanh(A + B)),
+        A,
+        Bm,
+        grad=gab,
+        raise_on_fail=False,
+        mode="coords",
+        seed=seed,
+    )
+    assert not result.passed
+    assert shape_hints(result) == [], hints(result)
+
+
+# a rearranged part of a loss returned as one sum: the data gradient transposed or
+# swapped beside a right weight decay. No whole rearrangement of the total's gradient
+# agrees (the weight decay's part moves too), but the decay cancels in the analytic
+# minus the numeric gradient, which is antisymmetric (transposed) or the other block's
+# negated (swapped): checked against the numeric values at the mirrored coordinates,
+# which the check has where it compared the whole block
+LAMBDA = 0.05
+
+
+def f_sum(W1, W2, b):
+    return f(W1, W2, b) + LAMBDA * (np.sum(W1**2) + np.sum(W2**2))
+
+
+def buggy_sum(bug):
+    def g(W1, W2, b):
+        dW1, dW2, db = buggy(bug)(W1, W2, b)
+        return dW1 + 2 * LAMBDA * W1, dW2 + 2 * LAMBDA * W2, db
+
+    return g
+
+
+@pytest.mark.parametrize("mode", ["both", "coords"])
+@pytest.mark.parametrize(
+    ("bug", "expected"),
+    [
+        ("transpose", "block 'args[0]' looks transposed in part"),
+        ("swap", "blocks 'args[0]' and 'args[1]' look swapped in part"),
+    ],
+)
+def test_rearranged_part_of_a_summed_loss_gets_its_hint(bug, expected, mode):
+    kw = {"mode": mode, "samples_per_block": None}
+    with _no_shape_warning():
+        result = gradcheck(f_sum, W1, W2, B, grad=buggy_sum(bug), raise_on_fail=False, **kw)
+    assert not result.passed
+    found = shape_hints(result)
+    assert len(found) == 1, hints(result)
+    assert found[0].startswith(expected), found
+    notices = [w for w in result.warnings if SHAPE_NOTICE in w]
+    assert len(notices) == 1 and not alarming(notices)
+    with pytest.raises(GradcheckError, match=re.escape("hint: " + expected)):
+        gradcheck(f_sum, W1, W2, B, grad=buggy_sum(bug), **kw)
+
+
+@pytest.mark.parametrize("bug", ["transpose", "swap", "roll_axis0", "factor", "entry"])
+def test_summed_loss_hints_only_what_its_comparisons_decide(bug):
+    """With a sample (10 of 64 coordinates), the mirrored coordinates were mostly not
+    compared: the part cannot be checked at every comparison, and gets no hint; a part
+    shifted by one index is never searched (any error summing to 0 along the axis fits
+    it), nor is a constant factor or a wrong entry anything rearranged."""
+    sampled = gradcheck(f_sum, W1, W2, B, grad=buggy_sum(bug), raise_on_fail=False)
+    assert not sampled.passed
+    assert shape_hints(sampled) == [], hints(sampled)
+    if bug in ("roll_axis0", "factor", "entry"):
+        whole = gradcheck(
+            f_sum, W1, W2, B, grad=buggy_sum(bug), raise_on_fail=False, samples_per_block=None
+        )
+        assert not whole.passed
+        assert shape_hints(whole) == [], hints(whole)
