@@ -562,9 +562,11 @@ def _block_result(
 ) -> BlockResult:
     """Compare analytic and numeric values of one block for one loss.
 
-    `strict`: the check's tolerance is the default one of a function with kinks, under
-    which a direction that crossed no kink is judged at *happy* (see
-    `_directions.localize_above`) when its failure is explained (`_explained`).
+    A direction that the block's failing coordinates account for (`_explained`) is
+    marked `explained_by` and left out of the block's tier. `strict`: the check's
+    tolerance is the default one of a function with kinks, under which a direction
+    that crossed no kink must agree to *happy* to be explained (the tier at which it is
+    localized, `_directions.localize_above`).
     """
     spec = c.spec
     idx, pairs = c.rows()
@@ -601,18 +603,11 @@ def _block_result(
         n, fl, h, tier = best(dpair, a, loss, scale)
         explained_by: tuple[tuple[int, ...], ...] = ()
         residual = None
-        if dpair.usable() and failing and tier > localize_above(dpair, tolerance, strict):
+        limit = localize_above(dpair, tolerance, strict)
+        if dpair.usable() and failing and tier > limit:
             rows = np.asarray(failing, dtype=np.int64)
-            residual, ok = _explained(
-                c.direction,
-                dpair,
-                a,
-                idx[rows],
-                values[rows] - numeric[rows],
-                loss,
-                scale,
-                localize_above(dpair, tolerance, strict),
-            )
+            gaps = values[rows] - numeric[rows]
+            residual, ok = _explained(c.direction, dpair, a, idx[rows], gaps, loss, scale, limit)
             if ok:
                 explained_by = _multi_indices(idx[rows], spec.shape)
         d = DirectionResult(
