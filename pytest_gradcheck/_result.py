@@ -32,6 +32,17 @@ class DirectionResult:
             direction through the whole block crossed an exact tie (a ReLU input of
             exactly 0) at every step, and was taken again over the parts of the block
             that do not move it.
+        explained_by: the block's failing coordinates that account for this direction's
+            failure: with their numeric derivatives in place of the analytic values,
+            v·g agrees with the difference along v within the direction's tolerance.
+            The block's tier and `max_rel_error` then come from its coordinates, not
+            from `rel_error` (which a small v·g can amplify); empty where the direction
+            passed or the failing coordinates do not account for it (then its own
+            error counts, as for any comparison).
+        residual_rel_error: the direction's relative error with the analytic values
+            at the block's failing coordinates replaced by their numeric derivatives
+            (what `explained_by` is judged on); None where it was not computed (the
+            direction passed, did not count, or no checked coordinate failed).
     """
 
     analytic: float
@@ -45,11 +56,21 @@ class DirectionResult:
     one_sided: bool = False
     #: the share of the block's coordinates the direction moves (see above)
     coverage: float = 1.0
+    #: the failing coordinates that account for this direction's failure (see above)
+    explained_by: tuple[tuple[int, ...], ...] = ()
+    #: the direction's relative error with those coordinates' numeric values (see above)
+    residual_rel_error: float | None = None
 
     @property
     def counted(self) -> bool:
         """Whether this comparison takes part in the verdict."""
         return not self.kink_crossed or self.one_sided
+
+    @property
+    def explained(self) -> bool:
+        """Whether the block's failing coordinates account for this direction's failure
+        (`explained_by` is not empty): its error then counts through theirs."""
+        return bool(self.explained_by)
 
 
 @dataclass(frozen=True)
@@ -70,7 +91,9 @@ class BlockResult:
         kink_crossed: whether the coordinate's difference crossed a kink at every step.
         step: the step h used for each coordinate.
         within_noise: whether the disagreement is within float64 round-off (judged HAPPY).
-        tier: the worst tier of the coordinates and direction that count.
+        tier: the worst tier of the coordinates and direction that count (a direction
+            explained by failing coordinates counts through theirs, see
+            `DirectionResult.explained_by`).
         passed: whether `tier` is no worse than the check's tolerance.
         one_sided: kink-crossed coordinates rescued by a one-sided difference (they count).
         direction: the directional check of the block (None for 1-element blocks or
@@ -111,18 +134,29 @@ class BlockResult:
         is within float64 round-off (shown as "noise") is judged happy, and its
         relative error counts here only when it is below the happy threshold: above
         it, the number measures the noise of a tiny difference quotient, not the
-        gradient.
+        gradient. A direction explained by the block's failing coordinates
+        (`DirectionResult.explained_by`) is left out too: their errors are what it
+        measured, which a small v·g can amplify.
         """
-        happy = THRESHOLDS[Tier.HAPPY]
-        worst = 0.0
-        if self.rel_error.size:  # (a direction-only check has no coordinates)
-            noise_ok = self.within_noise & (self.rel_error < happy)
-            judged = self.counted & (~self.within_noise | noise_ok)
-            worst = float(self.rel_error[judged].max()) if judged.any() else 0.0
+        worst = self.coordinates_max_rel_error
         d = self.direction
-        if d is not None and d.counted and (not d.within_noise or d.rel_error < happy):
+        if (
+            d is not None
+            and d.counted
+            and not d.explained
+            and (not d.within_noise or d.rel_error < THRESHOLDS[Tier.HAPPY])
+        ):
             worst = max(worst, d.rel_error)
         return worst
+
+    @property
+    def coordinates_max_rel_error(self) -> float:
+        """`max_rel_error` over the checked coordinates alone (0 where there are none)."""
+        if not self.rel_error.size:  # (a direction-only check has no coordinates)
+            return 0.0
+        noise_ok = self.within_noise & (self.rel_error < THRESHOLDS[Tier.HAPPY])
+        judged = self.counted & (~self.within_noise | noise_ok)
+        return float(self.rel_error[judged].max()) if judged.any() else 0.0
 
     @property
     def counted(self) -> np.ndarray:
@@ -170,6 +204,8 @@ class BlockResult:
                 "one_sided": d.one_sided,
                 "coverage": d.coverage,
                 "tier": d.tier.label,
+                "explained_by": [list(i) for i in d.explained_by],
+                "residual_rel_error": d.residual_rel_error,
             },
             "localized": [list(i) for i in self.localized],
         }

@@ -17,10 +17,10 @@ import re
 from typing import TYPE_CHECKING
 
 from ._notices import SHAPE_NOTICE
+from ._tiers import Tier
 
 if TYPE_CHECKING:
     from ._result import BlockResult, Result
-    from ._tiers import Tier
 
 #: dtypes whose round-off swamps a difference quotient at the default step
 LOW_PRECISION = ("float32", "float16", "bfloat16", "complex64", "half", "single")
@@ -101,6 +101,23 @@ def block_table(block: BlockResult, term: str | None, limit: int) -> list[str]:
             lines.append(
                 f"  direction v moves {d.coverage:.1%} of the block: the rest holds an exact "
                 "tie (a kink at the checked point) that every step crossed"
+            )
+        # (said only where the direction's own error is well above its coordinates', in
+        # tier or twice as large: there the reader needs to know which one the title is)
+        coords = block.coordinates_max_rel_error
+        amplified = Tier.of(d.rel_error) > Tier.of(coords) or d.rel_error > 2.0 * coords
+        if d.explained and amplified:
+            spots = ", ".join(_fmt_index(i) for i in d.explained_by)
+            lines.append(
+                f"  direction v is explained by {spots}: with the numeric value(s) there, "
+                "v·g agrees within the direction's tolerance or round-off (rel error "
+                f"{d.residual_rel_error:.1e}), so the block's tier is its coordinates'"
+            )
+        elif d.residual_rel_error is not None and not d.explained and amplified:
+            lines.append(
+                "  direction v is not explained by the failing coordinate(s): with their "
+                f"numeric values, v·g still disagrees (rel error {d.residual_rel_error:.1e}), "
+                "so entries not in the table are wrong too"
             )
     if block.localized:
         spots = ", ".join(_fmt_index(i) for i in block.localized)

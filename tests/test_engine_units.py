@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -989,3 +990,132 @@ def test_the_float64_cast_is_a_notice_not_a_gradcheck_warning():
     issued = [str(w.message) for w in seen if issubclass(w.category, GradcheckWarning)]
     assert not any("checked in float64" in m for m in issued)
     assert any("tiny gradients" in m for m in issued) and tiny.passed
+
+
+# -- a direction amplified by a small v·g, explained by the entries found ------------------
+
+N_SMALL_DOT = 2000
+
+
+def _small_dot(dot=0.02):
+    """x for 0.5 * sum(x**2) (gradient x) with v·x = `dot`, v the block's direction:
+    an error e at entry k moves v·g by v_k e, which is `|v_k x_k| / dot` times e in
+    relative terms (about 1.9 for the entry chosen below at dot = 0.02)."""
+    v = direction("args[0]", N_SMALL_DOT, 0)
+    w = np.random.default_rng(21).standard_normal(N_SMALL_DOT)
+    x = w - (v @ w - dot) * v
+    sample = set(sample_coordinates("args[0]", N_SMALL_DOT, [x], 10, seed=0).tolist())
+    k = next(int(i) for i in np.argsort(-np.abs(x)) if i not in sample and abs(x[i]) < 2.5)
+    return x, k
+
+
+def _half_square(x):
+    return 0.5 * float(np.sum(x**2))
+
+
+def _half_square_max(x):
+    """0.5 * sum(x**2) through a max that no entry is near: kinks present, none crossed."""
+    return 0.5 * float(np.sum(np.maximum(x, -10.0) ** 2))
+
+
+def _entries_off(factor, where):
+    def grad(x):
+        g = x.copy()
+        g[where] *= factor
+        return (g,)
+
+    return grad
+
+
+@pytest.mark.parametrize("f", [_half_square, _half_square_max])
+def test_a_direction_amplified_by_a_small_v_dot_g_is_explained_by_the_entry_found(f):
+    """One entry 1% off: its own error is 9.9e-3 (uncomfortable), but v·g is small, so
+    the direction is 1.8% off (wrong). Bisection finds the entry, and with its numeric
+    derivative in place v·g agrees: the block's tier and worst error are the entry's,
+    the direction keeps its own numbers and is marked explained. Also in a function with
+    kinks (default tolerance ok, the direction smooth): the same."""
+    x, k = _small_dot()
+    result = gradcheck(f, x, grad=_entries_off(1.01, k), raise_on_fail=False)
+    (block,) = result.blocks
+    d = block.direction
+    assert not result.passed and not block.passed
+    assert block.localized == ((k,),)
+    assert d is not None and d.tier is Tier.WRONG and d.rel_error > 1.5e-2  # its own numbers
+    assert d.explained and d.explained_by == ((k,),)
+    assert d.residual_rel_error is not None and d.residual_rel_error < 1e-5
+    assert block.tier is result.tier is Tier.UNCOMFORTABLE
+    assert block.max_rel_error == result.max_rel_error == pytest.approx(0.01 / 1.01, rel=1e-6)
+    assert "direction v is explained by (" + str(k) + ",)" in result.report()
+    assert "tier uncomfortable (max rel error 9.90e-03" in str(result)
+    with pytest.raises(GradcheckError, match="tier uncomfortable"):
+        gradcheck(f, x, grad=_entries_off(1.01, k))
+
+
+@pytest.mark.parametrize(
+    ("factor", "where", "coordinates"),
+    [(1.01, slice(None, None, 5), Tier.UNCOMFORTABLE), (1.02, slice(None), Tier.WRONG)],
+    ids=["every-5th-entry-1%", "whole-block-2%"],
+)
+def test_a_diffuse_error_leaves_the_direction_unexplained_and_counting(factor, where, coordinates):
+    """Many entries off (every 5th by 1%, or the whole gradient by 2%): the sampled
+    coordinates among them fail, but with their numeric values in place v·g is still
+    off, so the direction is not explained and its error counts as before. Every 5th
+    entry 1% off: the coordinates are uncomfortable, the direction (and so the block)
+    wrong, its error the block's worst."""
+    x, _ = _small_dot()
+    result = gradcheck(_half_square, x, grad=_entries_off(factor, where), raise_on_fail=False)
+    (block,) = result.blocks
+    d = block.direction
+    assert not result.passed
+    assert d is not None and d.tier is Tier.WRONG
+    assert not d.explained and d.explained_by == ()
+    assert d.residual_rel_error is not None and d.residual_rel_error >= 1e-2
+    assert max(t for t in block.coordinate_tiers) is coordinates
+    assert block.tier is result.tier is Tier.WRONG
+    assert (
+        block.max_rel_error
+        == result.max_rel_error
+        == max(d.rel_error, block.coordinates_max_rel_error)
+    )
+    if coordinates is Tier.UNCOMFORTABLE:
+        assert result.max_rel_error == d.rel_error > 1e-2
+        assert "direction v is not explained" in result.report()
+
+
+def test_a_direction_beside_passing_coordinates_is_never_explained():
+    """Tolerance ok (kinks present), one entry 8e-5 off: the entry passes at ok, the
+    direction, amplified past 1e-4 by a small v·g, fails. Only failing coordinates
+    explain a direction, so the check still fails, on the direction's error."""
+    x, k = _small_dot(dot=0.002)
+    result = gradcheck(_half_square_max, x, grad=_entries_off(1 + 8e-5, k), raise_on_fail=False)
+    (block,) = result.blocks
+    d = block.direction
+    assert result.tolerance is Tier.OK and not result.passed
+    assert block.localized == ((k,),) and block.coordinates_max_rel_error < 1e-4
+    assert d is not None and d.tier is Tier.UNCOMFORTABLE and not d.explained
+    assert d.residual_rel_error is None  # (no failing coordinate to replace)
+    assert block.tier is result.tier is Tier.UNCOMFORTABLE
+    assert result.max_rel_error == d.rel_error
+
+
+def test_a_correct_gradient_has_nothing_to_explain():
+    x, _ = _small_dot()
+    result = gradcheck(_half_square, x, grad=lambda x: (x.copy(),))
+    d = result.blocks[0].direction
+    assert result.passed and d is not None and d.explained_by == ()
+    assert d.residual_rel_error is None
+
+
+def test_the_explanation_is_in_to_dict_and_json():
+    x, k = _small_dot()
+    result = gradcheck(_half_square, x, grad=_entries_off(1.01, k), raise_on_fail=False)
+    doc = json.loads(json.dumps(result.to_dict()))
+    (block,) = doc["blocks"]
+    d = block["direction"]
+    assert d["explained_by"] == [[k]] and d["tier"] == "wrong"
+    assert d["residual_rel_error"] == result.blocks[0].direction.residual_rel_error
+    assert (block["tier"], doc["tier"]) == ("uncomfortable", "uncomfortable")
+    assert block["max_rel_error"] == doc["max_rel_error"] < 1e-2 < d["rel_error"]
+    passing = gradcheck(_half_square, x, grad=lambda x: (x.copy(),)).to_dict()
+    d = passing["blocks"][0]["direction"]
+    assert d["explained_by"] == [] and d["residual_rel_error"] is None

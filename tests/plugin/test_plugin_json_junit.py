@@ -334,3 +334,44 @@ def test_an_xfail_tests_checks_say_xfailed_or_xpassed(inner: pytest.Pytester) ->
         "test_xpassed": "xpassed",
         "test_strict": "failed",
     }
+
+
+AMPLIFIED = """
+import numpy as np
+from pytest_gradcheck import gradcheck
+from pytest_gradcheck._sampling import direction, sample_coordinates
+
+N = 2000
+v = direction("args[0]", N, 0)
+w = np.random.default_rng(21).standard_normal(N)
+X = w - (v @ w - 0.02) * v  # v·g small: one entry's 1% is 1.8% of it
+SAMPLE = set(sample_coordinates("args[0]", N, [X], 10, seed=0).tolist())
+K = next(int(i) for i in np.argsort(-np.abs(X)) if i not in SAMPLE and abs(X[i]) < 2.5)
+
+def grad(x):
+    g = x.copy()
+    g[K] *= 1.01
+    return (g,)
+
+def test_one_entry_off():
+    gradcheck(lambda x: 0.5 * float(np.sum(x**2)), X, grad=grad)
+"""
+
+
+def test_an_explained_direction_is_in_the_json_and_the_tier_is_the_entrys(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(test_amp=AMPLIFIED)
+    result = inner.runpytest("--gradcheck-json=r.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*9.90e-03  uncomfortable*FAILED*"])
+    doc = load_json(inner.path / "r.json")
+    validate_report(doc)
+    (check,) = doc["checks"]
+    (block,) = check["blocks"]
+    d = block["direction"]
+    assert d["tier"] == "wrong" and d["rel_error"] > 1e-2  # the direction's own numbers
+    assert d["explained_by"] == block["localized"] and len(d["explained_by"]) == 1
+    assert d["residual_rel_error"] < 1e-5
+    assert check["tier"] == block["tier"] == doc["summary"]["worst_tier"] == "uncomfortable"
+    assert check["max_rel_error"] == block["max_rel_error"] == max(block["rel_error"]) < 1e-2
