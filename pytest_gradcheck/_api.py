@@ -28,9 +28,15 @@ def gradcheck(
     their sum and each on its own), or an array (reduced as ``sum(out * w)`` with a
     fixed random `w`). The blocks checked are the floating leaves of `args` and the
     floating entries of `params` (a `torch.nn.Module`, a dict or a list that f reads,
-    perturbed in place and restored exactly). Tensors get their gradient from
-    autograd, JAX arrays from `jax.grad`; NumPy functions need `grad`, a callable with
-    f's signature returning the gradients.
+    perturbed in place and restored exactly); integer, boolean and PRNG-key leaves are
+    passed through, never perturbed. Tensors get their gradient from autograd, JAX
+    arrays from `jax.vjp`. NumPy functions need `grad`, a callable with f's signature
+    returning the gradients with the structure of `args` (a tuple, one entry per
+    positional argument, None for a non-floating one; with one argument, the gradient
+    itself may do) or, with `params`, a dict keyed like `params`; where f returns named
+    terms, a mapping from term name to such gradients; where f returns an array, `grad`
+    is called with the keyword `dout` (the projection `w`, shaped like the output) and
+    returns the vector-Jacobian product.
 
     Every RNG is reset to `seed` before each evaluation, a few coordinates of every
     block and one random direction per block are checked, and kink crossings are

@@ -324,6 +324,11 @@ def test_docs_have_examples() -> None:
     """The parser finds the examples (a broken fence regex would find none)."""
     assert len(BLOCKS) >= 20
     assert {b.page.name for b in BLOCKS} >= {"index.md", "numpy.md", "README.md"}
+    # the README's first example is compared with the report it shows: dropping its
+    # <!-- output --> annotation would leave that report unchecked
+    readme = [b for b in BLOCKS if b.page.name == "README.md"]
+    assert readme[0].is_test_file and readme[0].output is not None
+    assert "gradient checks" in readme[0].output.code
 
 
 UPDATE_PAGE = """\
