@@ -1943,7 +1943,8 @@ class TorchBackend:
         batch (fewer calls for small models); a group is evaluated in chunks, each one
         call of f under ``torch.func.vmap``. A group that cannot be batched is remembered
         and left to the loop, here and in later passes; a failed chunk leaves its points
-        to the loop, a failed merge is retried group by group.
+        to the loop, a failed merge is retried group by group (until `_gave_up`, which
+        counts the groups of a merge like any others).
         """
         if self._eval_with_grad or self._gave_up():
             return
@@ -1979,6 +1980,8 @@ class TorchBackend:
             done = self._run_group(key, members, points, track, reference, results, len(parts) == 1)
             if not done and len(parts) > 1:
                 for part_key, part_members in parts:
+                    if self._gave_up():  # as between groups: two failed parts, none batched
+                        return
                     if len(part_members) >= 2:
                         self._run_group(
                             part_key, part_members, points, track, reference, results, True

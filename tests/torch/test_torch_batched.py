@@ -449,6 +449,46 @@ def test_a_failing_group_leaves_other_blocks_batched(counts, monkeypatch):
     assert_same_result(batched, gradcheck(f, W, b, batch=False))
 
 
+class _NoVmapSquare(torch.autograd.Function):
+    """A custom layer without vmap support (no setup_context): every batch fails."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_a_failing_merged_batch_gives_up_after_two_of_its_groups(counts):
+    """Four small blocks merged into one batch, under a custom Function vmap refuses: the
+    merged batch fails, its groups are retried one by one, and the check stops retrying
+    after `GIVE_UP` failing groups with none batched, as it does between groups, instead
+    of trying every group of the merge (each a vmapped call that fails)."""
+    gen = torch.Generator().manual_seed(3)
+    params = {
+        name: torch.randn(shape, dtype=torch.float64, generator=gen)
+        for name, shape in (("W1", (3, 4)), ("b1", (4,)), ("W2", (4, 2)), ("b2", (2,)))
+    }
+    x = torch.randn(5, 3, dtype=torch.float64, generator=gen)
+
+    def f():
+        h = _NoVmapSquare.apply(x @ params["W1"] + params["b1"])
+        return (h @ params["W2"] + params["b2"]).tanh().sum()
+
+    batched = gradcheck(f, params=params)
+    nb, nl, reasons = counts[-1]
+    assert batched.passed and nb == 0 and nl > 0
+    assert len(reasons) == _torch_batch.GIVE_UP, reasons
+    assert all("autograd.Function" in reason for reason in reasons), reasons
+    unbatched = gradcheck(f, params=params, batch=False)
+    assert counts[-1][2] == []
+    assert_same_result(batched, unbatched)
+
+
 def test_a_large_block_on_the_cpu_is_left_to_the_loop(counts, monkeypatch):
     """A block above LOOP_ROW_BYTES (a fresh copy per row would cost more than the loop's
     one copy in cache) goes to the loop, not as a failure; the small block beside it is
