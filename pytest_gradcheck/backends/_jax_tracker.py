@@ -963,7 +963,7 @@ _CONTENT_BYTES = 4 << 20
 _PLAIN = (type(None), bool, int, float, complex, str, bytes)
 
 
-def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
+def fingerprint(jaxpr: Jaxpr, rules: bool = True) -> tuple[tuple, list, bool]:
     """What makes the code XLA generates for evaluating `jaxpr`: ``(key, keep, rules)``.
 
     `key` is hashable and equal for two jaxprs only when evaluating them (without
@@ -981,10 +981,20 @@ def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
     only to themselves) or by identity where it is not (JAX arrays are immutable):
     `keep` holds those objects, so that their ids stay theirs while the key lives.
 
-    The user's rules of custom_jvp/custom_vjp calls (`_RULE_PARAMS`) are left out:
-    XLA lowers such a call from its primal function, so the rules only matter for a
-    jaxpr that is differentiated, whose program must then be keyed on the jaxpr of the
-    derivative instead. `rules` says whether such parameters were left out.
+    The rules of custom_jvp/custom_vjp calls (`_RULE_PARAMS`) are objects made anew
+    by every trace. XLA lowers such a call from its primal function, so they only
+    matter for a jaxpr that is differentiated. A custom_jvp rule counts by what it
+    computes (`_jvp_rule`): the jaxpr of its JVP at each pattern of zero tangents that
+    differentiation can ask for, walked like any jaxpr, and its constants by content. So
+    the gradient program of an f using `jax.nn.relu`, whose rule is a custom_jvp, is
+    keyed and reused like any other, and a rule that computes something else (a
+    global or a closure it reads has changed) makes another key. A rule that cannot be
+    read so (a custom_vjp rule, whose backward is Python run at transposition; a rule
+    whose JVP does not trace) is left out, and `rules` says so: such a jaxpr must not
+    be differentiated inside a program keyed on it, whose key must then be the jaxpr
+    of the derivative. With `rules=False` (the walk of a rule's own JVP), every rule is
+    left out without saying so: the calls inside a JVP rule are evaluated, not
+    differentiated, by a first-order derivative.
     """
     items: list[Any] = []
     keep: list[Any] = []
@@ -1073,7 +1083,12 @@ def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
             for k, x in eqn.params.items():
                 items.append(("param", k))
                 if custom and k in _RULE_PARAMS and not isinstance(x, _PLAIN):
-                    found[0] = True
+                    rule = _jvp_rule(eqn, k, x) if rules else None
+                    if rule is None:
+                        found[0] = found[0] or rules
+                    else:
+                        items.append(rule[0])
+                        keep.extend(rule[1])
                     continue
                 param(x)
             define(eqn.outvars)
@@ -1082,6 +1097,56 @@ def fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:
 
     walk(jaxpr)
     return tuple(items), keep, found[0]
+
+
+#: the JVP rule parameters of a custom_jvp call, by JAX version: a function of the
+#: tangents' zero pattern returning (jvp jaxpr, its consts, the outputs' zero pattern)
+_JVP_RULE_PARAMS = frozenset({"jvp_jaxpr_fun", "jvp_jaxpr_thunk"})
+#: most inputs of a custom_jvp call with symbolic zeros whose every zero pattern is
+#: traced for its key; past it, the rule is left out (as before rules were keyed)
+_MAX_PATTERN_INPUTS = 4
+
+
+def _jvp_rule(eqn: Any, name: str, rule: Any) -> tuple[tuple, list] | None:
+    """``(key, keep)`` of a custom_jvp call's rule: what its JVP computes; None where it
+    cannot be read so (then the rule is left out of the fingerprint, as it was before).
+
+    Differentiation calls the rule only where some tangent is not zero, and, unless the
+    call has ``symbolic_zeros``, with every tangent made a dense zero: the one pattern
+    "no tangent is zero". With symbolic zeros, each pattern but "all zero" can occur,
+    so each is traced (a few inputs at most). The rule's function memoises each
+    pattern's trace, so differentiating this jaxpr later traces nothing again. Its
+    constants are compared by content (they are new arrays at every trace).
+    """
+    if eqn.primitive.name != "custom_jvp_call" or name not in _JVP_RULE_PARAMS:
+        return None
+    try:
+        call = getattr(rule, "call_wrapped", None) or rule
+        n = len(eqn.invars) - int(eqn.params.get("num_consts", 0))
+        if eqn.params.get("symbolic_zeros", False):
+            if n > _MAX_PATTERN_INPUTS:
+                return None
+            patterns = [p for p in itertools.product((False, True), repeat=n) if not all(p)]
+        else:
+            patterns = [(False,) * n]
+        items: list[Any] = [("jvp rule", n)]
+        keep: list[Any] = []
+        for pattern in patterns:
+            out = call(*pattern)
+            if not (isinstance(out, tuple) and len(out) == 3 and isinstance(out[0], Jaxpr)):
+                return None
+            jvp, consts, out_zeros = out
+            key, kept, _ = fingerprint(jvp, rules=False)
+            items.append((pattern, key, tuple(bool(z) for z in out_zeros), len(consts)))
+            keep.extend(kept)
+            for c in consts:
+                a = np.asarray(c)
+                if a.dtype == object or a.nbytes > _CONTENT_BYTES:
+                    return None
+                items.append(("const", a.dtype.str, a.shape, a.tobytes()))
+        return tuple(items), keep
+    except Exception:  # a JAX whose rules take other arguments: left out, as before
+        return None
 
 
 def safe_fingerprint(jaxpr: Jaxpr) -> tuple[tuple, list, bool]:

@@ -41,9 +41,10 @@ How a check runs:
   second check of the same computation at the same shapes compiles nothing, and any
   difference in the computation (a literal, a custom rule) compiles anew. JAX's key
   adds the argument types, the static flags and the x64/precision/device context.
-  The evaluation programs are keyed without the custom_jvp/custom_vjp rules, which
-  XLA never sees there; the gradient of an `f` with such rules is traced first and
-  its program keyed on the jaxpr of that trace, which contains the rules' code.
+  A custom_jvp rule counts in the key by the jaxpr of its JVP (`fingerprint`), so the
+  gradient program of an `f` with one (`jax.nn.relu`) is reused like any other; the
+  gradient of an `f` with a custom_vjp rule (Python run at transposition) is traced
+  first and its program keyed on the jaxpr of that trace, which contains the rule.
 * `params` dict or list entries are replaced by the perturbed values only while `f`
   is being traced (or called eagerly), and the very same objects are put back after.
 """
@@ -239,8 +240,8 @@ class _Program:
         key, keep, rules = safe_fingerprint(jaxpr)
         self.jaxpr = jaxpr
         self.n_blocks = n_blocks
-        #: whether the jaxpr holds custom_jvp/custom_vjp rules, which the key leaves
-        #: out (see `fingerprint`): then it must not be differentiated inside a program
+        #: whether the jaxpr holds custom rules that the key leaves out (a custom_vjp's;
+        #: see `fingerprint`): then it must not be differentiated inside a program
         self.rules = rules
         self._key = (n_blocks, key)
         self._keep = keep  # the objects the key names by id
@@ -767,10 +768,11 @@ class JaxBackend:
         """The gradient program of `program` at these values (`_grad_jit`; the pass in the
         user's own dtypes runs its own program through it too).
 
-        Without custom rules, the program is keyed on f's jaxpr. With them, the key
-        leaves the rules out (`fingerprint`), so the gradient is traced here first, the
-        rules with it, and its program is keyed on the jaxpr of that trace (kept in
-        `traced` per `track`).
+        Without custom rules, or with custom_jvp rules only (keyed by what they compute,
+        see `fingerprint`), the program is keyed on f's jaxpr. Where the key leaves a
+        rule out (a custom_vjp's), the gradient is traced here first, the rules with
+        it, and its program is keyed on the jaxpr of that trace (kept in `traced` per
+        `track`).
         """
         if not program.rules:
             return _GRAD[self._quick](program, track, consts, blocks, dyns)

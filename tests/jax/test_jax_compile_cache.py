@@ -10,7 +10,7 @@ are arguments of the programs: a changed array is used without a recompile.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -253,8 +253,10 @@ def test_the_point_programs_never_run_the_custom_rules():
     points = [Point(((0, np.array([i]), np.array([1e-3])),)) for i in range(4)]
     for batch in (True, False):
         backend = _backend(loss, w, batch=batch)
+        # (the custom_jvp rule was traced for the program's key, not run by a program)
+        calls["jvp"] = 0
         try:
-            assert backend._program.rules
+            assert backend._program.rules  # the custom_vjp rule is left out of the key
             for track in (False, True):
                 evals = backend.evaluate(points, track)
                 for i, e in enumerate(evals):
@@ -264,6 +266,130 @@ def test_the_point_programs_never_run_the_custom_rules():
         finally:
             backend.close()
     assert calls == {"fwd": 0, "bwd": 0, "jvp": 0}
+
+
+def _program(f, *args) -> _Program:
+    """f's program as the backend keys it (traced under x64, as every check's is)."""
+    with jax.enable_x64(True):
+        return _Program(jax.make_jaxpr(f)(*args).jaxpr, len(args))
+
+
+def _jvp_rule_loss(rule: Callable[[jax.Array], jax.Array]):
+    """sum(sin(w) * c) through a custom_jvp whose derivative is `rule(w)` at call time."""
+
+    @jax.custom_jvp
+    def layer(w):
+        return jnp.sin(w)
+
+    @layer.defjvp
+    def layer_jvp(primals, tangents):
+        (w,), (t,) = primals, tangents
+        return jnp.sin(w), rule(w) * t
+
+    def loss(w):
+        return jnp.sum(layer(w) * jnp.arange(1.0, w.shape[0] + 1.0))
+
+    return loss
+
+
+def test_a_custom_jvp_rule_is_keyed_by_what_it_computes_so_relu_reuses_its_gradient():
+    """jax.nn.relu is a custom_jvp: its rule, new at every trace, is keyed by the jaxpr of
+    its JVP, so the gradient program is reused instead of traced again in every check;
+    a custom_vjp rule (its backward is Python) is still left out of the key."""
+    w = _f64(np.linspace(-0.9, 0.8, 6))
+    relu = _program(lambda w: jnp.sum(jax.nn.relu(w) ** 2), w)
+    again = _program(lambda w: jnp.sum(jax.nn.relu(w) ** 2), w)
+    assert not relu.rules and relu == again
+    assert relu != _program(lambda w: jnp.sum(jnp.maximum(w, 0.0) ** 2), w)
+    assert _program(_custom_vjp_loss(False), w).rules
+    right, wrong = _program(_custom_jvp_loss(False), w), _program(_custom_jvp_loss(True), w)
+    assert not right.rules and not wrong.rules and right != wrong
+
+    def loss(w):
+        return jnp.sum(jax.nn.relu(w * jnp.arange(1.0, 7.0)) ** 3)
+
+    backend = _backend(loss, w)
+    try:
+        backend.gradient(False)
+        assert backend._grad_traced == {}  # the gradient program ran as compiled
+    finally:
+        backend.close()
+    first, _ = _check(loss, w)
+    second, compiles = _check(loss, w)
+    assert first.passed and compiles == 0
+    _assert_same(first, second)
+
+
+@pytest.mark.parametrize("how", ["global", "closure_in_place"])
+def test_a_custom_jvp_rule_that_now_computes_otherwise_gets_a_program_of_its_own(how):
+    """A rule reading a global, or a NumPy array its closure holds, changed between two
+    checks of the same f: the second check differentiates the rule as it is now (a
+    program keyed on the rule's old JVP would pass the planted 1% error)."""
+    global _RULE_FACTOR
+    factor = np.ones(7)
+    _RULE_FACTOR = 1.0
+
+    def rule(w):
+        scale = _RULE_FACTOR if how == "global" else jnp.asarray(factor)
+        return jnp.cos(w) * scale
+
+    loss = _jvp_rule_loss(rule)
+    w = _f64(np.linspace(0.1, 0.9, 7))
+    try:
+        assert gradcheck(loss, w, mode="coords", raise_on_fail=False).passed
+        if how == "global":
+            _RULE_FACTOR = 1.01
+        else:
+            factor[...] = 1.01  # the very same array, new contents
+        wrong = gradcheck(loss, w, mode="coords", raise_on_fail=False)
+        assert not wrong.passed
+        expected = np.cos(np.asarray(w, np.float64)) * np.arange(1.0, 8.0) * 1.01
+        np.testing.assert_allclose(_analytic(wrong, 0), _expected(expected, wrong, 0))
+        if how == "global":
+            _RULE_FACTOR = 1.0
+        else:
+            factor[...] = 1.0
+        assert gradcheck(loss, w, mode="coords", raise_on_fail=False).passed
+    finally:
+        _RULE_FACTOR = 1.0
+
+
+_RULE_FACTOR = 1.0
+
+
+def _symbolic_zeros_loss(planted: bool):
+    """sum((sin(w) * x)**2) through a custom_jvp with symbolic zeros, x data: its rule is
+    planted wrong (1%) only where x's tangent is a symbolic zero, the one pattern a
+    check (which differentiates w alone) asks for; the dense pattern is right."""
+
+    @jax.custom_jvp
+    def mul(w, x):
+        return jnp.sin(w) * x
+
+    def mul_jvp(primals, tangents):
+        (w, x), (tw, tx) = primals, tangents
+        out = jnp.sin(w) * x
+        if isinstance(tx, jax.custom_derivatives.SymbolicZero):
+            return out, jnp.cos(w) * x * tw * (1.01 if planted else 1.0)
+        t = jnp.sin(w) * tx
+        if not isinstance(tw, jax.custom_derivatives.SymbolicZero):
+            t = t + jnp.cos(w) * x * tw
+        return out, t
+
+    mul.defjvp(mul_jvp, symbolic_zeros=True)
+    x = _f64(np.linspace(1.0, 2.0, 5))
+    return lambda w: jnp.sum(mul(w, x) ** 2)
+
+
+def test_a_custom_jvp_rule_with_symbolic_zeros_is_keyed_on_every_zero_pattern():
+    """Keyed on the dense pattern alone, the planted rule would get the right one's
+    program (their dense JVPs are the same computation) and pass."""
+    w = _f64(np.linspace(0.2, 0.6, 5))
+    right, wrong = _program(_symbolic_zeros_loss(False), w), _program(_symbolic_zeros_loss(True), w)
+    assert not right.rules and right != wrong
+    for planted in (False, True, False, True):
+        result = gradcheck(_symbolic_zeros_loss(planted), w, mode="coords", raise_on_fail=False)
+        assert result.passed is (not planted)
 
 
 # ---------------------------------------------------------------- closures and shapes
