@@ -383,33 +383,14 @@ def _parts(
     decides). A part shifted by one index is not searched: D rolled minus D is any
     error whose sums along the axis are 0, which many other bugs make (a softmax's)."""
     numeric = {b: _numeric(blocks[b], loss, scale) for b in failing}
-    sizes = {b: int(np.prod(result.blocks[b].shape, dtype=np.int64)) for b in failing}
     here: set[int] = set()
     for b1, b2 in _same_shape(result, failing, point_of):
         if b1 in here or b2 in here:
             continue
         g1, g2 = gradient_of(loss, b1), gradient_of(loss, b2)
         n1, n2 = numeric[b1], numeric[b2]
-        k1 = _agrees(
-            blocks[b1],
-            _plus_error(g1, g2, n2, None),
-            _everywhere,
-            _whole_plus_error(g1, g2, n2, sizes[b2], None),
-            g1,
-            loss,
-            scale,
-            limit,
-        )
-        k2 = k1 and _agrees(
-            blocks[b2],
-            _plus_error(g2, g1, n1, None),
-            _everywhere,
-            _whole_plus_error(g2, g1, n1, sizes[b1], None),
-            g2,
-            loss,
-            scale,
-            limit,
-        )
+        k1 = _part_agrees(blocks[b1], g1, g2, n2, None, loss, scale, limit)
+        k2 = k1 and _part_agrees(blocks[b2], g2, g1, n1, None, loss, scale, limit)
         if not k2:
             continue
         here |= {b1, b2}
@@ -419,17 +400,8 @@ def _parts(
         shape = tuple(r.shape)
         if b in here or not _square(shape):
             continue
-        g, mirror = gradient_of(loss, b), _mirror(shape)
-        k = _agrees(
-            blocks[b],
-            _plus_error(g, g, numeric[b], mirror),
-            lambda idx, mirror=mirror: mirror(idx) != idx,
-            _whole_plus_error(g, g, numeric[b], sizes[b], mirror),
-            g,
-            loss,
-            scale,
-            limit,
-        )
+        g = gradient_of(loss, b)
+        k = _part_agrees(blocks[b], g, g, numeric[b], _mirror(shape), loss, scale, limit)
         if not k:
             continue
         key = ("transposed part", r.name)
@@ -444,37 +416,35 @@ def _parts(
         )
 
 
-def _plus_error(
+def _part_agrees(
+    c: _Block,
     g: np.ndarray,
     other: np.ndarray,
     n: dict[int, float],
     mirror: Callable[[np.ndarray], np.ndarray] | None,
-) -> Callable[[np.ndarray], np.ndarray | None]:
-    """The candidate g + (other - n) read at the mirrored index (at the same index
-    where `mirror` is None): None where a numeric value it reads was not compared."""
+    loss: str | None,
+    scale: float,
+    limit: Tier,
+) -> int:
+    """`_agrees` for the candidate g + (other - n), `other` and the numeric values `n`
+    read at the mirrored index (at the same index where `mirror` is None): unknown
+    where a numeric value it reads was not compared, and as a whole unless every
+    coordinate was."""
+
+    def source(idx: np.ndarray) -> np.ndarray:
+        return idx if mirror is None else mirror(idx)
 
     def at(idx: np.ndarray) -> np.ndarray | None:
-        src = idx if mirror is None else mirror(idx)
+        src = source(idx)
         known = _with(n, src)
         return None if known is None else g[idx] + other[src] - known
 
-    return at
-
-
-def _whole_plus_error(
-    g: np.ndarray,
-    other: np.ndarray,
-    n: dict[int, float],
-    size: int,
-    mirror: Callable[[np.ndarray], np.ndarray] | None,
-) -> Callable[[], np.ndarray | None]:
-    """All of `_plus_error`'s candidate, None unless every coordinate was compared."""
-
     def whole() -> np.ndarray | None:
-        known = _known(n, size)
+        known = _known(n, g.size)
         if known is None:
             return None
-        src = np.arange(size) if mirror is None else mirror(np.arange(size))
+        src = source(np.arange(g.size))
         return g + other[src] - known[src]
 
-    return whole
+    moved = _everywhere if mirror is None else (lambda idx: mirror(idx) != idx)
+    return _agrees(c, at, moved, whole, g, loss, scale, limit)

@@ -172,18 +172,26 @@ def _custom_vjp_loss(planted: bool):
 def _custom_jvp_loss(planted: bool):
     """sum(tanh(w) * c), its jvp rule planted wrong by 1% in entry 0."""
 
+    def rule(w):
+        d = 1.0 - jnp.tanh(w) ** 2
+        return d.at[0].multiply(1.01) if planted else d
+
+    return _jvp_rule_loss(jnp.tanh, rule)
+
+
+def _jvp_rule_loss(
+    primal: Callable[[jax.Array], jax.Array], rule: Callable[[jax.Array], jax.Array]
+):
+    """sum(primal(w) * c) through a custom_jvp whose derivative is `rule(w)` at call time."""
+
     @jax.custom_jvp
     def layer(w):
-        return jnp.tanh(w)
+        return primal(w)
 
     @layer.defjvp
     def layer_jvp(primals, tangents):
         (w,), (t,) = primals, tangents
-        out = jnp.tanh(w)
-        d = 1.0 - out**2
-        if planted:
-            d = d.at[0].multiply(1.01)
-        return out, d * t
+        return primal(w), rule(w) * t
 
     def loss(w):
         return jnp.sum(layer(w) * jnp.arange(1.0, w.shape[0] + 1.0))
@@ -274,24 +282,6 @@ def _program(f, *args) -> _Program:
         return _Program(jax.make_jaxpr(f)(*args).jaxpr, len(args))
 
 
-def _jvp_rule_loss(rule: Callable[[jax.Array], jax.Array]):
-    """sum(sin(w) * c) through a custom_jvp whose derivative is `rule(w)` at call time."""
-
-    @jax.custom_jvp
-    def layer(w):
-        return jnp.sin(w)
-
-    @layer.defjvp
-    def layer_jvp(primals, tangents):
-        (w,), (t,) = primals, tangents
-        return jnp.sin(w), rule(w) * t
-
-    def loss(w):
-        return jnp.sum(layer(w) * jnp.arange(1.0, w.shape[0] + 1.0))
-
-    return loss
-
-
 def test_a_custom_jvp_rule_is_keyed_by_what_it_computes_so_relu_reuses_its_gradient():
     """jax.nn.relu is a custom_jvp: its rule, new at every trace, is keyed by the jaxpr of
     its JVP, so the gradient program is reused instead of traced again in every check;
@@ -333,7 +323,7 @@ def test_a_custom_jvp_rule_that_now_computes_otherwise_gets_a_program_of_its_own
         scale = _RULE_FACTOR if how == "global" else jnp.asarray(factor)
         return jnp.cos(w) * scale
 
-    loss = _jvp_rule_loss(rule)
+    loss = _jvp_rule_loss(jnp.sin, rule)
     w = _f64(np.linspace(0.1, 0.9, 7))
     try:
         assert gradcheck(loss, w, mode="coords", raise_on_fail=False).passed

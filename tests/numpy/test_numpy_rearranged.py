@@ -75,6 +75,16 @@ def shape_hints(result):
     ]
 
 
+def assert_one_hint(result, expected):
+    """One rearrangement hint, starting with `expected`, and its notice in the warnings
+    (and the JSON report), not issued as a GradcheckWarning."""
+    found = shape_hints(result)
+    assert len(found) == 1, hints(result)
+    assert found[0].startswith(expected), found
+    notices = [w for w in result.warnings if SHAPE_NOTICE in w]
+    assert len(notices) == 1 and not alarming(notices)
+
+
 @pytest.mark.parametrize(
     ("bug", "expected"),
     [
@@ -106,12 +116,7 @@ def test_rearranged_gradient_gets_its_hint(bug, expected):
     with _no_shape_warning():
         result = check(bug)
     assert not result.passed
-    found = shape_hints(result)
-    assert len(found) == 1, hints(result)
-    assert found[0].startswith(expected), found
-    # the notice is in the warnings (and the JSON report), not issued as a GradcheckWarning
-    notices = [w for w in result.warnings if SHAPE_NOTICE in w]
-    assert len(notices) == 1 and not alarming(notices)
+    assert_one_hint(result, expected)
     with pytest.raises(GradcheckError, match=re.escape("hint: " + expected)):
         gradcheck(f, W1, W2, B, grad=buggy(bug))
 
@@ -298,11 +303,7 @@ def test_rearranged_part_of_a_summed_loss_gets_its_hint(bug, expected, mode):
     with _no_shape_warning():
         result = gradcheck(f_sum, W1, W2, B, grad=buggy_sum(bug), raise_on_fail=False, **kw)
     assert not result.passed
-    found = shape_hints(result)
-    assert len(found) == 1, hints(result)
-    assert found[0].startswith(expected), found
-    notices = [w for w in result.warnings if SHAPE_NOTICE in w]
-    assert len(notices) == 1 and not alarming(notices)
+    assert_one_hint(result, expected)
     with pytest.raises(GradcheckError, match=re.escape("hint: " + expected)):
         gradcheck(f_sum, W1, W2, B, grad=buggy_sum(bug), **kw)
 
